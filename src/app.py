@@ -1,0 +1,91 @@
+"""The one place that builds the relay's parts from the configuration and runs them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from isdr.config import Settings
+from isdr.db.engine import make_engine
+from isdr.scp.inbox import Inbox
+from isdr.scp.ingest import Ingestor
+from isdr.scp.server import StoreSCP
+from isdr.scp.storage import AtomicWriter, remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Relay:
+    """The running parts of the relay."""
+
+    settings: Settings
+    engine: Engine
+    scp: StoreSCP
+    inbox: Inbox | None
+
+    def start(self) -> None:
+        """Reconcile what a previous run left, then start receiving."""
+        remove_stale_temporaries(self.settings.INCOMING_DIR)
+        if self.inbox is not None:
+            self.inbox.reconcile()
+            self.inbox.start()
+        self.scp.start()
+
+    def stop(self) -> None:
+        """Stop receiving, letting C-STOREs in flight finish."""
+        self.scp.stop(self.settings.STOP_TIMEOUT)
+        if self.inbox is not None:
+            self.inbox.stop()
+        self.engine.dispose()
+        logger.info("relay stopped")
+
+
+def build_relay(settings: Settings) -> Relay:
+    """Create folders, the database and the receiving side from the settings."""
+    settings.INCOMING_DIR.mkdir(parents=True, exist_ok=True)
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url, durable=settings.FSYNC_WRITES)
+    writer = AtomicWriter(
+        settings.INCOMING_DIR,
+        fsync=settings.FSYNC_WRITES,
+        min_free_bytes=int(settings.MIN_FREE_DISK_MB * 2**20),
+    )
+    ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
+    scp = StoreSCP(
+        ingestor,
+        ae_title=settings.SCP_AE_TITLE,
+        host=settings.SCP_HOSTNAME,
+        port=settings.SCP_PORT,
+        max_pdu=settings.MAX_PDU_SIZE,
+    )
+    inbox = Inbox(ingestor, engine) if settings.WATCH_INCOMING else None
+    return Relay(settings, engine, scp, inbox)
+
+
+def serve(settings: Settings) -> None:
+    """Run the relay until SIGTERM or SIGINT."""
+    if not settings.CERT_FILE.is_file():
+        logger.warning(
+            "CERT_FILE %s does not exist: InferenceServers will be verified against the "
+            "system's CA certificates only",
+            settings.CERT_FILE,
+        )
+    relay = build_relay(settings)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    relay.start()
+    logger.info("relay running; stop it with SIGTERM or Ctrl-C")
+    stop.wait()
+    relay.stop()

@@ -1,0 +1,135 @@
+"""Every setting of the relay, read once from the environment and validated.
+
+The variable names of the original relay keep their meaning; the new ones are documented
+in the README's configuration table. Times are seconds and accept fractions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from isdr.errors import ConfigError
+
+Seconds = Annotated[float, Field(gt=0)]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Settings(BaseSettings):
+    """The relay's configuration; one field per environment variable."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, validate_default=True
+    )
+
+    # --- the Store SCP (original relay) ---
+    SCP_HOSTNAME: str = Field("127.0.0.1", description="address the Store SCP listens on")
+    SCP_PORT: int = Field(11112, ge=1, le=65535, description="TCP port of the Store SCP")
+    SCP_AE_TITLE: str = Field(
+        "DICOM_NODE", min_length=1, max_length=16, description="AE title of the Store SCP"
+    )
+    INCOMING_DIR: Path = Field(
+        Path("data/incoming"), description="root of the tree the received instances go to"
+    )
+    PYNETDICOM_LOG_LEVEL: str = Field(
+        "none", description="pynetdicom's own log level: none, or a level name"
+    )
+
+    # --- fingerprints and the InferenceServer (original relay) ---
+    FINGERPRINT_DIR: Path = Field(
+        Path("CONFIGURATION/FINGERPRINTS"), description="folder of fingerprint JSON files"
+    )
+    CERT_FILE: Path = Field(
+        Path("CONFIGURATION/CERTS/cert.crt"),
+        description="CA bundle trusted for the InferenceServers' TLS",
+    )
+    POST_INTERVAL: Seconds = Field(1.0, description="how often quiet series are looked for")
+    POST_AFTER: Seconds = Field(10.0, description="quiet time after which a series is done")
+    POST_TIMEOUT: Seconds = Field(60.0, description="connect/read timeout of a submit")
+    DELETE_ON_POST: bool = Field(True, description="delete a series' files once submitted")
+    GET_INTERVAL: Seconds = Field(15.0, description="how often a submitted job is polled")
+    GET_TIMEOUT: Seconds = Field(86400.0, description="how long a job may take on the server")
+    ASK_INFERENCE_SERVER_TO_DELETE_TASK: bool = Field(
+        True, description="delete the remote task once its predictions are delivered"
+    )
+
+    # --- new in ISDR ---
+    DATA_DIR: Path = Field(Path("data"), description="where the database and job files live")
+    DATABASE_URL: str = Field(
+        "", description="SQLAlchemy URL; empty means a SQLite file isdr.sqlite3 in DATA_DIR"
+    )
+    LOG_LEVEL: str = Field("INFO", description="the relay's log level")
+    FSYNC_WRITES: bool = Field(
+        False,
+        description="fsync each received file and its folder before answering Success "
+        "(survives power loss, costs throughput)",
+    )
+    MIN_FREE_DISK_MB: float = Field(
+        1024.0, ge=0, description="free space kept in reserve; below it C-STOREs get 0xA700"
+    )
+    MAX_PDU_SIZE: int = Field(
+        131072, ge=0, description="largest PDU the Store SCP accepts (0 = unlimited)"
+    )
+    WATCH_INCOMING: bool = Field(
+        True, description="record files that appear under INCOMING_DIR by other means"
+    )
+    STOP_TIMEOUT: Seconds = Field(
+        8.0, description="on SIGTERM, how long C-STOREs in flight may take to finish"
+    )
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("PYNETDICOM_LOG_LEVEL")
+    @classmethod
+    def _known_pynetdicom_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in (*LOG_LEVELS, "NONE", "STANDARD"):
+            raise ValueError(f"must be none, standard or one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @property
+    def database_url(self) -> str:
+        """The effective database URL."""
+        return self.DATABASE_URL or f"sqlite:///{self.DATA_DIR / 'isdr.sqlite3'}"
+
+    @property
+    def pynetdicom_level(self) -> int | Literal["NONE"]:
+        """pynetdicom's log level as a number, or NONE to silence it."""
+        if self.PYNETDICOM_LOG_LEVEL in ("NONE",):
+            return "NONE"
+        if self.PYNETDICOM_LOG_LEVEL == "STANDARD":
+            return logging.INFO
+        return logging.getLevelNamesMapping()[self.PYNETDICOM_LOG_LEVEL]
+
+
+def load_settings() -> Settings:
+    """Read the environment; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"])
+        lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str]]:
+    """(name, effective value) for every setting, for `isdr config`."""
+    rows = [(name, str(getattr(settings, name))) for name in type(settings).model_fields]
+    rows.append(("(effective database)", settings.database_url))
+    return rows

@@ -1,0 +1,1 @@
+"""The database: series and instance rows; later the job queue."""

@@ -1,0 +1,25 @@
+"""The one error tree of the relay: library exceptions are translated into these."""
+
+
+class IsdrError(Exception):
+    """Root of every error the relay raises on purpose."""
+
+
+class ConfigError(IsdrError):
+    """The configuration is invalid; the message names the variable."""
+
+
+class InstanceRejected(IsdrError):
+    """A received instance cannot be stored; carries the DICOM status to answer with."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class OutOfSpace(InstanceRejected):
+    """Storing would eat into the configured free-disk reserve."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0xA700, reason)

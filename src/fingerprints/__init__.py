@@ -1,0 +1,1 @@
+"""Fingerprints: which series go to which model, and where the predictions go."""

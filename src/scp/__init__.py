@@ -1,0 +1,1 @@
+"""Receiving: the Store SCP, safe paths, atomic writes, and the folder inbox."""

@@ -1,0 +1,140 @@
+"""Read the few tags an instance is sorted by, without decoding the rest of it.
+
+All of them sit in groups 0008 to 0020, before the pixel data, so parsing stops at
+SeriesInstanceUID (0020,000E). Parse failures are translated into InstanceRejected.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+from isdr.errors import InstanceRejected
+from isdr.scp.paths import SortKeys
+
+LAST_SORT_TAG = 0x0020000E
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_MISSING_UIDS = 0xC211
+_INFLATE_LIMIT = 1 << 20
+_PARSE_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    EOFError,
+    struct.error,
+    KeyError,
+    TypeError,
+    NotImplementedError,
+    OverflowError,
+    LookupError,
+    zlib.error,
+)
+_KEYWORDS = (
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "StudyDescription",
+    "SeriesDescription",
+)
+
+
+def _stop_after_sort_tags(tag: Any, vr: Any, length: Any) -> bool:
+    return int(tag) > LAST_SORT_TAG
+
+
+def _text(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        value = "\\".join(str(item) for item in value)
+    return str(value).strip(" \x00")
+
+
+def keys_from_dataset(dataset: Dataset, sop_class_fallback: str = "") -> SortKeys:
+    """SortKeys from a parsed dataset; refuses one that lacks a UID needed to sort it."""
+    try:
+        values = {keyword: _text(dataset, keyword) for keyword in _KEYWORDS}
+    except _PARSE_ERRORS as exc:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot decode a tag: {exc}") from exc
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values[k]]
+    if missing:
+        raise InstanceRejected(STATUS_MISSING_UIDS, f"missing {', '.join(missing)}")
+    return SortKeys(
+        patient_id=values["PatientID"],
+        study_instance_uid=values["StudyInstanceUID"],
+        series_instance_uid=values["SeriesInstanceUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        sop_class_uid=values["SOPClassUID"] or sop_class_fallback,
+        modality=values["Modality"],
+        study_description=values["StudyDescription"],
+        series_description=values["SeriesDescription"],
+    )
+
+
+def _inflated_head(data: bytes | memoryview) -> BinaryIO:
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    return io.BytesIO(inflater.decompress(data, _INFLATE_LIMIT))
+
+
+def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid: str) -> SortKeys:
+    """SortKeys of a dataset received over the network (no file meta), in its syntax."""
+    syntax = UID(transfer_syntax)
+    stream: BinaryIO
+    if syntax == DeflatedExplicitVRLittleEndian:
+        stream = _inflated_head(data)
+    else:
+        stream = io.BytesIO(data)
+    try:
+        dataset = read_dataset(
+            stream,
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=_stop_after_sort_tags,
+        )
+    except _PARSE_ERRORS as exc:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}") from exc
+    return keys_from_dataset(dataset, sop_class_uid)
+
+
+def read_file_sort_keys(path: Path) -> SortKeys:
+    """SortKeys of a DICOM file (Part 10, or a bare dataset pydicom can guess)."""
+    try:
+        dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(_KEYWORDS))
+    except (*_PARSE_ERRORS, OSError) as exc:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot parse {path.name}: {exc}") from exc
+    meta = getattr(dataset, "file_meta", None)
+    fallback = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    return keys_from_dataset(dataset, fallback)
+
+
+def file_is_complete(path: Path) -> bool:
+    """Whether a DICOM file holds every byte its element lengths promise.
+
+    A writer that crashed leaves a file cut short; pydicom reads such a file without
+    complaint, so the lengths of the top-level elements are checked against the size.
+    """
+    try:
+        size = path.stat().st_size
+        dataset = dcmread(path, defer_size=256)
+        end = 0
+        for tag in dataset.keys():
+            raw = dataset.get_item(tag)
+            tell = getattr(raw, "value_tell", None)
+            length = getattr(raw, "length", 0xFFFFFFFF)
+            if tell is not None and length != 0xFFFFFFFF:
+                end = max(end, tell + length)
+    except (*_PARSE_ERRORS, OSError):
+        return False
+    return end <= size

@@ -1,0 +1,142 @@
+"""The folder is the inbox: files that appear under INCOMING_DIR are recorded too.
+
+Another SCP (say dcmtk's storescp) or a person can put DICOM files anywhere under
+INCOMING_DIR. Each one is taken once it is complete (closed after writing, or moved
+in), sorted into its place and recorded exactly like a received instance. At start-up
+the tree is reconciled: every complete file that is not recorded yet is taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from watchdog.events import (
+    DirMovedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from isdr.db.models import Instance
+from isdr.db.series import is_recorded
+from isdr.errors import InstanceRejected
+from isdr.scp.headers import file_is_complete
+from isdr.scp.ingest import Ingestor
+from isdr.scp.storage import TEMP_SUFFIX, is_temporary
+
+logger = logging.getLogger(__name__)
+
+# watchdog warns when a freshly created folder is watched twice; the second watch replaces
+# the first and nothing is lost, so the warning is only noise in `docker logs`.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
+
+
+class Inbox:
+    """Watches INCOMING_DIR and adopts the files that were not received by our SCP."""
+
+    def __init__(self, ingestor: Ingestor, engine: Engine) -> None:
+        self.ingestor = ingestor
+        self.engine = engine
+        self.root = ingestor.root
+        self._observer: Any = None
+        self._reported: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def reconcile(self) -> int:
+        """Adopt every complete, unrecorded file under the tree; returns how many."""
+        with Session(self.engine) as session:
+            known = set(session.scalars(select(Instance.path)))
+        adopted = 0
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            relative = path.relative_to(self.root).as_posix()
+            if relative in known or is_temporary(path):
+                continue
+            if not file_is_complete(path):
+                self._report(path, "incomplete or not DICOM; left where it is")
+                continue
+            adopted += self._adopt(path)
+        if adopted:
+            logger.info("inbox: recorded %d file(s) found under %s at start-up", adopted, self.root)
+        return adopted
+
+    def start(self) -> None:
+        """Watch the tree in a background thread."""
+        self._observer = Observer()
+        self._observer.schedule(_Handler(self), str(self.root), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+        logger.info("inbox: watching %s for files placed there by other means", self.root)
+
+    def stop(self) -> None:
+        """Stop watching."""
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def take(self, path: Path) -> None:
+        """Adopt one file that has just become complete, unless we wrote it ourselves."""
+        if is_temporary(path) or not path.is_file():
+            return
+        if is_recorded(self.engine, path.relative_to(self.root).as_posix()):
+            return
+        self._adopt(path)
+
+    def take_folder(self, folder: Path) -> None:
+        """Adopt every file of a folder that was moved in whole."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.take(path)
+
+    def _adopt(self, path: Path) -> int:
+        try:
+            self.ingestor.adopt_file(path)
+        except InstanceRejected as exc:
+            self._report(path, exc.reason)
+            return 0
+        except OSError as exc:
+            self._report(path, f"cannot move or read it: {exc}")
+            return 0
+        return 1
+
+    def _report(self, path: Path, reason: str) -> None:
+        with self._lock:
+            if path in self._reported:
+                return
+            self._reported.add(path)
+        logger.warning("inbox: not recording %s: %s", path, reason)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent):
+            self._guarded(self.inbox.take, _path(event.src_path))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if _path(event.src_path).name.endswith(TEMP_SUFFIX):
+            return  # our own atomic rename: the SCP records that file itself
+        if isinstance(event, DirMovedEvent):
+            self._guarded(self.inbox.take_folder, _path(event.dest_path))
+        elif isinstance(event, FileMovedEvent):
+            self._guarded(self.inbox.take, _path(event.dest_path))
+
+    def _guarded(self, action: Any, path: Path) -> None:
+        try:
+            if path.is_relative_to(self.inbox.root):
+                action(path)
+        except Exception:  # the top of the watcher: one file fails, the watch goes on
+            logger.exception("inbox: failed to take %s", path)
+
+
+def _path(raw: str | bytes) -> Path:
+    return Path(raw.decode() if isinstance(raw, bytes) else raw)

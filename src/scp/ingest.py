@@ -1,0 +1,103 @@
+"""From bytes to a stored, recorded instance: the one path every instance takes.
+
+Both the Store SCP (bytes received over the network) and the inbox watcher (files that
+appeared under INCOMING_DIR) come through here, so both are sorted and recorded alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from isdr.db.series import NewInstance, Recorded, record_instance
+from isdr.scp.headers import read_file_sort_keys, read_sort_keys
+from isdr.scp.paths import SortKeys, instance_relpath, resolve_inside
+from isdr.scp.storage import AtomicWriter, file_meta_bytes
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class Ingestor:
+    """Sorts, writes and records instances under one INCOMING_DIR."""
+
+    def __init__(
+        self, root: Path, writer: AtomicWriter, engine: Engine, clock: Clock = utcnow
+    ) -> None:
+        self.root = root.resolve()
+        self.writer = writer
+        self.engine = engine
+        self.clock = clock
+
+    def store_received(
+        self,
+        dataset: bytes | memoryview,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        calling_ae_title: str,
+        peer_address: str,
+    ) -> Recorded:
+        """Write a dataset received over the network and record it."""
+        keys = read_sort_keys(dataset, transfer_syntax, sop_class_uid)
+        relpath = instance_relpath(keys)
+        path = resolve_inside(self.root, relpath)
+        meta = file_meta_bytes(keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title)
+        size = len(meta) + len(dataset)
+        self.writer.write(path, (meta, dataset), size)
+        return self._record(keys, path, size, calling_ae_title, peer_address)
+
+    def adopt_file(self, path: Path) -> Recorded:
+        """Sort a file that appeared under INCOMING_DIR into place and record it."""
+        keys = read_file_sort_keys(path)
+        target = resolve_inside(self.root, instance_relpath(keys))
+        if path.resolve() != target:
+            self.writer.check_space(0)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        return self._record(keys, target, target.stat().st_size, "", "inbox")
+
+    def _record(
+        self, keys: SortKeys, path: Path, size: int, calling_ae_title: str, peer_address: str
+    ) -> Recorded:
+        relpath = path.relative_to(self.root)
+        recorded = record_instance(
+            self.engine,
+            NewInstance(
+                patient_id=keys.patient_id,
+                study_instance_uid=keys.study_instance_uid,
+                series_instance_uid=keys.series_instance_uid,
+                sop_instance_uid=keys.sop_instance_uid,
+                sop_class_uid=keys.sop_class_uid,
+                modality=keys.modality,
+                study_description=keys.study_description,
+                series_description=keys.series_description,
+                folder=relpath.parent.as_posix(),
+                path=relpath.as_posix(),
+                size=size,
+                calling_ae_title=calling_ae_title,
+                peer_address=peer_address,
+                received_at=self.clock(),
+            ),
+        )
+        if recorded.series_is_new:
+            logger.info(
+                "series %s (series id %d, %s, %r) started receiving from %s %s",
+                keys.series_instance_uid,
+                recorded.series_id,
+                keys.modality or "no modality",
+                keys.series_description,
+                calling_ae_title or "-",
+                peer_address,
+            )
+        return recorded

@@ -1,0 +1,82 @@
+"""Where an instance goes under INCOMING_DIR: pure functions over its sorting tags.
+
+INCOMING_DIR/<PatientID>/<study>/<series>/<Modality>/<SOPInstanceUID>.dcm, where the study
+and series folders are `<description>_<hash of the UID>`: readable, and unique per UID, so
+two studies of one patient with the same descriptions never share a folder. Every
+component is sanitised, so no tag value can name a path outside the tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+MAX_COMPONENT_LENGTH = 64
+UID_HASH_LENGTH = 12
+_UNSAFE = re.compile(r"[^\w.+-]+")
+_VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class SortKeys:
+    """The tags an instance is sorted by; strings, empty when the tag is absent."""
+
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    study_description: str
+    series_description: str
+
+
+def sanitize_component(value: str, placeholder: str) -> str:
+    """One safe folder or file name: no separators, no dot-names, bounded, never empty."""
+    text = unicodedata.normalize("NFKC", value)
+    text = _UNSAFE.sub("_", text).strip("._-")
+    text = text[:MAX_COMPONENT_LENGTH].rstrip("._-")
+    return text or placeholder
+
+
+def uid_hash(uid: str) -> str:
+    """A short, stable digest of a UID that tells folders apart."""
+    return hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:UID_HASH_LENGTH]
+
+
+def _labelled(description: str, uid: str, placeholder: str) -> str:
+    label = sanitize_component(description, placeholder)
+    return f"{label}_{uid_hash(uid)}"
+
+
+def _file_name(sop_instance_uid: str) -> str:
+    safe = sanitize_component(sop_instance_uid, "NO_SOP_INSTANCE_UID")
+    if safe != sop_instance_uid or not _VALID_UID.match(sop_instance_uid):
+        safe = f"{safe}_{uid_hash(sop_instance_uid)}"
+    return f"{safe}.dcm"
+
+
+def series_folder(keys: SortKeys) -> PurePosixPath:
+    """The series' folder, relative to INCOMING_DIR."""
+    return PurePosixPath(
+        sanitize_component(keys.patient_id, "NO_PATIENT_ID"),
+        _labelled(keys.study_description, keys.study_instance_uid, "STUDY"),
+        _labelled(keys.series_description, keys.series_instance_uid, "SERIES"),
+        sanitize_component(keys.modality, "NO_MODALITY"),
+    )
+
+
+def instance_relpath(keys: SortKeys) -> PurePosixPath:
+    """The instance's file, relative to INCOMING_DIR."""
+    return series_folder(keys) / _file_name(keys.sop_instance_uid)
+
+
+def resolve_inside(root: Path, relpath: PurePosixPath) -> Path:
+    """root/relpath, refusing anything that would not stay under root."""
+    target = (root / relpath).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ValueError(f"{relpath} escapes {root}")
+    return target

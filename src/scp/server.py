@@ -1,0 +1,207 @@
+"""The Store SCP: a thin pynetdicom handler that writes, records, then answers.
+
+No parsing beyond the sorting tags, no decoding of pixel data, no HTTP: the bytes the
+sender sent are stored as they are, and Success goes back only once they are on disk
+and recorded in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.presentation import AllStoragePresentationContexts
+
+from isdr.errors import InstanceRejected
+from isdr.scp.ingest import Ingestor
+
+logger = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_PROCESSING_FAILURE = 0xC211
+# Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
+# a sender that proposes both should not be made to transcode to implicit VR.
+UNCOMPRESSED = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
+TRANSFER_SYNTAXES = UNCOMPRESSED + [ts for ts in AllTransferSyntaxes if ts not in UNCOMPRESSED]
+
+
+@dataclass
+class AssociationStats:
+    """What one association did, for its closing log line."""
+
+    calling_ae_title: str
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+
+class StoreSCP:
+    """A Store and Verification SCP bound to an Ingestor."""
+
+    def __init__(
+        self, ingestor: Ingestor, *, ae_title: str, host: str, port: int, max_pdu: int
+    ) -> None:
+        self.ingestor = ingestor
+        self.address = (host, port)
+        self.ae = _make_ae(ae_title, max_pdu)
+        self._server: Any = None
+        self._lock = threading.Lock()
+        self._stats: dict[int, AssociationStats] = {}
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful when started with port 0)."""
+        return int(self._server.server_address[1]) if self._server else self.address[1]
+
+    def start(self) -> None:
+        """Start listening in background threads."""
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, _on_echo),
+            (evt.EVT_CONN_CLOSE, self._on_close),
+        ]
+        self._server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
+        logger.info(
+            "Store SCP %s listening on %s:%d", self.ae.ae_title, self.address[0], self.port
+        )
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let C-STOREs in flight finish (up to `timeout`), then close."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        with self._idle:
+            finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        open_associations = server.active_associations
+        for assoc in open_associations:
+            assoc.abort()
+        logger.info(
+            "Store SCP stopped (%d association(s) cut after their C-STOREs%s)",
+            len(open_associations),
+            "" if finished else "; some C-STOREs did not finish in time",
+        )
+
+    def _on_open(self, event: Any) -> None:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_accepted(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        stats = AssociationStats(requestor.ae_title, f"{requestor.address}:{requestor.port}")
+        with self._lock:
+            self._stats[id(event.assoc)] = stats
+        logger.info("association from %s at %s accepted", stats.calling_ae_title, stats.peer)
+
+    def _on_close(self, event: Any) -> None:
+        with self._lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is not None:
+            _log_summary(stats)
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        with self._lock:
+            self._in_flight += 1
+            stats = self._stats.get(id(event.assoc)) or AssociationStats("", "")
+        try:
+            return self._store(event, stats)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _store(self, event: Any, stats: AssociationStats) -> int | Dataset:
+        request = event.request
+        data = request.DataSet.getbuffer()
+        size = data.nbytes
+        try:
+            recorded = self.ingestor.store_received(
+                data,
+                str(event.context.transfer_syntax),
+                str(request.AffectedSOPClassUID),
+                stats.calling_ae_title,
+                stats.peer,
+            )
+        except InstanceRejected as exc:
+            stats.refused += 1
+            logger.warning(
+                "refused instance %s from %s at %s: %s (status 0x%04X)",
+                request.AffectedSOPInstanceUID, stats.calling_ae_title, stats.peer,
+                exc.reason, exc.status,
+            )
+            return _failure(exc.status, exc.reason)
+        except Exception:  # the top of a handler: one instance fails, the rest go on
+            stats.refused += 1
+            logger.exception(
+                "could not store instance %s from %s", request.AffectedSOPInstanceUID, stats.peer
+            )
+            return _failure(STATUS_PROCESSING_FAILURE, "internal error while storing")
+        finally:
+            data.release()
+        stats.bytes += size
+        if recorded.duplicate:
+            stats.duplicates += 1
+        else:
+            stats.stored += 1
+        return STATUS_SUCCESS
+
+
+def _make_ae(ae_title: str, max_pdu: int) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_pdu_size = max_pdu
+    ae.maximum_associations = 64
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, UNCOMPRESSED)
+    return ae
+
+
+def _on_echo(event: Any) -> int:
+    return STATUS_SUCCESS
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    answer = Dataset()
+    answer.Status = status
+    answer.ErrorComment = reason[:64]
+    return answer
+
+
+def _log_summary(stats: AssociationStats) -> None:
+    seconds = max(time.monotonic() - stats.started, 1e-6)
+    logger.info(
+        "association from %s at %s closed: %d stored, %d duplicate, %d refused, "
+        "%.1f MB in %.1f s (%.1f MB/s)",
+        stats.calling_ae_title, stats.peer, stats.stored, stats.duplicates, stats.refused,
+        stats.bytes / 1e6, seconds, stats.bytes / 1e6 / seconds,
+    )
