@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
+from pydicom.filereader import data_element_generator, read_dataset, read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from isdr.errors import InstanceRejected
@@ -123,18 +123,30 @@ def file_is_complete(path: Path) -> bool:
     """Whether a DICOM file holds every byte its element lengths promise.
 
     A writer that crashed leaves a file cut short; pydicom reads such a file without
-    complaint, so the lengths of the top-level elements are checked against the size.
+    complaint, so the top-level elements are walked and their ends checked against the size.
     """
     try:
         size = path.stat().st_size
-        dataset = dcmread(path, defer_size=256)
-        end = 0
-        for tag in dataset.keys():
-            raw = dataset.get_item(tag)
-            tell = getattr(raw, "value_tell", None)
-            length = getattr(raw, "length", 0xFFFFFFFF)
-            if tell is not None and length != 0xFFFFFFFF:
-                end = max(end, tell + length)
+        meta = read_file_meta_info(path)
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+        start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", -1))
+        if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+            return start <= size
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            end = start
+            elements = data_element_generator(
+                handle, syntax.is_implicit_VR, syntax.is_little_endian
+            )
+            for raw in elements:
+                end = max(end, raw.value_tell + _value_length(raw))
     except (*_PARSE_ERRORS, OSError):
         return False
     return end <= size
+
+
+def _value_length(raw: Any) -> int:
+    if raw.length != 0xFFFFFFFF:
+        return int(raw.length)
+    # An undefined length is closed by an 8-byte delimiter that is not part of the value.
+    return len(raw.value or b"") + 8

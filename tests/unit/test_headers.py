@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from isdr.errors import InstanceRejected
+from isdr.scp.headers import file_is_complete, read_file_sort_keys, read_sort_keys
+from isdr.synthetic import SeriesSpec, make_instance, write_series
+
+SPEC = SeriesSpec(modality="MR", patient_id="PID-7", series_description="T1 axial")
+
+
+def encoded(syntax: str, **changes: object) -> bytes:
+    ds = make_instance(SPEC, 0, "1.2.3", "1.2.3.4")
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    buffer.is_little_endian = syntax != ExplicitVRBigEndian
+    write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    if syntax == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
+)
+def test_sort_keys_are_read_in_every_uncompressed_syntax(syntax: str) -> None:
+    keys = read_sort_keys(encoded(syntax), syntax, "")
+    assert (keys.patient_id, keys.modality, keys.series_description) == ("PID-7", "MR", "T1 axial")
+    assert (keys.study_instance_uid, keys.series_instance_uid) == ("1.2.3", "1.2.3.4")
+    assert keys.sop_class_uid == "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_an_instance_without_a_sorting_uid_is_refused(missing: str) -> None:
+    with pytest.raises(InstanceRejected, match=missing):
+        read_sort_keys(encoded(ExplicitVRLittleEndian, **{missing: None}), ExplicitVRLittleEndian, "")
+
+
+def test_garbage_is_refused_with_a_reason() -> None:
+    with pytest.raises(InstanceRejected) as caught:
+        read_sort_keys(b"\xff" * 300, ExplicitVRLittleEndian, "")
+    assert caught.value.status & 0xF000 in (0xA000, 0xC000)
+
+
+def test_a_missing_patient_id_is_kept_as_empty() -> None:
+    keys = read_sort_keys(encoded(ExplicitVRLittleEndian, PatientID=None), ExplicitVRLittleEndian, "")
+    assert keys.patient_id == ""
+
+
+def test_a_file_cut_short_is_not_complete(tmp_path: Path) -> None:
+    [path] = write_series(tmp_path, SeriesSpec(count=1))
+    assert file_is_complete(path)
+    assert read_file_sort_keys(path).modality == "CT"
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-10])
+    assert not file_is_complete(cut)
+    (tmp_path / "text.dcm").write_text("not dicom at all")
+    assert not file_is_complete(tmp_path / "text.dcm")

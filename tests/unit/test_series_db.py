@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from isdr.db.engine import make_engine
+from isdr.db.models import Series
+from isdr.db.series import NewInstance, list_series, record_instance
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NEW = NewInstance(
+    patient_id="P", study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid="1.2.3.1",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", study_description="S",
+    series_description="D", folder="P/S/D/CT", path="P/S/D/CT/1.2.3.1.dcm", size=10,
+    calling_ae_title="PACS", peer_address="10.0.0.1:1234", received_at=T0,
+)
+
+
+def test_instances_of_one_series_are_counted_in_one_round(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    first = record_instance(engine, NEW)
+    second = record_instance(
+        engine, dataclasses.replace(NEW, sop_instance_uid="1.2.3.2", received_at=T0 + timedelta(seconds=5))
+    )
+    assert first.series_is_new and not second.series_is_new
+    [series] = list_series(engine)
+    assert (series.instance_count, series.total_bytes, series.round) == (2, 20, 1)
+    assert series.last_received_at == T0 + timedelta(seconds=5)
+    assert series.sop_class_uids == ["1.2.840.10008.5.1.4.1.1.2"]
+
+
+def test_a_duplicate_instance_is_recorded_once(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    record_instance(engine, NEW)
+    again = record_instance(engine, NEW)
+    assert again.duplicate
+    assert list_series(engine)[0].instance_count == 1
+
+
+def test_an_instance_after_the_round_was_taken_opens_a_new_round(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    record_instance(engine, NEW)
+    with Session(engine) as session, session.begin():
+        session.execute(update(Series).values(state="unmatched"))
+    late = record_instance(engine, NEW)
+    assert late.series_is_new and not late.duplicate
+    assert sorted(s.round for s in list_series(engine)) == [1, 2]

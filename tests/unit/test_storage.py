@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from isdr.errors import OutOfSpace
+from isdr.scp.storage import AtomicWriter, remove_stale_temporaries
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_file_is_written_whole_and_no_temporary_is_left(tmp_path: Path, fsync: bool) -> None:
+    writer = AtomicWriter(tmp_path, fsync=fsync, min_free_bytes=0)
+    target = tmp_path / "a" / "b" / "x.dcm"
+    writer.write(target, [b"head", memoryview(b"body")], 8)
+    assert target.read_bytes() == b"headbody"
+    assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
+
+
+def test_a_failing_write_leaves_nothing(tmp_path: Path) -> None:
+    writer = AtomicWriter(tmp_path, fsync=False, min_free_bytes=0)
+
+    def chunks() -> list[bytes]:
+        raise OSError("device went away")
+
+    with pytest.raises(OSError, match="went away"):
+        writer.write(tmp_path / "x.dcm", iter(chunks, None), 4)  # type: ignore[call-overload]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_free_space_reserve_refuses_writes(tmp_path: Path) -> None:
+    writer = AtomicWriter(tmp_path, fsync=False, min_free_bytes=2**62)
+    with pytest.raises(OutOfSpace) as caught:
+        writer.write(tmp_path / "x.dcm", [b"data"], 4)
+    assert caught.value.status == 0xA700
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_left_by_a_crash_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / ".x.dcm.1234abcd.part").write_bytes(b"half")
+    (tmp_path / "s" / "x.dcm").write_bytes(b"whole")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.dcm"]
