@@ -70,7 +70,9 @@ def send_datasets(
     ae = AE(ae_title=calling)
     ae.requested_contexts = StoragePresentationContexts
     ae.dimse_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    )
     assert assoc.is_established, "association was not accepted"
     statuses = []
     try:

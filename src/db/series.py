@@ -100,9 +100,7 @@ def _open_round(session: Session, new: NewInstance) -> tuple[Series, bool]:
     if series is not None:
         return series, False
     last_round = session.scalar(
-        select(func.max(Series.round)).where(
-            Series.series_instance_uid == new.series_instance_uid
-        )
+        select(func.max(Series.round)).where(Series.series_instance_uid == new.series_instance_uid)
     )
     series = Series(
         series_instance_uid=new.series_instance_uid,

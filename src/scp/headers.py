@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator, read_dataset, read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from isdr.errors import InstanceRejected
 from isdr.scp.paths import SortKeys
@@ -68,7 +68,9 @@ def keys_from_dataset(dataset: Dataset, sop_class_fallback: str = "") -> SortKey
         values = {keyword: _text(dataset, keyword) for keyword in _KEYWORDS}
     except _PARSE_ERRORS as exc:
         raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot decode a tag: {exc}") from exc
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values[k]]
+    missing = [
+        k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values[k]
+    ]
     if missing:
         raise InstanceRejected(STATUS_MISSING_UIDS, f"missing {', '.join(missing)}")
     return SortKeys(
@@ -91,11 +93,8 @@ def _inflated_head(data: bytes | memoryview) -> BinaryIO:
 def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid: str) -> SortKeys:
     """SortKeys of a dataset received over the network (no file meta), in its syntax."""
     syntax = UID(transfer_syntax)
-    stream: BinaryIO
-    if syntax == DeflatedExplicitVRLittleEndian:
-        stream = _inflated_head(data)
-    else:
-        stream = io.BytesIO(data)
+    deflated = syntax == DeflatedExplicitVRLittleEndian
+    stream: BinaryIO = _inflated_head(data) if deflated else io.BytesIO(data)
     try:
         dataset = read_dataset(
             stream,
@@ -104,7 +103,9 @@ def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid
             stop_when=_stop_after_sort_tags,
         )
     except _PARSE_ERRORS as exc:
-        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}") from exc
+        raise InstanceRejected(
+            STATUS_CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}"
+        ) from exc
     return keys_from_dataset(dataset, sop_class_uid)
 
 
@@ -113,7 +114,9 @@ def read_file_sort_keys(path: Path) -> SortKeys:
     try:
         dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(_KEYWORDS))
     except (*_PARSE_ERRORS, OSError) as exc:
-        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot parse {path.name}: {exc}") from exc
+        raise InstanceRejected(
+            STATUS_CANNOT_UNDERSTAND, f"cannot parse {path.name}: {exc}"
+        ) from exc
     meta = getattr(dataset, "file_meta", None)
     fallback = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     return keys_from_dataset(dataset, fallback)
@@ -139,14 +142,14 @@ def file_is_complete(path: Path) -> bool:
                 handle, syntax.is_implicit_VR, syntax.is_little_endian
             )
             for raw in elements:
-                end = max(end, raw.value_tell + _value_length(raw))
+                end = max(end, _value_end(raw))
     except (*_PARSE_ERRORS, OSError):
         return False
     return end <= size
 
 
-def _value_length(raw: Any) -> int:
+def _value_end(raw: Any) -> int:
     if raw.length != 0xFFFFFFFF:
-        return int(raw.length)
+        return int(raw.value_tell + raw.length)
     # An undefined length is closed by an 8-byte delimiter that is not part of the value.
-    return len(raw.value or b"") + 8
+    return int(raw.value_tell + len(raw.value or b"") + 8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from watchdog.events import (
+    DirCreatedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -33,6 +36,8 @@ from isdr.scp.ingest import Ingestor
 from isdr.scp.storage import TEMP_SUFFIX, is_temporary
 
 logger = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 1.0
 
 # watchdog warns when a freshly created folder is watched twice; the second watch replaces
 # the first and nothing is lost, so the warning is only noise in `docker logs`.
@@ -49,6 +54,7 @@ class Inbox:
         self._observer: Any = None
         self._reported: set[Path] = set()
         self._lock = threading.Lock()
+        self._adopting = threading.Lock()
 
     def reconcile(self) -> int:
         """Adopt every complete, unrecorded file under the tree; returns how many."""
@@ -83,17 +89,40 @@ class Inbox:
             self._observer = None
 
     def take(self, path: Path) -> None:
-        """Adopt one file that has just become complete, unless we wrote it ourselves."""
+        """Adopt a file that was closed after writing or moved in, unless already recorded."""
+        with self._adopting:
+            if is_temporary(path) or not path.is_file():
+                return
+            if is_recorded(self.engine, path.relative_to(self.root).as_posix()):
+                return
+            self._adopt(path)
+
+    def take_if_complete(self, path: Path, *, recheck: bool = True) -> None:
+        """Adopt a file that appeared, once it is whole and has settled.
+
+        A file being written in place is taken by its close event; one moved in from
+        outside the tree gets no such event, so it is looked at again after a pause.
+        """
         if is_temporary(path) or not path.is_file():
             return
-        if is_recorded(self.engine, path.relative_to(self.root).as_posix()):
-            return
-        self._adopt(path)
+        settled = time.time() - path.stat().st_mtime > SETTLE_SECONDS
+        if settled and file_is_complete(path):
+            self.take(path)
+        elif recheck:
+            timer = threading.Timer(2 * SETTLE_SECONDS, self._guarded_recheck, args=(path,))
+            timer.daemon = True
+            timer.start()
+
+    def _guarded_recheck(self, path: Path) -> None:
+        try:
+            self.take_if_complete(path, recheck=False)
+        except Exception:  # a timer thread's top: log, never crash the relay
+            logger.exception("inbox: failed to take %s", path)
 
     def take_folder(self, folder: Path) -> None:
-        """Adopt every file of a folder that was moved in whole."""
+        """Adopt every complete file of a folder that appeared (moved in whole)."""
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            self.take(path)
+            self.take_if_complete(path)
 
     def _adopt(self, path: Path) -> int:
         try:
@@ -117,6 +146,14 @@ class Inbox:
 class _Handler(FileSystemEventHandler):
     def __init__(self, inbox: Inbox) -> None:
         self.inbox = inbox
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        # A file or folder moved in from outside the tree shows up as created, not moved.
+        path = _path(event.src_path)
+        if isinstance(event, DirCreatedEvent):
+            self._guarded(self.inbox.take_folder, path)
+        elif isinstance(event, FileCreatedEvent) and not is_temporary(path):
+            self._guarded(self.inbox.take_if_complete, path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent):

@@ -52,7 +52,9 @@ class Ingestor:
         keys = read_sort_keys(dataset, transfer_syntax, sop_class_uid)
         relpath = instance_relpath(keys)
         path = resolve_inside(self.root, relpath)
-        meta = file_meta_bytes(keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title)
+        meta = file_meta_bytes(
+            keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title
+        )
         size = len(meta) + len(dataset)
         self.writer.write(path, (meta, dataset), size)
         return self._record(keys, path, size, calling_ae_title, peer_address)

@@ -23,8 +23,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from isdr.errors import InstanceRejected
 from isdr.scp.ingest import Ingestor
@@ -80,7 +80,7 @@ class StoreSCP:
 
     def start(self) -> None:
         """Start listening in background threads."""
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_STORE, self._on_store),
@@ -88,9 +88,7 @@ class StoreSCP:
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
         self._server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
-        logger.info(
-            "Store SCP %s listening on %s:%d", self.ae.ae_title, self.address[0], self.port
-        )
+        logger.info("Store SCP %s listening on %s:%d", self.ae.ae_title, self.address[0], self.port)
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, let C-STOREs in flight finish (up to `timeout`), then close."""
@@ -154,8 +152,11 @@ class StoreSCP:
             stats.refused += 1
             logger.warning(
                 "refused instance %s from %s at %s: %s (status 0x%04X)",
-                request.AffectedSOPInstanceUID, stats.calling_ae_title, stats.peer,
-                exc.reason, exc.status,
+                request.AffectedSOPInstanceUID,
+                stats.calling_ae_title,
+                stats.peer,
+                exc.reason,
+                exc.status,
             )
             return _failure(exc.status, exc.reason)
         except Exception:  # the top of a handler: one instance fails, the rest go on
@@ -181,6 +182,7 @@ def _make_ae(ae_title: str, max_pdu: int) -> AE:
     ae.dimse_timeout = 120
     ae.network_timeout = 120
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, UNCOMPRESSED)
     return ae
@@ -202,6 +204,12 @@ def _log_summary(stats: AssociationStats) -> None:
     logger.info(
         "association from %s at %s closed: %d stored, %d duplicate, %d refused, "
         "%.1f MB in %.1f s (%.1f MB/s)",
-        stats.calling_ae_title, stats.peer, stats.stored, stats.duplicates, stats.refused,
-        stats.bytes / 1e6, seconds, stats.bytes / 1e6 / seconds,
+        stats.calling_ae_title,
+        stats.peer,
+        stats.stored,
+        stats.duplicates,
+        stats.refused,
+        stats.bytes / 1e6,
+        seconds,
+        stats.bytes / 1e6 / seconds,
     )

@@ -21,17 +21,32 @@ pytestmark = pytest.mark.usefixtures("dcmtk")
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def storescu(relay: Relay, *paths: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    command = ["storescu", "-aet", "STORESCU", "-aec", relay.settings.SCP_AE_TITLE, *extra,
-               "127.0.0.1", str(relay.scp.port), *map(str, paths)]
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120, check=False)
+def storescu(
+    relay: Relay, *paths: Path, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        "storescu",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        relay.settings.SCP_AE_TITLE,
+        *extra,
+        "127.0.0.1",
+        str(relay.scp.port),
+        *map(str, paths),
+    ]
+    return subprocess.run(
+        command, env=ENV, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def by_sop_uid(paths: list[Path]) -> dict[str, Path]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
 
 
-def test_storescu_series_in_one_association_are_stored_byte_for_byte(relay: Relay, tmp_path: Path) -> None:
+def test_storescu_series_in_one_association_are_stored_byte_for_byte(
+    relay: Relay, tmp_path: Path
+) -> None:
     sent = write_series(tmp_path / "ct", SeriesSpec(modality="CT", count=5, rows=128, columns=128))
     sent += write_series(tmp_path / "mr", SeriesSpec(modality="MR", count=7))
     result = storescu(relay, *sent)
@@ -40,12 +55,16 @@ def test_storescu_series_in_one_association_are_stored_byte_for_byte(relay: Rela
     assert set(stored) == set(by_sop_uid(sent))
     for uid, original in by_sop_uid(sent).items():
         assert dataset_part(stored[uid]) == dataset_part(original)
-    counts = sorted((s.modality, s.instance_count, s.calling_ae_title) for s in list_series(relay.engine))
+    counts = sorted(
+        (s.modality, s.instance_count, s.calling_ae_title) for s in list_series(relay.engine)
+    )
     assert counts == [("CT", 5, "STORESCU"), ("MR", 7, "STORESCU")]
 
 
 def test_parallel_associations_each_store_their_series(relay: Relay, tmp_path: Path) -> None:
-    series = [write_series(tmp_path / f"s{i}", SeriesSpec(modality="MR", count=10)) for i in range(4)]
+    series = [
+        write_series(tmp_path / f"s{i}", SeriesSpec(modality="MR", count=10)) for i in range(4)
+    ]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda paths: storescu(relay, *paths), series))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
@@ -119,7 +138,9 @@ def test_a_follow_up_study_with_identical_descriptions_gets_its_own_folder(relay
 
 def test_hostile_tag_values_stay_inside_incoming_dir(relay: Relay, tmp_path: Path) -> None:
     spec = SeriesSpec(
-        patient_id="../../escaped", study_description="/etc", series_description="..\\..\\x" + "y" * 60
+        patient_id="../../escaped",
+        study_description="/etc",
+        series_description="..\\..\\x" + "y" * 60,
     )
     ds = make_instance(spec, 0, "1.2.826.0.1.6", "1.2.826.0.1.6.1")
     ds.Modality = "../"
@@ -145,7 +166,10 @@ def test_a_full_disk_answers_out_of_resources_and_writes_nothing(tmp_path: Path)
 def test_echo_is_answered(relay: Relay) -> None:
     result = subprocess.run(
         ["echoscu", "-aec", relay.settings.SCP_AE_TITLE, "127.0.0.1", str(relay.scp.port)],
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     ae = AE()

@@ -40,7 +40,12 @@ def encoded(syntax: str, **changes: object) -> bytes:
 
 @pytest.mark.parametrize(
     "syntax",
-    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
+    [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    ],
 )
 def test_sort_keys_are_read_in_every_uncompressed_syntax(syntax: str) -> None:
     keys = read_sort_keys(encoded(syntax), syntax, "")
@@ -52,7 +57,9 @@ def test_sort_keys_are_read_in_every_uncompressed_syntax(syntax: str) -> None:
 @pytest.mark.parametrize("missing", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
 def test_an_instance_without_a_sorting_uid_is_refused(missing: str) -> None:
     with pytest.raises(InstanceRejected, match=missing):
-        read_sort_keys(encoded(ExplicitVRLittleEndian, **{missing: None}), ExplicitVRLittleEndian, "")
+        read_sort_keys(
+            encoded(ExplicitVRLittleEndian, **{missing: None}), ExplicitVRLittleEndian, ""
+        )
 
 
 def test_garbage_is_refused_with_a_reason() -> None:
@@ -62,7 +69,9 @@ def test_garbage_is_refused_with_a_reason() -> None:
 
 
 def test_a_missing_patient_id_is_kept_as_empty() -> None:
-    keys = read_sort_keys(encoded(ExplicitVRLittleEndian, PatientID=None), ExplicitVRLittleEndian, "")
+    keys = read_sort_keys(
+        encoded(ExplicitVRLittleEndian, PatientID=None), ExplicitVRLittleEndian, ""
+    )
     assert keys.patient_id == ""
 
 

@@ -69,12 +69,22 @@ tag_text = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(
-    patient=tag_text, study=tag_text, series=tag_text, sop=tag_text, modality=tag_text,
-    study_desc=tag_text, series_desc=tag_text,
+    patient=tag_text,
+    study=tag_text,
+    series=tag_text,
+    sop=tag_text,
+    modality=tag_text,
+    study_desc=tag_text,
+    series_desc=tag_text,
 )
 def test_every_path_stays_inside_incoming_dir(
-    patient: str, study: str, series: str, sop: str,
-    modality: str, study_desc: str, series_desc: str,
+    patient: str,
+    study: str,
+    series: str,
+    sop: str,
+    modality: str,
+    study_desc: str,
+    series_desc: str,
 ) -> None:
     keys = SortKeys(patient, study, series, sop, "", modality, study_desc, series_desc)
     root = Path("/srv/incoming")

@@ -13,10 +13,20 @@ from isdr.db.series import NewInstance, list_series, record_instance
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NEW = NewInstance(
-    patient_id="P", study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid="1.2.3.1",
-    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", study_description="S",
-    series_description="D", folder="P/S/D/CT", path="P/S/D/CT/1.2.3.1.dcm", size=10,
-    calling_ae_title="PACS", peer_address="10.0.0.1:1234", received_at=T0,
+    patient_id="P",
+    study_instance_uid="1.2",
+    series_instance_uid="1.2.3",
+    sop_instance_uid="1.2.3.1",
+    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+    modality="CT",
+    study_description="S",
+    series_description="D",
+    folder="P/S/D/CT",
+    path="P/S/D/CT/1.2.3.1.dcm",
+    size=10,
+    calling_ae_title="PACS",
+    peer_address="10.0.0.1:1234",
+    received_at=T0,
 )
 
 
@@ -24,7 +34,8 @@ def test_instances_of_one_series_are_counted_in_one_round(tmp_path: Path) -> Non
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     first = record_instance(engine, NEW)
     second = record_instance(
-        engine, dataclasses.replace(NEW, sop_instance_uid="1.2.3.2", received_at=T0 + timedelta(seconds=5))
+        engine,
+        dataclasses.replace(NEW, sop_instance_uid="1.2.3.2", received_at=T0 + timedelta(seconds=5)),
     )
     assert first.series_is_new and not second.series_is_new
     [series] = list_series(engine)
