@@ -34,8 +34,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import isdr
 import pydicom
+
+import isdr
 from isdr.config import Settings
 from isdr.synthetic import SeriesSpec, write_series
 
@@ -46,7 +47,8 @@ RELAY_BIN = Path(sys.executable).with_name("isdr")
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-COMPLETE_MARKER = ".complete"
+COMPLETE_SUFFIX = ".complete"
+FILE_PATTERN = "*.dcm"  # what write_series names its files; storescu sends only these
 ReceiverKind = Literal["storescp", "relay"]
 
 
@@ -127,15 +129,16 @@ class Run:
 def prepare_data(root: Path, workload: Workload) -> Prepared:
     """Generate the workload under `root` unless a complete copy is already there."""
     folder = root / workload.folder_name
-    if not (folder / COMPLETE_MARKER).is_file():
+    marker = root / f"{workload.folder_name}{COMPLETE_SUFFIX}"  # beside it: storescu scans it
+    if not marker.is_file():
         shutil.rmtree(folder, ignore_errors=True)
         started = time.perf_counter()
         _generate(folder, workload)
-        (folder / COMPLETE_MARKER).write_text("")
+        marker.write_text("")
         elapsed = time.perf_counter() - started
         log(f"generated {workload.folder_name} in {elapsed:.1f} s")
     parts = sorted(p for p in folder.iterdir() if p.is_dir())
-    files = [f for part in parts for f in part.iterdir() if f.is_file()]
+    files = [f for part in parts for f in part.glob(FILE_PATTERN)]
     if len(parts) != PARALLEL or len(files) != workload.count:
         raise SystemExit(f"{folder} is incomplete; delete it and run again")
     return Prepared(workload, folder, parts, len(files), sum(f.stat().st_size for f in files))
@@ -343,7 +346,8 @@ def send(folders: Sequence[Path], port: int, logs: Path, timeout: float) -> tupl
     started_at = time.perf_counter()
     try:
         for index, folder in enumerate(folders):
-            command = ["storescu", "-aec", AE_TITLE, "+sd", "+r", HOST, str(port), str(folder)]
+            command = ["storescu", "-aec", AE_TITLE, "+sd", "+r", "+sp", FILE_PATTERN]
+            command += [HOST, str(port), str(folder)]
             with (logs / f"storescu-{index}.log").open("wb") as log_file:
                 procs.append(
                     subprocess.Popen(
@@ -396,8 +400,8 @@ def measure(
             run.seconds = seconds
             run.sender_cpu_percent = 100.0 * senders_cpu / seconds
             run.received = count_files(receiver.output)
-            if not error and run.received != data.files:
-                error = f"received {run.received} of {data.files} files"
+            if error or run.received != data.files:
+                error = "; ".join(filter(None, [f"{run.received} of {data.files} files", error]))
             run.error = error
             run.ok = not error
     except RuntimeError as exc:

@@ -6,11 +6,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select
+from typing import Any
+
+from sqlalchemy import Connection, Engine, exists, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from isdr.db.models import Instance, Series, SeriesState
+from isdr.db.models import Instance, Series, SeriesState, UTCDateTime
+
+SERIES = Series.__table__
+INSTANCE = Instance.__table__
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +52,13 @@ class Recorded:
 def record_instance(engine: Engine, new: NewInstance) -> Recorded:
     """Add an instance to the open round of its series (opening one if needed).
 
-    A SOP instance already in that round is a duplicate: nothing is added.
+    A SOP instance already in that round is a duplicate: nothing is added. Plain SQL
+    statements rather than the ORM: this runs once per received instance.
     """
     for attempt in range(3):
         try:
-            with Session(engine, expire_on_commit=False) as session, session.begin():
-                return _record(session, new)
+            with engine.begin() as connection:
+                return _record(connection, new)
         except IntegrityError:
             # Another association opened the same round at the same moment: read it again.
             if attempt == 2:
@@ -60,70 +66,79 @@ def record_instance(engine: Engine, new: NewInstance) -> Recorded:
     raise AssertionError("unreachable")
 
 
-def _record(session: Session, new: NewInstance) -> Recorded:
-    series, is_new = _open_round(session, new)
-    exists = session.scalar(
-        select(Instance.id).where(
-            Instance.series_id == series.id, Instance.sop_instance_uid == new.sop_instance_uid
+def _record(connection: Connection, new: NewInstance) -> Recorded:
+    series_id, sop_classes, is_new = _open_round(connection, new)
+    inserted = connection.execute(
+        insert(INSTANCE)
+        .from_select(
+            ["series_id", "sop_instance_uid", "sop_class_uid", "path", "size", "received_at"],
+            select(
+                literal(series_id),
+                literal(new.sop_instance_uid),
+                literal(new.sop_class_uid),
+                literal(new.path),
+                literal(new.size),
+                literal(new.received_at, UTCDateTime()),
+            ).where(
+                ~exists().where(
+                    INSTANCE.c.series_id == series_id,
+                    INSTANCE.c.sop_instance_uid == new.sop_instance_uid,
+                )
+            ),
         )
-    )
-    if exists is not None:
-        return Recorded(series.id, series_is_new=False, duplicate=True)
-    session.add(
-        Instance(
-            series_id=series.id,
-            sop_instance_uid=new.sop_instance_uid,
-            sop_class_uid=new.sop_class_uid,
-            path=new.path,
-            size=new.size,
-            received_at=new.received_at,
-        )
-    )
-    series.instance_count += 1
-    series.total_bytes += new.size
-    series.last_received_at = max(series.last_received_at, new.received_at)
-    if new.sop_class_uid and new.sop_class_uid not in series.sop_class_uids:
-        series.sop_class_uids = [*series.sop_class_uids, new.sop_class_uid]
-    return Recorded(series.id, series_is_new=is_new, duplicate=False)
+    ).rowcount
+    if not inserted:
+        return Recorded(series_id, series_is_new=False, duplicate=True)
+    changes: dict[str, Any] = {
+        "instance_count": SERIES.c.instance_count + 1,
+        "total_bytes": SERIES.c.total_bytes + new.size,
+        "last_received_at": new.received_at,
+    }
+    if new.sop_class_uid and new.sop_class_uid not in sop_classes:
+        changes["sop_class_uids"] = [*sop_classes, new.sop_class_uid]
+    connection.execute(update(SERIES).where(SERIES.c.id == series_id).values(**changes))
+    return Recorded(series_id, series_is_new=is_new, duplicate=False)
 
 
-def _open_round(session: Session, new: NewInstance) -> tuple[Series, bool]:
-    series = session.scalars(
-        select(Series)
+def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str], bool]:
+    row = connection.execute(
+        select(SERIES.c.id, SERIES.c.sop_class_uids)
         .where(
-            Series.series_instance_uid == new.series_instance_uid,
-            Series.state == SeriesState.RECEIVING,
+            SERIES.c.series_instance_uid == new.series_instance_uid,
+            SERIES.c.state == SeriesState.RECEIVING,
         )
-        .order_by(Series.round.desc())
+        .order_by(SERIES.c.round.desc())
         .limit(1)
     ).first()
-    if series is not None:
-        return series, False
-    last_round = session.scalar(
-        select(func.max(Series.round)).where(Series.series_instance_uid == new.series_instance_uid)
+    if row is not None:
+        return int(row.id), list(row.sop_class_uids or []), False
+    last_round = connection.scalar(
+        select(func.max(SERIES.c.round)).where(
+            SERIES.c.series_instance_uid == new.series_instance_uid
+        )
     )
-    series = Series(
-        series_instance_uid=new.series_instance_uid,
-        round=(last_round or 0) + 1,
-        study_instance_uid=new.study_instance_uid,
-        patient_id=new.patient_id,
-        study_description=new.study_description,
-        series_description=new.series_description,
-        modality=new.modality,
-        sop_class_uids=[],
-        folder=new.folder,
-        instance_count=0,
-        total_bytes=0,
-        first_received_at=new.received_at,
-        last_received_at=new.received_at,
-        calling_ae_title=new.calling_ae_title,
-        peer_address=new.peer_address,
-        state=SeriesState.RECEIVING,
-        state_reason="",
-    )
-    session.add(series)
-    session.flush()
-    return series, True
+    series_id = connection.execute(
+        insert(SERIES).values(
+            series_instance_uid=new.series_instance_uid,
+            round=(last_round or 0) + 1,
+            study_instance_uid=new.study_instance_uid,
+            patient_id=new.patient_id,
+            study_description=new.study_description,
+            series_description=new.series_description,
+            modality=new.modality,
+            sop_class_uids=[],
+            folder=new.folder,
+            instance_count=0,
+            total_bytes=0,
+            first_received_at=new.received_at,
+            last_received_at=new.received_at,
+            calling_ae_title=new.calling_ae_title,
+            peer_address=new.peer_address,
+            state=SeriesState.RECEIVING,
+            state_reason="",
+        )
+    ).inserted_primary_key[0]
+    return int(series_id), [], True
 
 
 def is_recorded(engine: Engine, path: str) -> bool:
