@@ -15,7 +15,7 @@ from isdr.db.engine import make_engine
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
 from isdr.scp.server import StoreSCP
-from isdr.scp.storage import AtomicWriter, remove_stale_temporaries
+from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,15 @@ class Relay:
 
     settings: Settings
     engine: Engine
+    writer: AtomicWriter
     scp: StoreSCP
     inbox: Inbox | None
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving."""
-        remove_stale_temporaries(self.settings.INCOMING_DIR)
+        for folder in (self.settings.INCOMING_DIR, self.writer.staging):
+            if folder is not None:
+                remove_stale_temporaries(folder)
         if self.inbox is not None:
             self.inbox.reconcile()
             self.inbox.start()
@@ -55,6 +58,7 @@ def build_relay(settings: Settings) -> Relay:
         settings.INCOMING_DIR,
         fsync=settings.FSYNC_WRITES,
         min_free_bytes=int(settings.MIN_FREE_DISK_MB * 2**20),
+        staging=staging_folder(settings.INCOMING_DIR),
     )
     ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
     scp = StoreSCP(
@@ -65,7 +69,7 @@ def build_relay(settings: Settings) -> Relay:
         max_pdu=settings.MAX_PDU_SIZE,
     )
     inbox = Inbox(ingestor, engine) if settings.WATCH_INCOMING else None
-    return Relay(settings, engine, scp, inbox)
+    return Relay(settings, engine, writer, scp, inbox)
 
 
 def serve(settings: Settings) -> None:

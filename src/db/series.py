@@ -6,9 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from typing import Any
-
-from sqlalchemy import Connection, Engine, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -68,55 +66,39 @@ def record_instance(engine: Engine, new: NewInstance) -> Recorded:
 
 def _record(connection: Connection, new: NewInstance) -> Recorded:
     series_id, sop_classes, is_new = _open_round(connection, new)
-    inserted = connection.execute(
-        insert(INSTANCE)
-        .from_select(
-            ["series_id", "sop_instance_uid", "sop_class_uid", "path", "size", "received_at"],
-            select(
-                literal(series_id),
-                literal(new.sop_instance_uid),
-                literal(new.sop_class_uid),
-                literal(new.path),
-                literal(new.size),
-                literal(new.received_at, UTCDateTime()),
-            ).where(
-                ~exists().where(
-                    INSTANCE.c.series_id == series_id,
-                    INSTANCE.c.sop_instance_uid == new.sop_instance_uid,
-                )
-            ),
-        )
-    ).rowcount
-    if not inserted:
+    duplicate = connection.execute(
+        _FIND_INSTANCE, {"series_id": series_id, "sop": new.sop_instance_uid}
+    ).first()
+    if duplicate is not None:
         return Recorded(series_id, series_is_new=False, duplicate=True)
-    changes: dict[str, Any] = {
-        "instance_count": SERIES.c.instance_count + 1,
-        "total_bytes": SERIES.c.total_bytes + new.size,
-        "last_received_at": new.received_at,
-    }
+    connection.execute(
+        _INSERT_INSTANCE,
+        {
+            "series_id": series_id,
+            "sop_instance_uid": new.sop_instance_uid,
+            "sop_class_uid": new.sop_class_uid,
+            "path": new.path,
+            "size": new.size,
+            "received_at": new.received_at,
+        },
+    )
+    connection.execute(
+        _COUNT_INSTANCE, {"series": series_id, "size": new.size, "at": new.received_at}
+    )
     if new.sop_class_uid and new.sop_class_uid not in sop_classes:
-        changes["sop_class_uids"] = [*sop_classes, new.sop_class_uid]
-    connection.execute(update(SERIES).where(SERIES.c.id == series_id).values(**changes))
+        connection.execute(
+            _SET_SOP_CLASSES, {"series": series_id, "classes": [*sop_classes, new.sop_class_uid]}
+        )
     return Recorded(series_id, series_is_new=is_new, duplicate=False)
 
 
 def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str], bool]:
     row = connection.execute(
-        select(SERIES.c.id, SERIES.c.sop_class_uids)
-        .where(
-            SERIES.c.series_instance_uid == new.series_instance_uid,
-            SERIES.c.state == SeriesState.RECEIVING,
-        )
-        .order_by(SERIES.c.round.desc())
-        .limit(1)
+        _FIND_OPEN_ROUND, {"uid": new.series_instance_uid, "state": SeriesState.RECEIVING}
     ).first()
     if row is not None:
         return int(row.id), list(row.sop_class_uids or []), False
-    last_round = connection.scalar(
-        select(func.max(SERIES.c.round)).where(
-            SERIES.c.series_instance_uid == new.series_instance_uid
-        )
-    )
+    last_round = connection.scalar(_LAST_ROUND, {"uid": new.series_instance_uid})
     series_id = connection.execute(
         insert(SERIES).values(
             series_instance_uid=new.series_instance_uid,
@@ -139,6 +121,40 @@ def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str
         )
     ).inserted_primary_key[0]
     return int(series_id), [], True
+
+
+# Built once: these run for every received instance, and building a statement costs more
+# than executing it.
+_FIND_OPEN_ROUND = (
+    select(SERIES.c.id, SERIES.c.sop_class_uids)
+    .where(
+        SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state == bindparam("state")
+    )
+    .order_by(SERIES.c.round.desc())
+    .limit(1)
+)
+_LAST_ROUND = select(func.max(SERIES.c.round)).where(
+    SERIES.c.series_instance_uid == bindparam("uid")
+)
+_FIND_INSTANCE = select(INSTANCE.c.id).where(
+    INSTANCE.c.series_id == bindparam("series_id"),
+    INSTANCE.c.sop_instance_uid == bindparam("sop"),
+)
+_INSERT_INSTANCE = insert(INSTANCE)
+_COUNT_INSTANCE = (
+    update(SERIES)
+    .where(SERIES.c.id == bindparam("series"))
+    .values(
+        instance_count=SERIES.c.instance_count + 1,
+        total_bytes=SERIES.c.total_bytes + bindparam("size"),
+        last_received_at=bindparam("at", type_=UTCDateTime()),
+    )
+)
+_SET_SOP_CLASSES = (
+    update(SERIES)
+    .where(SERIES.c.id == bindparam("series"))
+    .values(sop_class_uids=bindparam("classes", type_=SERIES.c.sop_class_uids.type))
+)
 
 
 def is_recorded(engine: Engine, path: str) -> bool:

@@ -33,11 +33,20 @@ from isdr.db.series import is_recorded
 from isdr.errors import InstanceRejected
 from isdr.scp.headers import file_is_complete
 from isdr.scp.ingest import Ingestor
-from isdr.scp.storage import TEMP_SUFFIX, is_temporary
+from isdr.scp.storage import is_temporary
 
 logger = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 1.0
+# Only what tells that a file is complete or arrived; writes and opens are not watched, as
+# each received instance would otherwise cost the watcher several events.
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 
 # watchdog warns when a freshly created folder is watched twice; the second watch replaces
 # the first and nothing is lost, so the warning is only noise in `docker logs`.
@@ -49,6 +58,7 @@ class Inbox:
 
     def __init__(self, ingestor: Ingestor, engine: Engine) -> None:
         self.ingestor = ingestor
+        self.own_writes = ingestor.writer.recent
         self.engine = engine
         self.root = ingestor.root
         self._observer: Any = None
@@ -76,7 +86,9 @@ class Inbox:
     def start(self) -> None:
         """Watch the tree in a background thread."""
         self._observer = Observer()
-        self._observer.schedule(_Handler(self), str(self.root), recursive=True)
+        self._observer.schedule(
+            _Handler(self), str(self.root), recursive=True, event_filter=WATCHED_EVENTS
+        )
         self._observer.daemon = True
         self._observer.start()
         logger.info("inbox: watching %s for files placed there by other means", self.root)
@@ -103,7 +115,7 @@ class Inbox:
         A file being written in place is taken by its close event; one moved in from
         outside the tree gets no such event, so it is looked at again after a pause.
         """
-        if is_temporary(path) or not path.is_file():
+        if is_temporary(path) or path in self.own_writes or not path.is_file():
             return
         settled = time.time() - path.stat().st_mtime > SETTLE_SECONDS
         if settled and file_is_complete(path):
@@ -152,7 +164,7 @@ class _Handler(FileSystemEventHandler):
         path = _path(event.src_path)
         if isinstance(event, DirCreatedEvent):
             self._guarded(self.inbox.take_folder, path)
-        elif isinstance(event, FileCreatedEvent) and not is_temporary(path):
+        elif isinstance(event, FileCreatedEvent) and not self.inbox.own_writes.pop(path):
             self._guarded(self.inbox.take_if_complete, path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
@@ -160,12 +172,13 @@ class _Handler(FileSystemEventHandler):
             self._guarded(self.inbox.take, _path(event.src_path))
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if _path(event.src_path).name.endswith(TEMP_SUFFIX):
+        destination = _path(event.dest_path)
+        if self.inbox.own_writes.pop(destination):
             return  # our own atomic rename: the SCP records that file itself
         if isinstance(event, DirMovedEvent):
-            self._guarded(self.inbox.take_folder, _path(event.dest_path))
+            self._guarded(self.inbox.take_folder, destination)
         elif isinstance(event, FileMovedEvent):
-            self._guarded(self.inbox.take, _path(event.dest_path))
+            self._guarded(self.inbox.take, destination)
 
     def _guarded(self, action: Any, path: Path) -> None:
         try:

@@ -8,7 +8,6 @@ and recorded in the database.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from isdr.errors import InstanceRejected
 from isdr.scp.ingest import Ingestor
+from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ class StoreSCP:
         )
 
     def _on_open(self, event: Any) -> None:
-        sock = event.assoc.dul.socket.socket
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_connection(event.assoc)
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor

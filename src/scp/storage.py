@@ -11,13 +11,14 @@ import errno
 import logging
 import os
 import secrets
+import struct
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from isdr import __version__
 from isdr.errors import OutOfSpace
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".part"
 IMPLEMENTATION_VERSION = f"ISDR_{__version__}"[:16]
+PREAMBLE = b"\x00" * 128 + b"DICM"
 Chunk = bytes | memoryview
 
 
@@ -37,47 +39,124 @@ def is_temporary(path: Path) -> bool:
 def file_meta_bytes(
     sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
 ) -> bytes:
-    """The preamble, 'DICM' and the encoded File Meta Information group."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
+    """The preamble, 'DICM' and the File Meta Information group, encoded directly.
+
+    Group 0002 is always Explicit VR Little Endian; encoding these seven elements by hand
+    costs a few microseconds, where building and writing a pydicom dataset costs 0.25 ms
+    per instance (measured), on the path of every C-STORE.
+    """
+    elements = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _uid(sop_class_uid)),
+            _meta_element(0x0003, b"UI", _uid(sop_instance_uid)),
+            _meta_element(0x0010, b"UI", _uid(transfer_syntax)),
+            _meta_element(0x0012, b"UI", _uid(PYDICOM_IMPLEMENTATION_UID)),
+            _meta_element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION)),
+            _meta_element(0x0016, b"AE", _text(source_ae)) if source_ae else b"",
+        )
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(elements)))
+    return PREAMBLE + group_length + elements
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")[:64]
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")[:16]
+    return raw + b" " if len(raw) % 2 else raw
+
+
+class RecentPaths:
+    """Paths this process has just renamed into the tree, so that the watcher skips them."""
+
+    def __init__(self, ttl: float = 120.0) -> None:
+        self._ttl = ttl
+        self._items: OrderedDict[Path, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, path: Path) -> None:
+        """Remember `path` for a while."""
+        now = time.monotonic()
+        with self._lock:
+            self._items[path] = now
+            self._items.move_to_end(path)
+            while self._items and next(iter(self._items.values())) < now - self._ttl:
+                self._items.popitem(last=False)
+
+    def __contains__(self, path: object) -> bool:
+        with self._lock:
+            return path in self._items
+
+    def pop(self, path: Path) -> bool:
+        """Whether `path` was just written here (and forget it)."""
+        with self._lock:
+            return self._items.pop(path, None) is not None
+
+
+def staging_folder(root: Path) -> Path | None:
+    """A folder beside root, on the same file system, for files still being written.
+
+    Writing there keeps the watcher of root from seeing each temporary file; the final
+    rename into root is the only event. None when no such folder can be had (root is a
+    mount point, say): temporary files then go beside their targets.
+    """
+    staging = root.parent / f".{root.name}.staging"
+    try:
+        staging.mkdir(exist_ok=True)
+        if staging.stat().st_dev == root.stat().st_dev:
+            return staging
+    except OSError as exc:
+        logger.info("no staging folder beside %s (%s); writing temporaries in place", root, exc)
+    return None
 
 
 class AtomicWriter:
     """Writes files atomically under one root, keeping a free-space reserve."""
 
-    def __init__(self, root: Path, *, fsync: bool, min_free_bytes: int) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool, min_free_bytes: int, staging: Path | None = None
+    ) -> None:
         self.root = root
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
+        self.staging = staging
+        self.recent = RecentPaths()
 
     def write(self, path: Path, chunks: Iterable[Chunk], size: int) -> None:
         """Write `chunks` (`size` bytes in all) to `path`; all of it or nothing."""
         self.check_space(size)
         self._make_folders(path.parent)
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        temp = self._temporary_for(path)
         try:
             self._write_temp(temp, chunks)
+            self.recent.add(path)
             os.replace(temp, path)
             if self.fsync:
                 _fsync_folder(path.parent)
         except OSError as exc:
             temp.unlink(missing_ok=True)
+            self.recent.pop(path)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpace(f"disk full while writing {path.name}") from exc
             raise
         except BaseException:
             temp.unlink(missing_ok=True)
+            self.recent.pop(path)
             raise
+
+    def _temporary_for(self, path: Path) -> Path:
+        name = f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        return (self.staging or path.parent) / name
 
     def check_space(self, size: int) -> None:
         """Refuse a write that would leave less than the reserve free."""

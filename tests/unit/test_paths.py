@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,6 +57,13 @@ def test_hostile_values_become_harmless_names() -> None:
     assert sanitize_component("", "EMPTY") == "EMPTY"
 
 
+def test_a_path_that_could_escape_is_refused() -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        resolve_inside(Path("/srv/in"), PurePosixPath("a/../../etc"))
+    with pytest.raises(ValueError, match="escapes"):
+        resolve_inside(Path("/srv/in"), PurePosixPath("/etc/passwd"))
+
+
 def test_an_invalid_sop_instance_uid_keeps_a_distinct_file_name() -> None:
     one = instance_relpath(dataclasses.replace(KEYS, sop_instance_uid="1.2/3"))
     two = instance_relpath(dataclasses.replace(KEYS, sop_instance_uid="1.2_3"))
@@ -95,4 +104,4 @@ def test_every_path_stays_inside_incoming_dir(
         assert part not in ("", ".", "..")
         assert "/" not in part and "\x00" not in part
         assert not part.startswith(".")
-    assert resolve_inside(root, relpath).is_relative_to(root)
+    assert resolve_inside(root, relpath).resolve().is_relative_to(root)

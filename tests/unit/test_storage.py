@@ -42,3 +42,19 @@ def test_temporaries_left_by_a_crash_are_removed(tmp_path: Path) -> None:
     (tmp_path / "s" / "x.dcm").write_bytes(b"whole")
     assert remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.dcm"]
+
+
+@pytest.mark.parametrize("source_ae", ["STORESCU", "ODD", ""])
+def test_the_file_meta_group_is_what_pydicom_reads_back(tmp_path: Path, source_ae: str) -> None:
+    from pydicom.filereader import read_file_meta_info
+
+    from isdr.scp.storage import file_meta_bytes
+
+    path = tmp_path / "x.dcm"
+    path.write_bytes(file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", source_ae))
+    meta = read_file_meta_info(path)
+    assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert meta.FileMetaInformationGroupLength == path.stat().st_size - 144
+    assert meta.get("SourceApplicationEntityTitle", "") == source_ae

@@ -1,0 +1,56 @@
+"""Per-connection tuning of pynetdicom's transport, measured in bench/.
+
+- TCP_NODELAY: pynetdicom leaves Nagle's algorithm on, so each response can wait for a
+  40 ms delayed ACK.
+- A shorter idle sleep in the DUL loop: pynetdicom's reader sleeps 1 ms whenever the
+  socket has nothing to read, several times per instance; 0.2 ms gains 15-25% on one
+  association, for about 5% more of a core per idle open association (measured).
+- Whole-PDU reads: pynetdicom reads a PDU in 4 KiB `recv` calls appended to a bytearray;
+  one `recv_into` with MSG_WAITALL into a buffer of the PDU's size does the same work in
+  one system call. pynetdicom's DUL calls `socket.recv(n)` expecting exactly n bytes (or
+  fewer when the peer closed), and that contract is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+DUL_LOOP_DELAY = 0.0002
+
+
+def tune_connection(association: Any) -> None:
+    """Apply the tunings to a pynetdicom Association whose connection just opened."""
+    association.dul._run_loop_delay = DUL_LOOP_DELAY
+    association_socket = association.dul.socket
+    sock = getattr(association_socket, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not isinstance(sock, ssl.SSLSocket):
+        association_socket.recv = whole_reads(sock)
+
+
+def whole_reads(sock: socket.socket) -> Callable[[int], bytearray]:
+    """A `recv(n)` that returns n bytes read with as few system calls as possible."""
+
+    def recv(nr_bytes: int) -> bytearray:
+        buffer = bytearray(nr_bytes)
+        with memoryview(buffer) as view:
+            received = 0
+            while received < nr_bytes:
+                count = sock.recv_into(view[received:], nr_bytes - received, socket.MSG_WAITALL)
+                if count == 0:
+                    break
+                received += count
+        if received < nr_bytes:
+            del buffer[received:]
+        return buffer
+
+    return recv
