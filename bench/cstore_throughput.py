@@ -21,13 +21,14 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
@@ -113,6 +114,12 @@ class Run:
     bytes: int = 0
     relay_cpu_percent: float | None = None
     sender_cpu_percent: float | None = None
+    recorded_seconds: float | None = None
+
+    @property
+    def recorded_per_s(self) -> float | None:
+        """Instances per second until the last one was in the relay's database."""
+        return self.expected / self.recorded_seconds if self.ok and self.recorded_seconds else None
 
     @property
     def instances_per_s(self) -> float | None:
@@ -309,6 +316,26 @@ def count_files(root: Path) -> int:
     return total
 
 
+def recorded_instances(run_dir: Path) -> int:
+    """How many instances the relay has recorded in its database."""
+    database = run_dir / "data" / "isdr.sqlite3"
+    if not database.exists():
+        return 0
+    with closing(sqlite3.connect(database, timeout=30)) as connection:
+        row = connection.execute("SELECT COALESCE(SUM(instance_count), 0) FROM series").fetchone()
+    return int(row[0])
+
+
+def wait_recorded(run_dir: Path, expected: int, began: float, timeout: float) -> float | None:
+    """Seconds from `began` until the relay recorded every instance (None: it never did)."""
+    deadline = began + timeout
+    while time.monotonic() < deadline:
+        if recorded_instances(run_dir) >= expected:
+            return time.monotonic() - began
+        time.sleep(0.02)
+    return None
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a live process (all its threads), from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -390,7 +417,10 @@ def measure(
             relay_before = cpu_seconds(pid) if spec.kind == "relay" else 0.0
             senders_before = children_cpu_seconds()
             folders = sender_folders(data, associations)
+            began = time.monotonic()
             seconds, error = send(folders, receiver.port, run_dir, opts.timeout)
+            if spec.kind == "relay" and not error:
+                run.recorded_seconds = wait_recorded(run_dir, data.files, began, opts.timeout)
             senders_cpu = children_cpu_seconds() - senders_before
             if spec.kind == "relay" and receiver.proc.poll() is None:
                 relay_cpu = cpu_seconds(pid) - relay_before
@@ -420,6 +450,8 @@ def describe_run(run: Run) -> str:
     text += f", senders CPU {run.sender_cpu_percent:5.1f} %"
     if run.relay_cpu_percent is not None:
         text += f", relay CPU {run.relay_cpu_percent:5.1f} % of a core"
+    if run.recorded_seconds is not None:
+        text += f", all recorded after {run.recorded_seconds:.2f} s"
     return head + text
 
 
@@ -435,6 +467,7 @@ class Cell:
     instances_per_s: float | None
     mb_per_s: float | None
     relay_cpu_percent: float | None
+    recorded_per_s: float | None
 
     def text(self, value: float | None, digits: int = 1) -> str:
         if self.failed:
@@ -455,6 +488,7 @@ def summarize(runs: Sequence[Run]) -> Cell:
         instances_per_s=median([r.instances_per_s for r in good]),
         mb_per_s=median([r.mb_per_s for r in good]),
         relay_cpu_percent=median([r.relay_cpu_percent for r in good]),
+        recorded_per_s=median([r.recorded_per_s for r in good]),
     )
 
 
@@ -468,7 +502,7 @@ def table(
     for spec in receivers:
         header += [f"{spec.name} inst/s", f"{spec.name} MB/s"]
         if spec.kind == "relay":
-            header.append(f"{spec.name} CPU %")
+            header += [f"{spec.name} recorded inst/s", f"{spec.name} CPU %"]
     header += [f"{name}/{baseline}" for name in relays] if baseline else []
     lines = [_markdown_row(header), "|" + "---|" * len(header)]
     rows: list[dict[str, Any]] = []
@@ -504,7 +538,7 @@ def _columns(
         cell = cells[spec.name]
         columns += [cell.text(cell.instances_per_s), cell.text(cell.mb_per_s)]
         if spec.kind == "relay":
-            columns.append(cell.text(cell.relay_cpu_percent, 0))
+            columns += [cell.text(cell.recorded_per_s), cell.text(cell.relay_cpu_percent, 0)]
     return columns + ["-" if v is None else f"{v:.2f}" for v in ratios.values()]
 
 

@@ -7,17 +7,29 @@ import signal
 import threading
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from isdr.config import Settings
 from isdr.db.engine import make_engine
+from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 
 logger = logging.getLogger(__name__)
+
+
+class Receiver(Protocol):
+    """What receives C-STOREs: our own Store SCP, or dcmtk's storescp."""
+
+    @property
+    def port(self) -> int: ...
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float) -> None: ...
 
 
 @dataclass
@@ -27,7 +39,7 @@ class Relay:
     settings: Settings
     engine: Engine
     writer: AtomicWriter
-    scp: StoreSCP
+    scp: Receiver
     inbox: Inbox | None
 
     def start(self) -> None:
@@ -61,15 +73,24 @@ def build_relay(settings: Settings) -> Relay:
         staging=staging_folder(settings.INCOMING_DIR),
     )
     ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
-    scp = StoreSCP(
-        ingestor,
-        ae_title=settings.SCP_AE_TITLE,
-        host=settings.SCP_HOSTNAME,
-        port=settings.SCP_PORT,
-        max_pdu=settings.MAX_PDU_SIZE,
-    )
-    inbox = Inbox(ingestor, engine) if settings.WATCH_INCOMING else None
+    scp: Receiver
+    if settings.RECEIVER == "dcmtk":
+        spool = settings.INCOMING_DIR / SPOOL_NAME
+        scp = DcmtkReceiver(spool, **_scp_options(settings))
+        inbox: Inbox | None = Inbox(ingestor, engine, spool)
+    else:
+        scp = StoreSCP(ingestor, **_scp_options(settings))
+        inbox = Inbox(ingestor, engine) if settings.WATCH_INCOMING else None
     return Relay(settings, engine, writer, scp, inbox)
+
+
+def _scp_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "ae_title": settings.SCP_AE_TITLE,
+        "host": settings.SCP_HOSTNAME,
+        "port": settings.SCP_PORT,
+        "max_pdu": settings.MAX_PDU_SIZE,
+    }
 
 
 def serve(settings: Settings) -> None:

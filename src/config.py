@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     MAX_PDU_SIZE: int = Field(
         131072, ge=0, description="largest PDU the Store SCP accepts (0 = unlimited)"
     )
+    RECEIVER: Literal["pynetdicom", "dcmtk"] = Field(
+        "pynetdicom",
+        description="pynetdicom: the relay's own Store SCP, Success once recorded; dcmtk: "
+        "fast-ingest, dcmtk's storescp writes and the inbox records (see README)",
+    )
     WATCH_INCOMING: bool = Field(
         True, description="record files that appear under INCOMING_DIR by other means"
     )

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from isdr.db.models import Instance, Series, SeriesState, UTCDateTime
 
-SERIES = Series.__table__
-INSTANCE = Instance.__table__
+SERIES = cast(Table, Series.__table__)
+INSTANCE = cast(Table, Instance.__table__)
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str
     if row is not None:
         return int(row.id), list(row.sop_class_uids or []), False
     last_round = connection.scalar(_LAST_ROUND, {"uid": new.series_instance_uid})
-    series_id = connection.execute(
+    inserted = connection.execute(
         insert(SERIES).values(
             series_instance_uid=new.series_instance_uid,
             round=(last_round or 0) + 1,
@@ -119,17 +120,16 @@ def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str
             state=SeriesState.RECEIVING,
             state_reason="",
         )
-    ).inserted_primary_key[0]
-    return int(series_id), [], True
+    ).inserted_primary_key
+    assert inserted is not None
+    return int(inserted[0]), [], True
 
 
 # Built once: these run for every received instance, and building a statement costs more
 # than executing it.
 _FIND_OPEN_ROUND = (
     select(SERIES.c.id, SERIES.c.sop_class_uids)
-    .where(
-        SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state == bindparam("state")
-    )
+    .where(SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state == bindparam("state"))
     .order_by(SERIES.c.round.desc())
     .limit(1)
 )

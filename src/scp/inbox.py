@@ -56,8 +56,9 @@ warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWa
 class Inbox:
     """Watches INCOMING_DIR and adopts the files that were not received by our SCP."""
 
-    def __init__(self, ingestor: Ingestor, engine: Engine) -> None:
+    def __init__(self, ingestor: Ingestor, engine: Engine, spool: Path | None = None) -> None:
         self.ingestor = ingestor
+        self.spool = spool
         self.own_writes = ingestor.writer.recent
         self.engine = engine
         self.root = ingestor.root
@@ -76,7 +77,7 @@ class Inbox:
             if relative in known or is_temporary(path):
                 continue
             if not file_is_complete(path):
-                self._report(path, "incomplete or not DICOM; left where it is")
+                self._set_aside_incomplete(path)
                 continue
             adopted += self._adopt(path)
         if adopted:
@@ -105,7 +106,8 @@ class Inbox:
         with self._adopting:
             if is_temporary(path) or not path.is_file():
                 return
-            if is_recorded(self.engine, path.relative_to(self.root).as_posix()):
+            spooled = self._in_spool(path)
+            if not spooled and is_recorded(self.engine, path.relative_to(self.root).as_posix()):
                 return
             self._adopt(path)
 
@@ -136,9 +138,21 @@ class Inbox:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             self.take_if_complete(path)
 
+    def _in_spool(self, path: Path) -> bool:
+        return self.spool is not None and path.parent == self.spool
+
+    def _set_aside_incomplete(self, path: Path) -> None:
+        if self._in_spool(path):
+            # storescp answers Success only after closing a whole file: this one's sender
+            # got none and will send it again.
+            path.unlink(missing_ok=True)
+            logger.warning("inbox: removed %s, left incomplete by storescp", path.name)
+        else:
+            self._report(path, "incomplete or not DICOM; left where it is")
+
     def _adopt(self, path: Path) -> int:
         try:
-            self.ingestor.adopt_file(path)
+            self.ingestor.adopt_file(path, "storescp" if self._in_spool(path) else "inbox")
         except InstanceRejected as exc:
             self._report(path, exc.reason)
             return 0

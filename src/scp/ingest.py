@@ -59,15 +59,15 @@ class Ingestor:
         self.writer.write(path, (meta, dataset), size)
         return self._record(keys, path, size, calling_ae_title, peer_address)
 
-    def adopt_file(self, path: Path) -> Recorded:
+    def adopt_file(self, path: Path, source: str = "inbox") -> Recorded:
         """Sort a file that appeared under INCOMING_DIR into place and record it."""
         keys = read_file_sort_keys(path)
         target = resolve_inside(self.root, instance_relpath(keys))
         if path.resolve() != target:
-            self.writer.check_space(0)
             target.parent.mkdir(parents=True, exist_ok=True)
+            self.writer.recent.add(target)
             os.replace(path, target)
-        return self._record(keys, target, target.stat().st_size, "", "inbox")
+        return self._record(keys, target, target.stat().st_size, "", source)
 
     def _record(
         self, keys: SortKeys, path: Path, size: int, calling_ae_title: str, peer_address: str

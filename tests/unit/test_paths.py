@@ -4,7 +4,6 @@ import dataclasses
 from pathlib import Path, PurePosixPath
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

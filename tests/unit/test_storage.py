@@ -51,7 +51,9 @@ def test_the_file_meta_group_is_what_pydicom_reads_back(tmp_path: Path, source_a
     from isdr.scp.storage import file_meta_bytes
 
     path = tmp_path / "x.dcm"
-    path.write_bytes(file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", source_ae))
+    path.write_bytes(
+        file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", source_ae)
+    )
     meta = read_file_meta_info(path)
     assert meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
     assert meta.MediaStorageSOPInstanceUID == "1.2.3.45"
