@@ -18,6 +18,7 @@ from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
+from isdr.scp.tuning import tune_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class Relay:
 
 def build_relay(settings: Settings) -> Relay:
     """Create folders, the database and the receiving side from the settings."""
+    tune_libraries(pynetdicom_logging=settings.pynetdicom_level != "NONE")
     settings.INCOMING_DIR.mkdir(parents=True, exist_ok=True)
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.database_url, durable=settings.FSYNC_WRITES)

@@ -22,6 +22,22 @@ from isdr.errors import InstanceRejected
 from isdr.scp.paths import SortKeys
 
 LAST_SORT_TAG = 0x0020000E
+_HEAD_BYTES = 64 * 1024
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_MISSING_UIDS = 0xC211
 _INFLATE_LIMIT = 1 << 20
@@ -110,7 +126,51 @@ def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid
 
 
 def read_file_sort_keys(path: Path) -> SortKeys:
-    """SortKeys of a DICOM file (Part 10, or a bare dataset pydicom can guess)."""
+    """SortKeys of a DICOM file (Part 10, or a bare dataset pydicom can guess).
+
+    The first 64 KiB are parsed directly, which is several times faster than dcmread;
+    a file whose sorting tags lie further in goes through dcmread.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise InstanceRejected(STATUS_CANNOT_UNDERSTAND, f"cannot read {path.name}: {exc}") from exc
+    meta = _split_file_meta(head)
+    if meta is not None:
+        syntax, sop_class, offset = meta
+        try:
+            return read_sort_keys(memoryview(head)[offset:], syntax, sop_class)
+        except InstanceRejected:
+            if len(head) < _HEAD_BYTES:
+                raise
+    return _read_file_sort_keys_slowly(path)
+
+
+def _split_file_meta(head: bytes) -> tuple[str, str, int] | None:
+    """(transfer syntax, SOP class, offset of the dataset) of a Part 10 file's start."""
+    if head[128:132] != b"DICM":
+        return None
+    values: dict[int, str] = {}
+    offset = 132
+    while offset + 8 <= len(head):
+        group, element, vr = struct.unpack_from("<HH2s", head, offset)
+        if group != 0x0002:
+            break
+        if vr in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", head, offset + 8)
+            offset += 12
+        else:
+            (length,) = struct.unpack_from("<H", head, offset + 6)
+            offset += 8
+        values[element] = head[offset : offset + length].decode("ascii", "replace").strip(" \x00")
+        offset += length
+    if 0x0010 not in values:
+        return None
+    return values[0x0010], values.get(0x0002, ""), offset
+
+
+def _read_file_sort_keys_slowly(path: Path) -> SortKeys:
     try:
         dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(_KEYWORDS))
     except (*_PARSE_ERRORS, OSError) as exc:

@@ -81,26 +81,27 @@ class RecentPaths:
 
     def __init__(self, ttl: float = 120.0) -> None:
         self._ttl = ttl
-        self._items: OrderedDict[Path, float] = OrderedDict()
+        self._items: OrderedDict[str, float] = OrderedDict()  # str hashes faster than Path
         self._lock = threading.Lock()
 
     def add(self, path: Path) -> None:
         """Remember `path` for a while."""
         now = time.monotonic()
+        key = str(path)
         with self._lock:
-            self._items[path] = now
-            self._items.move_to_end(path)
+            self._items[key] = now
+            self._items.move_to_end(key)
             while self._items and next(iter(self._items.values())) < now - self._ttl:
                 self._items.popitem(last=False)
 
     def __contains__(self, path: object) -> bool:
         with self._lock:
-            return path in self._items
+            return str(path) in self._items
 
     def pop(self, path: Path) -> bool:
         """Whether `path` was just written here (and forget it)."""
         with self._lock:
-            return self._items.pop(path, None) is not None
+            return self._items.pop(str(path), None) is not None
 
 
 def staging_folder(root: Path) -> Path | None:

@@ -19,10 +19,25 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from pydicom import config as pydicom_config
+from pynetdicom import _config as pynetdicom_config
+
 logger = logging.getLogger(__name__)
 
 
 DUL_LOOP_DELAY = 0.0002
+
+
+def tune_libraries(*, pynetdicom_logging: bool) -> None:
+    """Process-wide settings of pydicom and pynetdicom for a receiver.
+
+    - pydicom validates every value it decodes (a regular expression per UID); the relay
+      stores what it received as it is and checks the few tags it needs itself.
+    - pynetdicom binds a logging handler to every PDU and DIMSE message unless told not
+      to; when its log is off that work is wasted.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logging else "none"
 
 
 def tune_connection(association: Any) -> None:

@@ -4,6 +4,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import (
@@ -84,3 +85,21 @@ def test_a_file_cut_short_is_not_complete(tmp_path: Path) -> None:
     assert not file_is_complete(cut)
     (tmp_path / "text.dcm").write_text("not dicom at all")
     assert not file_is_complete(tmp_path / "text.dcm")
+
+
+def test_a_file_whose_sorting_tags_lie_beyond_the_first_bytes_is_still_read(tmp_path: Path) -> None:
+    [path] = write_series(tmp_path, SeriesSpec(count=1, series_description="far"))
+    ds = dcmread(path)
+    ds.add_new(0x00090010, "LO", "BIG CREATOR")
+    ds.add_new(0x00091000, "OB", b"\x00" * 200_000)
+    ds.save_as(path)
+    assert read_file_sort_keys(path).series_description == "far"
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_files_in_other_syntaxes_are_read(tmp_path: Path, syntax: str) -> None:
+    [path] = write_series(tmp_path, SeriesSpec(count=1, patient_id="P-9"))
+    ds = dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    assert read_file_sort_keys(path).patient_id == "P-9"
