@@ -424,7 +424,9 @@ def measure(
             senders_cpu = children_cpu_seconds() - senders_before
             if spec.kind == "relay" and receiver.proc.poll() is None:
                 relay_cpu = cpu_seconds(pid) - relay_before
-                run.relay_cpu_percent = 100.0 * relay_cpu / seconds
+                # Until the last instance was recorded: the inbox may still be working after
+                # the senders are done (RECEIVER=dcmtk).
+                run.relay_cpu_percent = 100.0 * relay_cpu / (run.recorded_seconds or seconds)
             elif spec.kind == "relay":
                 error = error or f"relay died: {tail(receiver.log)}"
             run.seconds = seconds

@@ -41,23 +41,27 @@ class Relay:
     engine: Engine
     writer: AtomicWriter
     scp: Receiver
-    inbox: Inbox | None
+    inbox: Inbox
+    watch: bool
 
     def start(self) -> None:
-        """Reconcile what a previous run left, then start receiving."""
+        """Reconcile what a previous run left, then start receiving.
+
+        Reconciliation always runs: a crash between a rename and its database commit
+        leaves a complete file that only it records.
+        """
         for folder in (self.settings.INCOMING_DIR, self.writer.staging):
             if folder is not None:
                 remove_stale_temporaries(folder)
-        if self.inbox is not None:
-            self.inbox.reconcile()
+        self.inbox.reconcile()
+        if self.watch:
             self.inbox.start()
         self.scp.start()
 
     def stop(self) -> None:
         """Stop receiving, letting C-STOREs in flight finish."""
         self.scp.stop(self.settings.STOP_TIMEOUT)
-        if self.inbox is not None:
-            self.inbox.stop()
+        self.inbox.stop()
         self.engine.dispose()
         logger.info("relay stopped")
 
@@ -79,11 +83,11 @@ def build_relay(settings: Settings) -> Relay:
     if settings.RECEIVER == "dcmtk":
         spool = settings.INCOMING_DIR / SPOOL_NAME
         scp = DcmtkReceiver(spool, **_scp_options(settings))
-        inbox: Inbox | None = Inbox(ingestor, engine, spool)
-    else:
-        scp = StoreSCP(ingestor, **_scp_options(settings))
-        inbox = Inbox(ingestor, engine) if settings.WATCH_INCOMING else None
-    return Relay(settings, engine, writer, scp, inbox)
+        # storescp's files reach the database only through the watcher.
+        return Relay(settings, engine, writer, scp, Inbox(ingestor, engine, spool), watch=True)
+    scp = StoreSCP(ingestor, **_scp_options(settings))
+    inbox = Inbox(ingestor, engine)
+    return Relay(settings, engine, writer, scp, inbox, watch=settings.WATCH_INCOMING)
 
 
 def _scp_options(settings: Settings) -> dict[str, Any]:

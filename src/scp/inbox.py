@@ -66,6 +66,8 @@ class Inbox:
         self._reported: set[Path] = set()
         self._lock = threading.Lock()
         self._adopting = threading.Lock()
+        self._pending: dict[Path, float] = {}
+        self._stopping = threading.Event()
 
     def reconcile(self) -> int:
         """Adopt every complete, unrecorded file under the tree; returns how many."""
@@ -92,10 +94,13 @@ class Inbox:
         )
         self._observer.daemon = True
         self._observer.start()
+        self._stopping.clear()
+        threading.Thread(target=self._recheck_pending, daemon=True, name="inbox-recheck").start()
         logger.info("inbox: watching %s for files placed there by other means", self.root)
 
     def stop(self) -> None:
         """Stop watching."""
+        self._stopping.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -123,15 +128,22 @@ class Inbox:
         if settled and file_is_complete(path):
             self.take(path)
         elif recheck:
-            timer = threading.Timer(2 * SETTLE_SECONDS, self._guarded_recheck, args=(path,))
-            timer.daemon = True
-            timer.start()
+            with self._lock:
+                self._pending[path] = time.monotonic() + 2 * SETTLE_SECONDS
 
-    def _guarded_recheck(self, path: Path) -> None:
-        try:
-            self.take_if_complete(path, recheck=False)
-        except Exception:  # a timer thread's top: log, never crash the relay
-            logger.exception("inbox: failed to take %s", path)
+    def _recheck_pending(self) -> None:
+        """One thread looks again at the files that had not settled (never one per file)."""
+        while not self._stopping.wait(SETTLE_SECONDS / 2):
+            now = time.monotonic()
+            with self._lock:
+                due = [path for path, when in self._pending.items() if when <= now]
+                for path in due:
+                    del self._pending[path]
+            for path in due:
+                try:
+                    self.take_if_complete(path, recheck=False)
+                except Exception:  # the top of a thread: log, never end the inbox
+                    logger.exception("inbox: failed to take %s", path)
 
     def take_folder(self, folder: Path) -> None:
         """Adopt every complete file of a folder that appeared (moved in whole)."""

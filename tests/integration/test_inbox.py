@@ -44,8 +44,9 @@ def test_a_folder_moved_in_is_recorded_whole(relay: Relay, tmp_path: Path) -> No
     wait_for(lambda: recorded_count(relay) == 6)
 
 
-def test_files_left_while_stopped_are_reconciled_at_start(tmp_path: Path) -> None:
-    settings = relay_settings(tmp_path)
+@pytest.mark.parametrize("watch", [True, False])
+def test_files_left_while_stopped_are_reconciled_at_start(tmp_path: Path, watch: bool) -> None:
+    settings = relay_settings(tmp_path, WATCH_INCOMING=watch)
     settings.INCOMING_DIR.mkdir(parents=True)
     write_series(settings.INCOMING_DIR / "offline", SeriesSpec(count=3))
     [whole] = write_series(tmp_path / "one", SeriesSpec(count=1))
