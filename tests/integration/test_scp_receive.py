@@ -181,3 +181,24 @@ def test_echo_is_answered(relay: Relay) -> None:
 
 def test_storescu_is_found() -> None:
     assert shutil.which("storescu")
+
+
+def test_pynetdicom_senders_in_parallel_associations_store_every_series(relay: Relay) -> None:
+    def one_series(index: int) -> list[int]:
+        spec = SeriesSpec(modality="CT", count=6, series_description=f"part {index}")
+        study, series = "1.2.826.0.1.9", f"1.2.826.0.1.9.{index}"
+        datasets = [make_instance(spec, i, study, series) for i in range(6)]
+        return send_datasets(
+            relay.scp.port, datasets, ae_title="ISDR_TEST", calling=f"SENDER{index}"
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        statuses = list(pool.map(one_series, range(3)))
+    assert statuses == [[0] * 6] * 3
+    rows = list_series(relay.engine)
+    assert sorted((s.instance_count, s.calling_ae_title) for s in rows) == [
+        (6, "SENDER0"),
+        (6, "SENDER1"),
+        (6, "SENDER2"),
+    ]
+    assert len({s.folder for s in rows}) == 3
