@@ -53,9 +53,9 @@ class Relay:
         for folder in (self.settings.INCOMING_DIR, self.writer.staging):
             if folder is not None:
                 remove_stale_temporaries(folder)
-        self.inbox.reconcile()
         if self.watch:
-            self.inbox.start()
+            self.inbox.start()  # first: files placed during reconciliation are not missed
+        self.inbox.reconcile()
         self.scp.start()
 
     def stop(self) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from isdr import __version__
 from isdr.config import Settings, describe_settings, load_settings
-from isdr.errors import ConfigError
+from isdr.errors import ConfigError, IsdrError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +50,11 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     from isdr.logs import configure_logging
 
     configure_logging(settings)
-    serve(settings)
+    try:
+        serve(settings)
+    except IsdrError as exc:
+        print(f"isdr: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

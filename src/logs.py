@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
+import warnings
 
 from isdr.config import Settings
 
@@ -17,6 +19,9 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.LOG_LEVEL)
+    # watchdog warns when a freshly created folder is watched twice; the second watch
+    # replaces the first and nothing is lost, so in `docker logs` it is only noise.
+    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
     _configure_pynetdicom(settings)
 
 
@@ -26,3 +31,18 @@ def _configure_pynetdicom(settings: Settings) -> None:
     pynetdicom_logger.handlers.clear()
     pynetdicom_logger.propagate = level != "NONE"
     pynetdicom_logger.setLevel(logging.CRITICAL + 1 if level == "NONE" else level)
+
+
+def log_exception(log: logging.Logger, what: str) -> None:
+    """Log the exception being handled: at ERROR its type and stack, all of it at DEBUG.
+
+    The message of an exception can hold a path, and paths under INCOMING_DIR start with
+    a PatientID, which must not appear above DEBUG.
+    """
+    error = sys.exc_info()[1]
+    if error is None:
+        log.error("%s", what)
+        return
+    stack = "".join(traceback.format_tb(error.__traceback__)).rstrip()
+    log.error("%s: %s (the message is logged at DEBUG)\n%s", what, type(error).__name__, stack)
+    log.debug("%s", what, exc_info=True)

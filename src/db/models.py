@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -57,7 +66,7 @@ class Series(Base):
     sop_class_uids: Mapped[list[str]] = mapped_column(JSON, default=list)
     folder: Mapped[str] = mapped_column(Text)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
-    total_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     calling_ae_title: Mapped[str] = mapped_column(String(64), default="")
@@ -79,7 +88,7 @@ class Instance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(128), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(128), default="")
     path: Mapped[str] = mapped_column(Text, index=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="instances")

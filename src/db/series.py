@@ -46,6 +46,7 @@ class Recorded:
     series_id: int
     series_is_new: bool
     duplicate: bool
+    replaced_path: str = ""  # a duplicate stored at another path: that older file
 
 
 def record_instance(engine: Engine, new: NewInstance) -> Recorded:
@@ -71,7 +72,12 @@ def _record(connection: Connection, new: NewInstance) -> Recorded:
         _FIND_INSTANCE, {"series_id": series_id, "sop": new.sop_instance_uid}
     ).first()
     if duplicate is not None:
-        return Recorded(series_id, series_is_new=False, duplicate=True)
+        # The latest copy wins: it may be a resend with a corrected tag, stored elsewhere.
+        connection.execute(
+            _REPLACE_INSTANCE, {"instance": duplicate.id, "path": new.path, "size": new.size}
+        )
+        replaced = duplicate.path if duplicate.path != new.path else ""
+        return Recorded(series_id, series_is_new=False, duplicate=True, replaced_path=replaced)
     connection.execute(
         _INSERT_INSTANCE,
         {
@@ -136,11 +142,16 @@ _FIND_OPEN_ROUND = (
 _LAST_ROUND = select(func.max(SERIES.c.round)).where(
     SERIES.c.series_instance_uid == bindparam("uid")
 )
-_FIND_INSTANCE = select(INSTANCE.c.id).where(
+_FIND_INSTANCE = select(INSTANCE.c.id, INSTANCE.c.path).where(
     INSTANCE.c.series_id == bindparam("series_id"),
     INSTANCE.c.sop_instance_uid == bindparam("sop"),
 )
 _INSERT_INSTANCE = insert(INSTANCE)
+_REPLACE_INSTANCE = (
+    update(INSTANCE)
+    .where(INSTANCE.c.id == bindparam("instance"))
+    .values(path=bindparam("path"), size=bindparam("size"))
+)
 _COUNT_INSTANCE = (
     update(SERIES)
     .where(SERIES.c.id == bindparam("series"))

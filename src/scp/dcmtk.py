@@ -10,6 +10,7 @@ at the next start (or deleted, when it is incomplete: its sender got no Success)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -45,7 +46,11 @@ class DcmtkReceiver:
         executable = shutil.which("storescp")
         if executable is None:
             raise IsdrError("RECEIVER=dcmtk needs dcmtk's storescp (apt-get install dcmtk)")
+        # setpriv (util-linux) makes the kernel send storescp SIGTERM when the relay dies,
+        # even by SIGKILL, so that no orphan keeps the port and writes into the spool.
+        guard = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
         return [
+            *guard,
             executable,
             "--fork",
             "--bit-preserving",
@@ -76,6 +81,11 @@ class DcmtkReceiver:
         )
         threading.Thread(target=self._forward_output, daemon=True, name="storescp-log").start()
         self._wait_until_listening()
+        time.sleep(0.3)  # a port held by another process: storescp exits at once, after our probe
+        if self._process.poll() is not None:
+            raise IsdrError(
+                f"storescp exited with {self._process.returncode}: is port {self.port} in use?"
+            )
         logger.info(
             "Store SCP %s (dcmtk storescp, pid %d) listening on port %d, spool %s",
             self.ae_title, self._process.pid, self.port, self.spool,
@@ -87,9 +97,10 @@ class DcmtkReceiver:
         if process is None:
             return
         group = process.pid
-        _signal_group(group, signal.SIGTERM, only_leader=True)
-        process.wait(timeout=5)
         deadline = time.monotonic() + timeout
+        _signal_group(group, signal.SIGTERM, only_leader=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=min(timeout, 2.0))
         while _group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.05)
         cut = _group_alive(group)

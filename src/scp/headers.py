@@ -201,15 +201,24 @@ def file_is_complete(path: Path) -> bool:
             elements = data_element_generator(
                 handle, syntax.is_implicit_VR, syntax.is_little_endian
             )
-            for raw in elements:
-                end = max(end, _value_end(raw))
-    except (*_PARSE_ERRORS, OSError):
+            for element in elements:
+                end = max(end, _value_end(element, handle.tell()))
+    except (*_PARSE_ERRORS, AttributeError, OSError):
         return False
     return end <= size
 
 
-def _value_end(raw: Any) -> int:
-    if raw.length != 0xFFFFFFFF:
-        return int(raw.value_tell + raw.length)
+def _value_end(element: Any, position: int) -> int:
+    """Where an element's value ends, by its declared length where it has one.
+
+    A sequence of undefined length comes back parsed (pydicom found its delimiter), so
+    the reader's position after it is its end.
+    """
+    length = getattr(element, "length", None)
+    tell = getattr(element, "value_tell", None)
+    if length is None or tell is None:
+        return position
+    if length != 0xFFFFFFFF:
+        return int(tell + length)
     # An undefined length is closed by an 8-byte delimiter that is not part of the value.
-    return int(raw.value_tell + len(raw.value or b"") + 8)
+    return int(tell + len(element.value or b"") + 8)

@@ -2,8 +2,10 @@
 
 Another SCP (say dcmtk's storescp) or a person can put DICOM files anywhere under
 INCOMING_DIR. Each one is taken once it is complete (closed after writing, or moved
-in), sorted into its place and recorded exactly like a received instance. At start-up
-the tree is reconciled: every complete file that is not recorded yet is taken.
+in and settled), sorted into its place and recorded exactly like a received instance.
+At start-up the tree is reconciled: every complete file that is not recorded yet is
+taken. The watcher starts first, so that nothing placed during reconciliation is missed;
+taking a file twice is harmless.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from watchdog.observers import Observer
 from isdr.db.models import Instance
 from isdr.db.series import is_recorded
 from isdr.errors import InstanceRejected
+from isdr.logs import log_exception
 from isdr.scp.headers import file_is_complete
 from isdr.scp.ingest import Ingestor
+from isdr.scp.paths import loggable
 from isdr.scp.storage import is_temporary
 
 logger = logging.getLogger(__name__)
@@ -48,53 +51,32 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 
-# watchdog warns when a freshly created folder is watched twice; the second watch replaces
-# the first and nothing is lost, so the warning is only noise in `docker logs`.
-warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
-
 
 class Inbox:
     """Watches INCOMING_DIR and adopts the files that were not received by our SCP."""
 
     def __init__(self, ingestor: Ingestor, engine: Engine, spool: Path | None = None) -> None:
         self.ingestor = ingestor
-        self.spool = spool
-        self.own_writes = ingestor.writer.recent
         self.engine = engine
         self.root = ingestor.root
+        self.spool = spool.resolve() if spool is not None else None
+        self.own_writes = ingestor.writer.recent
         self._observer: Any = None
         self._reported: set[Path] = set()
+        self._pending: dict[Path, float] = {}
         self._lock = threading.Lock()
         self._adopting = threading.Lock()
-        self._pending: dict[Path, float] = {}
         self._stopping = threading.Event()
 
-    def reconcile(self) -> int:
-        """Adopt every complete, unrecorded file under the tree; returns how many."""
-        with Session(self.engine) as session:
-            known = set(session.scalars(select(Instance.path)))
-        adopted = 0
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
-            relative = path.relative_to(self.root).as_posix()
-            if relative in known or is_temporary(path):
-                continue
-            if not file_is_complete(path):
-                self._set_aside_incomplete(path)
-                continue
-            adopted += self._adopt(path)
-        if adopted:
-            logger.info("inbox: recorded %d file(s) found under %s at start-up", adopted, self.root)
-        return adopted
-
     def start(self) -> None:
-        """Watch the tree in a background thread."""
+        """Watch the tree in background threads."""
+        self._stopping.clear()
         self._observer = Observer()
         self._observer.schedule(
             _Handler(self), str(self.root), recursive=True, event_filter=WATCHED_EVENTS
         )
         self._observer.daemon = True
         self._observer.start()
-        self._stopping.clear()
         threading.Thread(target=self._recheck_pending, daemon=True, name="inbox-recheck").start()
         logger.info("inbox: watching %s for files placed there by other means", self.root)
 
@@ -103,52 +85,75 @@ class Inbox:
         self._stopping.set()
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=5)
+            self._observer.join(timeout=2)
             self._observer = None
 
-    def take(self, path: Path) -> None:
-        """Adopt a file that was closed after writing or moved in, unless already recorded."""
-        with self._adopting:
-            if is_temporary(path) or not path.is_file():
-                return
-            spooled = self._in_spool(path)
-            if not spooled and is_recorded(self.engine, path.relative_to(self.root).as_posix()):
-                return
-            self._adopt(path)
+    def reconcile(self) -> int:
+        """Adopt every complete, unrecorded file under the tree; returns how many."""
+        with Session(self.engine) as session:
+            known = set(session.scalars(select(Instance.path)))
+        adopted = 0
+        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            if path.relative_to(self.root).as_posix() in known or is_temporary(path):
+                continue
+            try:
+                adopted += self._take_complete(path)
+            except Exception:  # noqa: BLE001 (one file must not stop the start-up)
+                log_exception(logger, f"inbox: cannot take {loggable(self.root, path)}")
+        if adopted:
+            logger.info("inbox: recorded %d file(s) found under %s at start-up", adopted, self.root)
+        return adopted
 
-    def take_if_complete(self, path: Path, *, recheck: bool = True) -> None:
-        """Adopt a file that appeared, once it is whole and has settled.
+    def take(self, path: Path) -> None:
+        """Adopt a file that was closed after writing or moved in, once it is whole."""
+        if is_temporary(path) or path in self.own_writes or not path.is_file():
+            return
+        relative = path.relative_to(self.root).as_posix()
+        if not self._in_spool(path) and is_recorded(self.engine, relative):
+            return
+        self._take_complete(path)
+
+    def take_when_settled(self, path: Path, *, recheck: bool = True) -> None:
+        """Adopt a file that appeared, once it has settled.
 
         A file being written in place is taken by its close event; one moved in from
         outside the tree gets no such event, so it is looked at again after a pause.
         """
         if is_temporary(path) or path in self.own_writes or not path.is_file():
             return
-        settled = time.time() - path.stat().st_mtime > SETTLE_SECONDS
-        if settled and file_is_complete(path):
+        if time.time() - path.stat().st_mtime > SETTLE_SECONDS:
             self.take(path)
         elif recheck:
             with self._lock:
                 self._pending[path] = time.monotonic() + 2 * SETTLE_SECONDS
-
-    def _recheck_pending(self) -> None:
-        """One thread looks again at the files that had not settled (never one per file)."""
-        while not self._stopping.wait(SETTLE_SECONDS / 2):
-            now = time.monotonic()
-            with self._lock:
-                due = [path for path, when in self._pending.items() if when <= now]
-                for path in due:
-                    del self._pending[path]
-            for path in due:
-                try:
-                    self.take_if_complete(path, recheck=False)
-                except Exception:  # the top of a thread: log, never end the inbox
-                    logger.exception("inbox: failed to take %s", path)
+        else:
+            self.take(path)
 
     def take_folder(self, folder: Path) -> None:
-        """Adopt every complete file of a folder that appeared (moved in whole)."""
+        """Adopt every file of a folder that appeared (moved in whole)."""
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            self.take_if_complete(path)
+            self.take_when_settled(path)
+
+    def _take_complete(self, path: Path) -> int:
+        with self._adopting:
+            if not path.is_file():
+                return 0  # taken meanwhile by another thread
+            if not file_is_complete(path):
+                self._set_aside_incomplete(path)
+                return 0
+            return self._adopt(path)
+
+    def _adopt(self, path: Path) -> int:
+        source = "storescp" if self._in_spool(path) else "inbox"
+        try:
+            self.ingestor.adopt_file(path, source)
+        except InstanceRejected as exc:
+            self._report(path, exc.reason)
+            return 0
+        except OSError as exc:
+            self._report(path, f"cannot move or read it: {exc.strerror}")
+            return 0
+        return 1
 
     def _in_spool(self, path: Path) -> bool:
         return self.spool is not None and path.parent == self.spool
@@ -162,23 +167,31 @@ class Inbox:
         else:
             self._report(path, "incomplete or not DICOM; left where it is")
 
-    def _adopt(self, path: Path) -> int:
-        try:
-            self.ingestor.adopt_file(path, "storescp" if self._in_spool(path) else "inbox")
-        except InstanceRejected as exc:
-            self._report(path, exc.reason)
-            return 0
-        except OSError as exc:
-            self._report(path, f"cannot move or read it: {exc}")
-            return 0
-        return 1
-
     def _report(self, path: Path, reason: str) -> None:
         with self._lock:
             if path in self._reported:
                 return
             self._reported.add(path)
-        logger.warning("inbox: not recording %s: %s", path, reason)
+        logger.warning("inbox: not recording %s: %s", loggable(self.root, path), reason)
+
+    def _recheck_pending(self) -> None:
+        """One thread looks again at the files that had not settled (never one per file)."""
+        while not self._stopping.wait(SETTLE_SECONDS / 2):
+            now = time.monotonic()
+            with self._lock:
+                due = [path for path, when in self._pending.items() if when <= now]
+                for path in due:
+                    del self._pending[path]
+            for path in due:
+                self.guarded(self.take_when_settled, path, recheck=False)
+
+    def guarded(self, action: Any, path: Path, **options: Any) -> None:
+        """Run one action on one file; a failure is logged and the watch goes on."""
+        try:
+            if path.is_relative_to(self.root):
+                action(path, **options)
+        except Exception:  # noqa: BLE001 (the top of a watcher thread)
+            log_exception(logger, f"inbox: cannot take {loggable(self.root, path)}")
 
 
 class _Handler(FileSystemEventHandler):
@@ -189,29 +202,22 @@ class _Handler(FileSystemEventHandler):
         # A file or folder moved in from outside the tree shows up as created, not moved.
         path = _path(event.src_path)
         if isinstance(event, DirCreatedEvent):
-            self._guarded(self.inbox.take_folder, path)
+            self.inbox.guarded(self.inbox.take_folder, path)
         elif isinstance(event, FileCreatedEvent) and not self.inbox.own_writes.pop(path):
-            self._guarded(self.inbox.take_if_complete, path)
+            self.inbox.guarded(self.inbox.take_when_settled, path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent):
-            self._guarded(self.inbox.take, _path(event.src_path))
+            self.inbox.guarded(self.inbox.take, _path(event.src_path))
 
     def on_moved(self, event: FileSystemEvent) -> None:
         destination = _path(event.dest_path)
         if self.inbox.own_writes.pop(destination):
             return  # our own atomic rename: the SCP records that file itself
         if isinstance(event, DirMovedEvent):
-            self._guarded(self.inbox.take_folder, destination)
+            self.inbox.guarded(self.inbox.take_folder, destination)
         elif isinstance(event, FileMovedEvent):
-            self._guarded(self.inbox.take, destination)
-
-    def _guarded(self, action: Any, path: Path) -> None:
-        try:
-            if path.is_relative_to(self.inbox.root):
-                action(path)
-        except Exception:  # the top of the watcher: one file fails, the watch goes on
-            logger.exception("inbox: failed to take %s", path)
+            self.inbox.guarded(self.inbox.take, destination)
 
 
 def _path(raw: str | bytes) -> Path:

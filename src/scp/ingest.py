@@ -92,6 +92,8 @@ class Ingestor:
                 received_at=self.clock(),
             ),
         )
+        if recorded.replaced_path:
+            (self.root / recorded.replaced_path).unlink(missing_ok=True)
         if recorded.series_is_new:
             logger.info(
                 "series %s (series id %d, %s, %r) started receiving from %s %s",

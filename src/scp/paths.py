@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 MAX_COMPONENT_LENGTH = 64
+MAX_COMPONENT_BYTES = 128  # file systems limit a name to 255 bytes, not characters
 UID_HASH_LENGTH = 12
 _UNSAFE = re.compile(r"[^\w.+-]+")
 _VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -37,9 +38,10 @@ class SortKeys:
 def sanitize_component(value: str, placeholder: str) -> str:
     """One safe folder or file name: no separators, no dot-names, bounded, never empty."""
     text = unicodedata.normalize("NFKC", value)
-    text = _UNSAFE.sub("_", text).strip("._-")
-    text = text[:MAX_COMPONENT_LENGTH].rstrip("._-")
-    return text or placeholder
+    text = _UNSAFE.sub("_", text).strip("._-")[:MAX_COMPONENT_LENGTH]
+    while len(text.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        text = text[:-1]
+    return text.rstrip("._-") or placeholder
 
 
 def uid_hash(uid: str) -> str:
@@ -83,3 +85,15 @@ def resolve_inside(root: Path, relpath: PurePosixPath) -> Path:
     if relpath.is_absolute() or any(part in ("", ".", "..") for part in relpath.parts):
         raise ValueError(f"{relpath} escapes {root}")
     return root / relpath
+
+
+def loggable(root: Path, path: Path) -> str:
+    """A path fit for logs above DEBUG: relative to the tree, its first folder masked.
+
+    The first folder of the sorted tree is the PatientID.
+    """
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path.name
+    return "/".join(("…", *parts[1:])) if len(parts) > 1 else "/".join(parts)

@@ -7,7 +7,9 @@ and recorded in the database.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,11 +28,14 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from isdr.errors import InstanceRejected
+from isdr.logs import log_exception
 from isdr.scp.ingest import Ingestor
 from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
 
+ABORT_SECONDS = 1.0
+NETWORK_TIMEOUT = 120.0  # a peer silent this long (even in the middle of a PDU) is dropped
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
@@ -99,8 +104,7 @@ class StoreSCP:
         with self._idle:
             finished = self._idle.wait_for(lambda: self._in_flight == 0, timeout)
         open_associations = server.active_associations
-        for assoc in open_associations:
-            assoc.abort()
+        _cut(open_associations, ABORT_SECONDS)
         logger.info(
             "Store SCP stopped (%d association(s) cut after their C-STOREs%s)",
             len(open_associations),
@@ -108,7 +112,7 @@ class StoreSCP:
         )
 
     def _on_open(self, event: Any) -> None:
-        tune_connection(event.assoc)
+        tune_connection(event.assoc, NETWORK_TIMEOUT)
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -157,10 +161,11 @@ class StoreSCP:
                 exc.status,
             )
             return _failure(exc.status, exc.reason)
-        except Exception:  # the top of a handler: one instance fails, the rest go on
+        except Exception:  # noqa: BLE001 (the top of a handler: one fails, the rest go on)
             stats.refused += 1
-            logger.exception(
-                "could not store instance %s from %s", request.AffectedSOPInstanceUID, stats.peer
+            log_exception(
+                logger,
+                f"could not store instance {request.AffectedSOPInstanceUID} from {stats.peer}",
             )
             return _failure(STATUS_PROCESSING_FAILURE, "internal error while storing")
         finally:
@@ -173,12 +178,28 @@ class StoreSCP:
         return STATUS_SUCCESS
 
 
+def _cut(associations: list[Any], seconds: float) -> None:
+    """End associations now: their sockets are shut (waking a thread blocked on a read of
+    a peer that went silent), then they are aborted in parallel, all within `seconds`."""
+    for assoc in associations:
+        sock = getattr(assoc.dul.socket, "socket", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+    threads = [threading.Thread(target=assoc.abort, daemon=True) for assoc in associations]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def _make_ae(ae_title: str, max_pdu: int) -> AE:
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
     ae.maximum_associations = 64
-    ae.dimse_timeout = 120
-    ae.network_timeout = 120
+    ae.dimse_timeout = NETWORK_TIMEOUT
+    ae.network_timeout = NETWORK_TIMEOUT
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)

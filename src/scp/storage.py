@@ -1,8 +1,9 @@
 """Putting bytes on disk so that a crash leaves either the whole file or nothing.
 
-A file is written under a temporary dot-name in its final folder, then renamed into
-place. With fsync on, the file and every folder touched are flushed before the rename is
-reported done, so the instance survives a power loss too.
+A file is written under a temporary dot-name in a staging folder beside the tree (or,
+where that cannot be, in its final folder), then renamed into place. With fsync on, the
+file and every folder touched are flushed before the rename is reported done, so the
+instance survives a power loss too.
 """
 
 from __future__ import annotations
@@ -112,11 +113,16 @@ def staging_folder(root: Path) -> Path | None:
     mount point, say): temporary files then go beside their targets.
     """
     staging = root.parent / f".{root.name}.staging"
+    probe = staging / f".probe-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    landed = root / probe.name
     try:
         staging.mkdir(exist_ok=True)
-        if staging.stat().st_dev == root.stat().st_dev:
-            return staging
+        probe.write_bytes(b"")
+        os.replace(probe, landed)  # a bind mount shares st_dev yet refuses this (EXDEV)
+        landed.unlink()
+        return staging
     except OSError as exc:
+        probe.unlink(missing_ok=True)
         logger.info("no staging folder beside %s (%s); writing temporaries in place", root, exc)
     return None
 
@@ -141,7 +147,7 @@ class AtomicWriter:
         try:
             self._write_temp(temp, chunks)
             self.recent.add(path)
-            os.replace(temp, path)
+            self._rename(temp, path)
             if self.fsync:
                 _fsync_folder(path.parent)
         except OSError as exc:
@@ -154,6 +160,29 @@ class AtomicWriter:
             temp.unlink(missing_ok=True)
             self.recent.pop(path)
             raise
+
+    def _rename(self, temp: Path, path: Path) -> None:
+        try:
+            os.replace(temp, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # The tree moved to another file system under us: stage in place from now on.
+            logger.warning("staging folder and %s are on different file systems", self.root)
+            self.staging = None
+            os.replace(self._copy_beside(temp, path), path)
+
+    def _copy_beside(self, temp: Path, path: Path) -> Path:
+        beside = self._temporary_for(path)
+        try:
+            with temp.open("rb") as source:
+                self._write_temp(beside, iter(lambda: source.read(1 << 20), b""))
+        except BaseException:
+            beside.unlink(missing_ok=True)
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
+        return beside
 
     def _temporary_for(self, path: Path) -> Path:
         name = f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"

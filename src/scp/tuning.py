@@ -40,32 +40,45 @@ def tune_libraries(*, pynetdicom_logging: bool) -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logging else "none"
 
 
-def tune_connection(association: Any) -> None:
-    """Apply the tunings to a pynetdicom Association whose connection just opened."""
+def tune_connection(association: Any, timeout: float) -> None:
+    """Apply the tunings to a pynetdicom Association whose connection just opened.
+
+    The socket also gets a timeout: pynetdicom leaves an accepted socket blocking, so a
+    peer that stops in the middle of a PDU would hold its thread (and a stop) forever.
+    """
     association.dul._run_loop_delay = DUL_LOOP_DELAY
     association_socket = association.dul.socket
     sock = getattr(association_socket, "socket", None)
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
+    sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if not isinstance(sock, ssl.SSLSocket):
         association_socket.recv = whole_reads(sock)
 
 
+READ_CHUNK = 1 << 20
+
+
 def whole_reads(sock: socket.socket) -> Callable[[int], bytearray]:
-    """A `recv(n)` that returns n bytes read with as few system calls as possible."""
+    """A `recv(n)` that returns n bytes read with as few system calls as possible.
+
+    The buffer grows with the data that arrives, at most a MiB at a time: the length a
+    peer announces is not trusted with memory before its bytes are there.
+    """
 
     def recv(nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        with memoryview(buffer) as view:
-            received = 0
-            while received < nr_bytes:
-                count = sock.recv_into(view[received:], nr_bytes - received, socket.MSG_WAITALL)
-                if count == 0:
-                    break
-                received += count
-        if received < nr_bytes:
-            del buffer[received:]
+        buffer = bytearray(min(nr_bytes, READ_CHUNK))
+        received = 0
+        while received < nr_bytes:
+            if received == len(buffer):
+                buffer += bytearray(min(nr_bytes - received, READ_CHUNK))
+            with memoryview(buffer) as view:
+                count = sock.recv_into(view[received:], len(buffer) - received, socket.MSG_WAITALL)
+            if count == 0:
+                break
+            received += count
+        del buffer[received:]
         return buffer
 
     return recv

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,13 @@ def wait_until_echo(port: int, process: subprocess.Popen[bytes], timeout: float 
             return
         time.sleep(0.2)
     raise AssertionError("the relay did not answer C-ECHO in time")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, step: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(step)
 
 
 @pytest.fixture
@@ -100,8 +107,7 @@ def test_sigterm_stops_within_ten_seconds_and_keeps_every_success(
     stopped.append(relay)
     sender = Sender(settings.SCP_PORT, 400)
     sender.start()
-    while len(sender.succeeded) < 10:
-        time.sleep(0.01)
+    wait_for(lambda: len(sender.succeeded) >= 10)
     began = time.monotonic()
     relay.send_signal(signal.SIGTERM)
     assert relay.wait(timeout=10) == 0
@@ -131,8 +137,7 @@ def test_sigkill_during_a_transfer_loses_no_instance_that_got_success(
     stopped.append(relay)
     sender = Sender(settings.SCP_PORT, 200)
     sender.start()
-    while len(sender.succeeded) < kill_after:
-        time.sleep(0.001)
+    wait_for(lambda: len(sender.succeeded) >= kill_after, step=0.001)
     relay.kill()
     relay.wait()
     sender.join(timeout=30)

@@ -103,3 +103,27 @@ def test_files_in_other_syntaxes_are_read(tmp_path: Path, syntax: str) -> None:
     ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
     assert read_file_sort_keys(path).patient_id == "P-9"
+
+
+def with_undefined_length_sequence(path: Path) -> Path:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = dcmread(path)
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    ds.ReferencedImageSequence = Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True  # as many modalities write it
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_file_with_an_undefined_length_sequence_is_complete(tmp_path: Path) -> None:
+    [path] = write_series(tmp_path, SeriesSpec(count=1))
+    path = with_undefined_length_sequence(path)
+    assert file_is_complete(path)
+    assert read_file_sort_keys(path).modality == "CT"
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-10])
+    assert not file_is_complete(cut)

@@ -54,6 +54,7 @@ def test_hostile_values_become_harmless_names() -> None:
     assert sanitize_component("a\x00b\nc", "P") == "a_b_c"
     assert len(sanitize_component("y" * 10_000, "P")) == MAX_COMPONENT_LENGTH
     assert sanitize_component("", "EMPTY") == "EMPTY"
+    assert len(sanitize_component("\U00010400" * 64, "P").encode()) <= 128
 
 
 def test_a_path_that_could_escape_is_refused() -> None:
@@ -101,6 +102,7 @@ def test_every_path_stays_inside_incoming_dir(
     assert len(relpath.parts) == 5
     for part in relpath.parts:
         assert part not in ("", ".", "..")
+        assert len(part.encode("utf-8", "surrogatepass")) <= 255
         assert "/" not in part and "\x00" not in part
         assert not part.startswith(".")
     assert resolve_inside(root, relpath).resolve().is_relative_to(root)
