@@ -197,3 +197,14 @@ def test_pynetdicom_senders_in_parallel_associations_store_every_series(relay: R
         (6, "SENDER2"),
     ]
     assert len({s.folder for s in rows}) == 3
+
+
+def test_a_resend_with_a_corrected_patient_id_replaces_the_earlier_file(relay: Relay) -> None:
+    ds = make_instance(SeriesSpec(patient_id="WRONG-1"), 0, "1.2.826.0.1.10", "1.2.826.0.1.10.1")
+    assert send_datasets(relay.scp.port, [ds]) == [0]
+    ds.PatientID = "RIGHT-1"
+    assert send_datasets(relay.scp.port, [ds]) == [0]
+    [stored] = stored_files(relay.settings.INCOMING_DIR)
+    assert stored.relative_to(relay.settings.INCOMING_DIR).parts[0] == "RIGHT-1"
+    [series] = list_series(relay.engine)
+    assert series.instance_count == 1
