@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from isdr.config import Settings
+from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.engine import make_engine
+from isdr.fingerprints.registry import FingerprintRegistry
+from isdr.inference.client import InferenceClient
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
-from isdr.scp.ingest import Ingestor
+from isdr.scp.ingest import Ingestor, utcnow
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 from isdr.scp.tuning import tune_libraries
@@ -43,6 +47,10 @@ class Relay:
     scp: Receiver
     inbox: Inbox
     watch: bool
+    registry: FingerprintRegistry
+    post: PostDaemon
+    client: InferenceClient
+    scheduler: BackgroundScheduler = field(default_factory=BackgroundScheduler)
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving.
@@ -56,11 +64,24 @@ class Relay:
         if self.watch:
             self.inbox.start()  # first: files placed during reconciliation are not missed
         self.inbox.reconcile()
+        self.registry.start()
+        self.post.recover()
+        self.scheduler.add_job(
+            self.post.tick, "interval", seconds=self.settings.POST_INTERVAL,
+            max_instances=1, coalesce=True, id="post",
+        )  # fmt: skip
+        self.scheduler.start()
         self.scp.start()
 
     def stop(self) -> None:
-        """Stop receiving, letting C-STOREs in flight finish."""
+        """Stop receiving (C-STOREs in flight finish), then the daemons."""
         self.scp.stop(self.settings.STOP_TIMEOUT)
+        self.post.stopping.set()
+        self.scheduler.shutdown(wait=False)
+        if not self.post.busy.acquire(timeout=self.settings.STOP_TIMEOUT):
+            logger.warning("post daemon still busy at stop; a submit on the wire is cut")
+        self.client.close()
+        self.registry.stop()
         self.inbox.stop()
         self.engine.dispose()
         logger.info("relay stopped")
@@ -79,15 +100,29 @@ def build_relay(settings: Settings) -> Relay:
         staging=staging_folder(settings.INCOMING_DIR),
     )
     ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
+    registry = FingerprintRegistry(settings.FINGERPRINT_DIR)
+    client = InferenceClient(settings.CERT_FILE, settings.POST_TIMEOUT)
+    post = PostDaemon(engine, registry.current, client, _post_settings(settings), utcnow)
     scp: Receiver
     if settings.RECEIVER == "dcmtk":
         spool = settings.INCOMING_DIR / SPOOL_NAME
-        scp = DcmtkReceiver(spool, **_scp_options(settings))
-        # storescp's files reach the database only through the watcher.
-        return Relay(settings, engine, writer, scp, Inbox(ingestor, engine, spool), watch=True)
-    scp = StoreSCP(ingestor, **_scp_options(settings))
-    inbox = Inbox(ingestor, engine)
-    return Relay(settings, engine, writer, scp, inbox, watch=settings.WATCH_INCOMING)
+        scp, inbox = DcmtkReceiver(spool, **_scp_options(settings)), Inbox(ingestor, engine, spool)
+    else:
+        scp, inbox = StoreSCP(ingestor, **_scp_options(settings)), Inbox(ingestor, engine)
+    # storescp's files reach the database only through the watcher: it always watches.
+    watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
+    return Relay(settings, engine, writer, scp, inbox, watch, registry, post, client)
+
+
+def _post_settings(settings: Settings) -> PostSettings:
+    return PostSettings(
+        incoming_dir=settings.INCOMING_DIR,
+        jobs_dir=settings.DATA_DIR / "jobs",
+        post_after=settings.POST_AFTER,
+        delete_on_post=settings.DELETE_ON_POST,
+        max_attempts=settings.POST_MAX_ATTEMPTS,
+        retry_delay=settings.POST_RETRY_DELAY,
+    )
 
 
 def _scp_options(settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from isdr import __version__
 from isdr.config import Settings, describe_settings, load_settings
@@ -42,7 +44,79 @@ def _parser() -> argparse.ArgumentParser:
     series = commands.add_parser("series", help="list received series (no patient names)")
     series.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     series.set_defaults(func=_series)
+    _fingerprint_commands(commands)
+    jobs = commands.add_parser("jobs", help="list jobs (state, model, attempts, last error)")
+    jobs.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
+    jobs.set_defaults(func=_jobs)
     return parser
+
+
+def _fingerprint_commands(commands: Any) -> None:
+    group = commands.add_parser("fingerprints", help="check fingerprint files, or test them")
+    actions = group.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="validate a folder; exit 1 on any error")
+    check.add_argument("folder", nargs="?", type=Path, help="default: FINGERPRINT_DIR")
+    check.set_defaults(func=_fingerprints_check)
+    test = actions.add_parser("test", help="tell per series which fingerprints match, and why not")
+    test.add_argument("path", type=Path, help="a DICOM file or a folder of them")
+    test.add_argument("--folder", type=Path, help="fingerprints folder (default: FINGERPRINT_DIR)")
+    test.set_defaults(func=_fingerprints_test)
+
+
+def _fingerprints_check(settings: Settings, args: argparse.Namespace) -> int:
+    from isdr.fingerprints.loader import load_folder
+    from isdr.fingerprints.report import check_lines
+
+    folder = args.folder or settings.FINGERPRINT_DIR
+    loaded = load_folder(folder)
+    print("\n".join(check_lines(folder, loaded)))
+    return 1 if loaded.errors else 0
+
+
+def _fingerprints_test(settings: Settings, args: argparse.Namespace) -> int:
+    from isdr.fingerprints.loader import load_folder
+    from isdr.fingerprints.report import test_lines
+
+    loaded = load_folder(args.folder or settings.FINGERPRINT_DIR)
+    for error in loaded.errors:
+        print(f"ERROR  {error}")
+    print("\n".join(test_lines(args.path, loaded.fingerprints)))
+    return 0
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from isdr.db.engine import make_engine
+    from isdr.db.jobs import list_jobs
+
+    now = datetime.now(UTC)
+    header = (
+        "ID",
+        "STATE",
+        "SERIES",
+        "FINGERPRINT",
+        "MODEL",
+        "ATTEMPTS",
+        "AGE",
+        "TASK",
+        "LAST ERROR",
+    )
+    rows = [header]
+    for job in list_jobs(make_engine(settings.database_url), args.limit):
+        model = str(job.fingerprint.get("model_human_readable_id", "-"))
+        rows.append((str(job.id), job.state, str(job.series_id), job.fingerprint_name, model,
+                     str(job.attempts), _age(now, job.created_at), job.task_uid or "-",
+                     job.last_error[:80] or "-"))  # fmt: skip
+    _print_table(rows)
+    if len(rows) == 1:
+        print("(no jobs yet)")
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for line in rows:
+        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)]
+        print("  ".join([*cells, line[-1]]))
 
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
@@ -89,10 +163,7 @@ def _series(settings: Settings, args: argparse.Namespace) -> int:
                 f"{row.series_description or '-'} ({row.series_instance_uid}, round {row.round})",
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
-    for line in table:
-        cells = [cell.ljust(width) for cell, width in zip(line[:-1], widths, strict=True)]
-        print("  ".join([*cells, line[-1]]))
+    _print_table(table)
     if not rows:
         print("(no series received yet)")
     return 0

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     DELETE_ON_POST: bool = Field(True, description="delete a series' files once submitted")
     GET_INTERVAL: Seconds = Field(15.0, description="how often a submitted job is polled")
     GET_TIMEOUT: Seconds = Field(86400.0, description="how long a job may take on the server")
+    POST_MAX_ATTEMPTS: int = Field(
+        10, ge=1, description="submit attempts of a job before it fails (connection errors, 5xx)"
+    )
+    POST_RETRY_DELAY: Seconds = Field(
+        5.0, description="wait before the second submit attempt; doubles each time, up to 600 s"
+    )
     ASK_INFERENCE_SERVER_TO_DELETE_TASK: bool = Field(
         True, description="delete the remote task once its predictions are delivered"
     )

@@ -44,9 +44,11 @@ class Base(DeclarativeBase):
 
 
 class SeriesState(StrEnum):
-    """Where a series round stands. Later stages add their states."""
+    """Where a series round stands."""
 
-    RECEIVING = "receiving"
+    RECEIVING = "receiving"  # instances are arriving; not quiet for POST_AFTER yet
+    MATCHED = "matched"  # quiet, and one job per matching fingerprint was created
+    UNMATCHED = "unmatched"  # quiet, and no fingerprint matched
 
 
 class Series(Base):
@@ -73,6 +75,7 @@ class Series(Base):
     peer_address: Mapped[str] = mapped_column(String(128), default="")
     state: Mapped[str] = mapped_column(String(32), default=SeriesState.RECEIVING, index=True)
     state_reason: Mapped[str] = mapped_column(Text, default="")
+    files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -92,3 +95,46 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class JobState(StrEnum):
+    """Where a job stands: the post daemon moves it from PENDING to SUBMITTED or FAILED."""
+
+    PENDING = "pending"  # waiting to be submitted (again) at next_attempt_at
+    SUBMITTING = "submitting"  # a submit is on the wire
+    SUBMITTED = "submitted"  # the InferenceServer has it under task_uid
+    FAILED = "failed"  # given up; last_error says why
+
+
+class Job(Base):
+    """One series round sent to one model: the queue of the post daemon (and later ones)."""
+
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    fingerprint_name: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    task_uid: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
+
+
+class JobEvent(Base):
+    """One line of a job's timeline: every state change and retry."""
+
+    __tablename__ = "job_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    job: Mapped[Job] = relationship(back_populates="events")

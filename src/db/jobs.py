@@ -1,0 +1,269 @@
+"""The job queue: creating jobs from quiet series and moving them between states.
+
+Each function is one short transaction. Every state change adds a line to the job's
+timeline and one log line with the job id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from isdr.db.models import Instance, Job, JobEvent, JobState, Series, SeriesState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuietSeries:
+    """What routing needs to know of a series round that went quiet."""
+
+    id: int
+    modality: str
+    series_description: str
+    study_description: str
+    sop_class_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The routing decision for one quiet series: fingerprint name -> snapshot."""
+
+    series_id: int
+    fingerprints: dict[str, dict[str, Any]]
+    checked: int
+
+
+def quiet_series(engine: Engine, cutoff: datetime, limit: int = 100) -> list[QuietSeries]:
+    """Series rounds still receiving whose last instance arrived before `cutoff`."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(Series)
+            .where(Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff)
+            .order_by(Series.last_received_at)
+            .limit(limit)
+        ).all()
+        return [
+            QuietSeries(
+                r.id, r.modality, r.series_description, r.study_description, tuple(r.sop_class_uids)
+            )
+            for r in rows
+        ]
+
+
+def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -> list[int]:
+    """Mark the round matched (with one job per fingerprint) or unmatched.
+
+    Nothing happens when an instance arrived since the round was found quiet: the check
+    and the change are one transaction, serialised with the Store SCP's writes.
+    """
+    with Session(engine) as session, session.begin():
+        series = session.get(Series, route.series_id, with_for_update=True)
+        if series is None or series.state != SeriesState.RECEIVING:
+            return []
+        if series.last_received_at > cutoff:
+            return []
+        if not route.fingerprints:
+            series.state = SeriesState.UNMATCHED
+            series.state_reason = f"no fingerprint matched ({route.checked} checked)"
+            logger.info("series %d unmatched: %s", series.id, series.state_reason)
+            return []
+        series.state = SeriesState.MATCHED
+        series.state_reason = "matched " + ", ".join(sorted(route.fingerprints))
+        jobs = [
+            _new_job(series.id, name, snap, now)
+            for name, snap in sorted(route.fingerprints.items())
+        ]
+        session.add_all(jobs)
+        session.flush()
+        for job in jobs:
+            _event(
+                session,
+                job,
+                JobState.PENDING,
+                f"created for series {series.id} ({job.fingerprint_name})",
+                now,
+            )
+        return [job.id for job in jobs]
+
+
+def _new_job(series_id: int, name: str, snapshot: dict[str, Any], now: datetime) -> Job:
+    return Job(
+        series_id=series_id,
+        fingerprint_name=name,
+        fingerprint=snapshot,
+        state=JobState.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        last_error="",
+        task_uid="",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _event(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
+    job.state = state
+    job.updated_at = now
+    session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
+    logger.info("job %d %s: %s", job.id, state, message)
+
+
+def due_jobs(engine: Engine, now: datetime, limit: int = 20) -> list[int]:
+    """Ids of pending jobs whose next attempt is due."""
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                select(Job.id)
+                .where(Job.state == JobState.PENDING, Job.next_attempt_at <= now)
+                .order_by(Job.next_attempt_at)
+                .limit(limit)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """What submitting a job needs."""
+
+    job_id: int
+    fingerprint: dict[str, Any]
+    series_instance_uid: str
+    instances: list[Instance]
+    attempts: int
+
+
+def job_input(engine: Engine, job_id: int) -> JobInput:
+    """The job's fingerprint snapshot and the instances of its series round."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get_one(Job, job_id)
+        instances = list(
+            session.scalars(
+                select(Instance).where(Instance.series_id == job.series_id).order_by(Instance.id)
+            )
+        )
+        uid = session.get_one(Series, job.series_id).series_instance_uid
+        session.expunge_all()
+        return JobInput(job.id, job.fingerprint, uid, instances, job.attempts)
+
+
+def move(
+    engine: Engine, job_id: int, state: JobState, message: str, now: datetime, **changes: Any
+) -> None:
+    """Move a job to `state`, with a timeline line and a log line."""
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id, with_for_update=True)
+        for key, value in changes.items():
+            setattr(job, key, value)
+        _event(session, job, state, message, now)
+
+
+def retry_later(
+    engine: Engine,
+    job_id: int,
+    reason: str,
+    now: datetime,
+    delay: Callable[[int], float],
+    limit: int,
+) -> None:
+    """Count a failed attempt: try again after `delay(attempts)` seconds, or give up."""
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id, with_for_update=True)
+        job.attempts += 1
+        job.last_error = reason
+        if job.attempts >= limit:
+            _event(
+                session,
+                job,
+                JobState.FAILED,
+                f"gave up after {job.attempts} attempts: {reason}",
+                now,
+            )
+            return
+        wait = delay(job.attempts)
+        job.next_attempt_at = now + timedelta(seconds=wait)
+        _event(
+            session,
+            job,
+            JobState.PENDING,
+            f"attempt {job.attempts} failed ({reason}); next in {wait:.0f} s",
+            now,
+        )
+
+
+def interrupted_submits(engine: Engine, now: datetime) -> Sequence[int]:
+    """Fail the jobs a stop caught on the wire; they are never sent twice on their own."""
+    with Session(engine) as session, session.begin():
+        jobs = session.scalars(select(Job).where(Job.state == JobState.SUBMITTING)).all()
+        for job in jobs:
+            job.last_error = (
+                "the relay stopped while this job was being submitted; the server may or may "
+                "not have it, so it is not sent again automatically"
+            )
+            _event(session, job, JobState.FAILED, job.last_error, now)
+        return [job.id for job in jobs]
+
+
+def series_ready_for_removal(engine: Engine, limit: int = 50) -> list[int]:
+    """Series rounds whose files can go: unmatched, or matched with every job submitted."""
+    unfinished = (
+        select(Job.id).where(Job.series_id == Series.id, Job.state != JobState.SUBMITTED).exists()
+    )
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                select(Series.id)
+                .where(
+                    Series.files_removed_at.is_(None),
+                    or_(
+                        Series.state == SeriesState.UNMATCHED,
+                        and_(Series.state == SeriesState.MATCHED, ~unfinished),
+                    ),
+                )
+                .limit(limit)
+            )
+        )
+
+
+def removable_paths(engine: Engine, series_id: int) -> list[str]:
+    """The round's files, relative to INCOMING_DIR, except those a later round still uses.
+
+    A series sent again after its round was taken lands in the same folder and file names.
+    """
+    other = aliased(Instance)
+    still_used = (
+        select(other.id)
+        .join(Series, Series.id == other.series_id)
+        .where(
+            other.path == Instance.path,
+            other.series_id != series_id,
+            Series.files_removed_at.is_(None),
+        )
+        .exists()
+    )
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                select(Instance.path).where(Instance.series_id == series_id, ~still_used)
+            )
+        )
+
+
+def mark_files_removed(engine: Engine, series_id: int, now: datetime) -> None:
+    """Remember that a round's files are gone."""
+    with Session(engine) as session, session.begin():
+        session.get_one(Series, series_id).files_removed_at = now
+
+
+def list_jobs(engine: Engine, limit: int = 200) -> list[Job]:
+    """The newest jobs first."""
+    with Session(engine, expire_on_commit=False) as session:
+        rows = list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+        session.expunge_all()
+        return rows

@@ -1,0 +1,130 @@
+"""Loading fingerprint files, with errors that tell a physicist what to fix.
+
+A broken file is reported (file, line, column, field, and for a misspelt key the nearest
+known one) and skipped; the other files keep working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from isdr.fingerprints.model import DESTINATION_KEYS, KNOWN_KEYS, Fingerprint
+
+SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class FingerprintError:
+    """Why one fingerprint file cannot be used."""
+
+    file: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}" + (f":{self.column}" if self.column is not None else "")
+        what = f"field {self.field!r}: " if self.field else ""
+        return f"{where}: {what}{self.message}"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The usable fingerprints of a folder, by file name, and the errors of the others."""
+
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    errors: list[FingerprintError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        names = ", ".join(sorted(self.fingerprints)) or "none"
+        text = f"{len(self.fingerprints)} fingerprint(s) loaded ({names})"
+        if self.errors:
+            text += f"; {len(self.errors)} error(s): " + "; ".join(map(str, self.errors))
+        return text
+
+
+def fingerprint_files(folder: Path) -> list[Path]:
+    """The files that count as fingerprints (`*.json`; `*.json.example` does not)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIX))
+
+
+def load_folder(folder: Path) -> Loaded:
+    """Load every fingerprint file of a folder."""
+    loaded = Loaded()
+    for path in fingerprint_files(folder):
+        result = load_file(path)
+        if isinstance(result, Fingerprint):
+            loaded.fingerprints[path.name] = result
+        else:
+            loaded.errors.extend(result)
+    return loaded
+
+
+def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
+    """One fingerprint, or every reason it cannot be used."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [FingerprintError(path.name, f"cannot read the file: {exc}")]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [FingerprintError(path.name, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)]
+    if not isinstance(data, dict):
+        return [FingerprintError(path.name, "must be a JSON object { ... }", 1, 1)]
+    try:
+        return Fingerprint.model_validate(data)
+    except ValidationError as exc:
+        errors = [_describe(path.name, text, error) for error in exc.errors()]
+        return sorted(errors, key=lambda error: (error.line or 0, error.column or 0))
+
+
+def _describe(file: str, text: str, error: Any) -> FingerprintError:
+    location = [str(part) for part in error["loc"]]
+    key = next((part for part in reversed(location) if not part.isdigit()), "")
+    dotted = ".".join(location) or None
+    line, column = _position(text, key, location)
+    if error["type"] == "extra_forbidden":
+        known = DESTINATION_KEYS if len(location) > 1 else KNOWN_KEYS
+        return FingerprintError(file, _unknown_key(key, known), line, column, dotted)
+    if error["type"] == "missing":
+        return FingerprintError(file, "required but missing", None, None, dotted)
+    return FingerprintError(file, _message(error), line, column, dotted)
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown key{hint}"
+
+
+def _position(text: str, key: str, location: list[str]) -> tuple[int | None, int | None]:
+    """Line and column of the key's n-th occurrence (n from a list index in the location)."""
+    if not key:
+        return None, None
+    occurrences = [m.start() for m in re.finditer(rf'"{re.escape(key)}"\s*:', text)]
+    if not occurrences:
+        return None, None
+    index = next((int(part) for part in location if part.isdigit()), 0)
+    offset = occurrences[min(index, len(occurrences) - 1)]
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, column

@@ -1,0 +1,69 @@
+"""Matching: a pure function of a series' tags and the fingerprints.
+
+The original relay's semantics: each include regex is searched (not fully matched),
+case-insensitively, in its tag; `exclude_regex` vetoes the fingerprint when it is found
+in any of the four tags. A missing tag is the empty string. A series with several SOP
+classes matches a SOP class rule when any of them does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from isdr.fingerprints.model import Fingerprint
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """The tags of a series that fingerprints look at."""
+
+    modality: str
+    series_description: str
+    study_description: str
+    sop_class_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether one fingerprint matches, and if not, which rules failed."""
+
+    name: str
+    matched: bool
+    failed_rules: tuple[str, ...]
+
+
+def _found(pattern: str, values: Sequence[str]) -> bool:
+    compiled = re.compile(pattern, re.IGNORECASE)
+    return any(compiled.search(value) for value in values)
+
+
+def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
+    """Check every rule of one fingerprint against a series."""
+    sop_classes = facts.sop_class_uids or ("",)
+    rules = (
+        ("modality_regex", fingerprint.modality_regex, (facts.modality,)),
+        (
+            "series_description_regex",
+            fingerprint.series_description_regex,
+            (facts.series_description,),
+        ),
+        (
+            "study_description_regex",
+            fingerprint.study_description_regex,
+            (facts.study_description,),
+        ),
+        ("sop_class_uid_regex", fingerprint.sop_class_uid_regex, sop_classes),
+    )
+    failed = [f"{key} {pattern!r} not found in {values!r}" for key, pattern, values in rules
+              if not _found(pattern, values)]  # fmt: skip
+    everything = (facts.modality, facts.series_description, facts.study_description, *sop_classes)
+    if _found(fingerprint.exclude_regex, everything):
+        failed.append(f"exclude_regex {fingerprint.exclude_regex!r} found")
+    return Verdict(name, not failed, tuple(failed))
+
+
+def matching(facts: SeriesFacts, fingerprints: Mapping[str, Fingerprint]) -> list[str]:
+    """The names of the fingerprints that match the series, in name order."""
+    return [name for name in sorted(fingerprints) if judge(facts, name, fingerprints[name]).matched]

@@ -1,0 +1,80 @@
+"""The fingerprints in force, reloaded within moments of a change to FINGERPRINT_DIR."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from isdr.fingerprints.loader import Loaded, load_folder
+from isdr.fingerprints.model import Fingerprint
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.3
+
+
+class FingerprintRegistry:
+    """Holds the loaded fingerprints; a watcher thread swaps in a new set on every change."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._loaded = Loaded()
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._observer: Any = None
+
+    def current(self) -> dict[str, Fingerprint]:
+        """The usable fingerprints, by file name (a snapshot: never changes under you)."""
+        return dict(self._loaded.fingerprints)
+
+    def reload(self) -> Loaded:
+        """Load the folder again and log one summary line."""
+        loaded = load_folder(self.folder)
+        self._loaded = loaded
+        log = logger.warning if loaded.errors else logger.info
+        log("fingerprints in %s: %s", self.folder, loaded.summary())
+        return loaded
+
+    def start(self) -> None:
+        """Load now, then reload after every change to the folder."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.reload()
+        self._observer = Observer()
+        self._observer.schedule(_Changed(self._changed), str(self.folder), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        threading.Thread(target=self._reload_on_change, daemon=True, name="fingerprints").start()
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stopping.set()
+        self._changed.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _reload_on_change(self) -> None:
+        while True:
+            self._changed.wait()
+            if self._stopping.is_set():
+                return
+            self._stopping.wait(DEBOUNCE_SECONDS)  # let an editor finish writing
+            self._changed.clear()
+            try:
+                self.reload()
+            except Exception:  # the top of a thread: keep the old set, keep watching
+                logger.exception("fingerprints: reloading %s failed", self.folder)
+
+
+class _Changed(FileSystemEventHandler):
+    def __init__(self, changed: threading.Event) -> None:
+        self.changed = changed
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ("opened", "closed_no_write"):
+            self.changed.set()

@@ -1,0 +1,1 @@
+"""The InferenceServer client: archives, submit (and later poll, download, delete)."""

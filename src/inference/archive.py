@@ -1,0 +1,66 @@
+"""Archives of a series for an InferenceServer, streamed to a file, never whole in memory.
+
+Generation 1 takes a flat zip; generation 2 a tar laid out
+`<SOPClassUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, as the original relay 2.0 did.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance file of the series and the names it goes into an archive under."""
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+
+
+def archive_name(job_id: int, api: int) -> str:
+    """The file name: recognisable on the server side as this relay's job."""
+    return f"isdr-job-{job_id}.{'zip' if api == 1 else 'tar'}"
+
+
+def build_archive(target: Path, members: Sequence[Member], api: int) -> Path:
+    """Write the archive to `target` (via a temporary name) and return it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.part")
+    if api == 1:
+        _write_zip(temp, members)
+    else:
+        _write_tar(temp, members)
+    os.replace(temp, target)
+    return target
+
+
+def _write_zip(temp: Path, members: Sequence[Member]) -> None:
+    # Stored, not deflated: DICOM compresses little, and the network is the bottleneck.
+    with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for member in members:
+            archive.write(member.path, arcname=f"{_safe(member.sop_instance_uid)}.dcm")
+
+
+def _write_tar(temp: Path, members: Sequence[Member]) -> None:
+    with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as archive:
+        for member in members:
+            name = "/".join(
+                (
+                    _safe(member.sop_class_uid),
+                    _safe(member.series_instance_uid),
+                    f"{_safe(member.sop_instance_uid)}.dcm",
+                )
+            )
+            archive.add(member.path, arcname=name, recursive=False)
+
+
+def _safe(uid: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in ".-_" else "_" for c in uid).strip(".")
+    return cleaned or "unknown"

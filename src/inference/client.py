@@ -1,0 +1,146 @@
+"""Talking to InferenceServers over HTTPS, in both API generations.
+
+Every answer and every transport error becomes one of three outcomes: done, worth a
+retry (connection errors, timeouts, 5xx), or final (unknown model, 4xx, a certificate
+that does not verify against CERT_FILE), with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """How a call to the server ended."""
+
+    DONE = "done"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An outcome, the task uid on success, and what happened in words."""
+
+    outcome: Outcome
+    detail: str
+    task_uid: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model on a server, as a fingerprint names it."""
+
+    url: str
+    api: int
+    model: str
+    token: str | None = None
+
+    def submit_request(self) -> tuple[str, dict[str, str], str]:
+        """(URL, query parameters, multipart field name) of a submit."""
+        if self.api == 1:
+            return self.url, {"model_human_readable_id": self.model}, "zip_file"
+        return f"{self.url.rstrip('/')}/api/tasks/", {"human_readable_id": self.model}, "tar_file"
+
+
+def tls_context(cert_file: Path) -> ssl.SSLContext:
+    """Verify servers against CERT_FILE when it exists, else against the system's CAs."""
+    if cert_file.is_file():
+        return ssl.create_default_context(cafile=str(cert_file))
+    return ssl.create_default_context()
+
+
+class InferenceClient:
+    """One HTTP client for all servers; timeouts from POST_TIMEOUT."""
+
+    def __init__(self, cert_file: Path, timeout: float) -> None:
+        self.cert_file = cert_file
+        self._http = httpx.Client(verify=tls_context(cert_file), timeout=httpx.Timeout(timeout))
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def submit(self, target: Target, archive: Path) -> Answer:
+        """POST the archive (streamed from disk) for the target's model."""
+        url, params, field = target.submit_request()
+        headers = {"X-Token": target.token} if target.token else {}
+        try:
+            with archive.open("rb") as stream:
+                response = self._http.post(
+                    url,
+                    params=params,
+                    headers=headers,
+                    files={field: (archive.name, stream, "application/octet-stream")},
+                )
+        except httpx.HTTPError as exc:
+            return self._transport_error(exc, url)
+        return _submit_answer(target, response)
+
+    def _transport_error(self, exc: httpx.HTTPError, url: str) -> Answer:
+        if _is_certificate_error(exc):
+            return Answer(
+                Outcome.FAILED,
+                f"the TLS certificate of {httpx.URL(url).host} does not verify against "
+                f"CERT_FILE={self.cert_file}"
+                f"{'' if self.cert_file.is_file() else ' (missing: system CAs used)'}: "
+                "put the server's certificate or CA there",
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return Answer(Outcome.RETRY, f"no answer from {url} within POST_TIMEOUT ({exc!r})")
+        return Answer(Outcome.RETRY, f"cannot reach {url}: {exc!r}")
+
+
+def _submit_answer(target: Target, response: httpx.Response) -> Answer:
+    status = response.status_code
+    body = response.text[:300]
+    if status == 200:
+        uid = _task_uid(target.api, response)
+        if uid:
+            return Answer(Outcome.DONE, f"task {uid}", uid)
+        return Answer(Outcome.RETRY, f"200 without a task uid: {body!r}")
+    if _is_unknown_model(target.api, status, body):
+        return Answer(
+            Outcome.FAILED,
+            f"the server does not know the model {target.model!r} ({status}): check "
+            "model_human_readable_id and inference_server_api in the fingerprint",
+        )
+    if status >= 500:
+        return Answer(Outcome.RETRY, f"server error {status}: {body!r}")
+    return Answer(Outcome.FAILED, f"refused with {status}: {body!r}")
+
+
+def _is_unknown_model(api: int, status: int, body: str) -> bool:
+    if api == 1:
+        return status == 550
+    return status in (500, 550) and "not found" in body.lower()
+
+
+def _task_uid(api: int, response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except json.JSONDecodeError:
+        return ""
+    if api == 1:
+        return data if isinstance(data, str) else ""
+    return str(data.get("uid", "")) if isinstance(data, dict) else ""
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

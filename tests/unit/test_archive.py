@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import tarfile
+import zipfile
+from pathlib import Path
+
+from isdr.inference.archive import Member, archive_name, build_archive
+
+
+def members(tmp_path: Path) -> list[Member]:
+    result = []
+    for index in range(3):
+        path = tmp_path / "series" / f"{index}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"dicom %d" % index)
+        result.append(Member(path, f"1.2.3.{index}", "1.2.840.10008.5.1.4.1.1.2", "1.2.3"))
+    return result
+
+
+def test_generation_1_gets_a_flat_zip(tmp_path: Path) -> None:
+    archive = build_archive(tmp_path / "out" / archive_name(7, 1), members(tmp_path), 1)
+    assert archive.name == "isdr-job-7.zip"
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == ["1.2.3.0.dcm", "1.2.3.1.dcm", "1.2.3.2.dcm"]
+        assert opened.read("1.2.3.1.dcm") == b"dicom 1"
+    assert [p.name for p in archive.parent.iterdir()] == ["isdr-job-7.zip"]
+
+
+def test_generation_2_gets_a_tar_by_sop_class_and_series(tmp_path: Path) -> None:
+    archive = build_archive(tmp_path / archive_name(8, 2), members(tmp_path), 2)
+    with tarfile.open(archive) as opened:
+        names = sorted(opened.getnames())
+    assert names == [f"1.2.840.10008.5.1.4.1.1.2/1.2.3/1.2.3.{i}.dcm" for i in range(3)]

@@ -1,0 +1,107 @@
+"""Fingerprint files: the original format loads; mistakes are named precisely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from isdr.fingerprints.loader import FingerprintError, load_file, load_folder
+from isdr.fingerprints.model import Fingerprint
+
+ORIGINAL = {
+    "modality_regex": "CT",
+    "series_description_regex": "",
+    "study_description_regex": "",
+    "sop_class_uid_regex": "",
+    "exclude_regex": "a^",
+    "inference_server_url": "https://inference.example.org/api/tasks/",
+    "model_human_readable_id": "lungs",
+    "scus": [{"scu_ip": "10.0.0.5", "scu_port": 104, "scu_ae_title": "TPS"}],
+}
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def errors_of(path: Path) -> list[FingerprintError]:
+    result = load_file(path)
+    assert isinstance(result, list), "expected errors"
+    return result
+
+
+def test_the_original_relays_format_loads_as_it_is(tmp_path: Path) -> None:
+    fingerprint = load_file(write(tmp_path, "a.json", json.dumps(ORIGINAL, indent=2)))
+    assert isinstance(fingerprint, Fingerprint)
+    assert fingerprint.inference_server_api == 1
+    assert fingerprint.scus[0].scu_ae_title == "TPS"
+    assert fingerprint.delete_remotely is None
+
+
+def test_a_misspelt_key_names_file_line_field_and_the_nearest_key(tmp_path: Path) -> None:
+    text = json.dumps({**ORIGINAL, "modality_regx": "CT"}, indent=2)
+    [error] = errors_of(write(tmp_path, "typo.json", text))
+    assert (error.file, error.field) == ("typo.json", "modality_regx")
+    lines = text.splitlines()
+    assert error.line == next(i for i, line in enumerate(lines, 1) if '"modality_regx"' in line)
+    assert "did you mean 'modality_regex'" in str(error)
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
+    [error] = errors_of(write(tmp_path, "c.json", '{\n  "modality_regex": "CT",\n  # comment\n}\n'))
+    assert (error.line, error.column) == (3, 3)
+    assert str(error).startswith("c.json:3:3: invalid JSON")
+
+
+def test_bad_values_are_each_reported(tmp_path: Path) -> None:
+    bad = {
+        **ORIGINAL,
+        "exclude_regex": "(unclosed",
+        "inference_server_url": "ftp://x",
+        "scus": [{"scu_ip": "h", "scu_port": 99999, "scu_ae_title": "A"}],
+        "inference_server_api": 3,
+    }
+    errors = errors_of(write(tmp_path, "b.json", json.dumps(bad, indent=2)))
+    fields = {error.field for error in errors}
+    assert fields == {
+        "exclude_regex",
+        "inference_server_url",
+        "scus.0.scu_port",
+        "inference_server_api",
+    }
+    assert all(error.line is not None for error in errors)
+
+
+def test_a_missing_required_key_is_named(tmp_path: Path) -> None:
+    [error] = errors_of(
+        write(
+            tmp_path,
+            "m.json",
+            json.dumps({"modality_regex": "CT", "inference_server_url": "https://s"}),
+        )
+    )
+    assert error.field == "model_human_readable_id"
+    assert "required" in error.message
+
+
+def test_a_broken_file_is_skipped_and_the_others_load(tmp_path: Path) -> None:
+    write(tmp_path, "good.json", json.dumps(ORIGINAL))
+    write(tmp_path, "broken.json", "{")
+    write(tmp_path, "list.json", "[]")
+    write(tmp_path, "ignored.json.example", "{")
+    loaded = load_folder(tmp_path)
+    assert list(loaded.fingerprints) == ["good.json"]
+    assert sorted(e.file for e in loaded.errors) == ["broken.json", "list.json"]
+    assert "1 fingerprint(s) loaded (good.json); 2 error(s)" in loaded.summary()
+
+
+def test_the_token_is_kept_in_the_snapshot_but_never_printed(tmp_path: Path) -> None:
+    fingerprint = load_file(
+        write(tmp_path, "t.json", json.dumps({**ORIGINAL, "inference_server_token": "s3cret"}))
+    )
+    assert isinstance(fingerprint, Fingerprint)
+    assert "s3cret" not in repr(fingerprint) and "s3cret" not in str(fingerprint)
+    assert fingerprint.snapshot()["inference_server_token"] == "s3cret"
+    assert Fingerprint.model_validate(fingerprint.snapshot()) == fingerprint
