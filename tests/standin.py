@@ -38,6 +38,8 @@ class Submission:
     members: list[str]
     headers: dict[str, str]
     uid: str
+    started: float = 0.0  # time.monotonic() when the request arrived
+    size: int = 0  # bytes of the request body
     at: float = field(default_factory=time.monotonic)
 
 
@@ -49,6 +51,7 @@ class StandIn:
         self.submissions: list[Submission] = []
         self.behaviours: deque[str] = deque()  # "503", "500", "hang", "ok"
         self.hang_seconds = 5.0
+        self.discard = False  # read archives and count their bytes, but keep nothing (benchmarks)
         self.lock = threading.Lock()
         ca = trustme.CA()
         self.ca_file = folder / "ca.pem"
@@ -97,7 +100,9 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            started = time.monotonic()
+            length = int(self.headers.get("Content-Length", "0"))
+            body = _discard(self.rfile, length) if standin.discard else self.rfile.read(length)
             behaviour = standin.next_behaviour()
             if behaviour == "hang":
                 time.sleep(standin.hang_seconds)
@@ -122,13 +127,17 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                     500, b'{"detail": "Model not found"}'
                 )
                 return
-            field_name, filename, data = _file_part(self.headers.get("Content-Type", ""), body)
             uid = secrets.token_urlsafe(12)
-            standin.record(
-                Submission(
-                    api, model, field_name, filename, _members(data), dict(self.headers), uid
-                )
+            if standin.discard:
+                field_name, filename, members = "", "", []
+            else:
+                field_name, filename, data = _file_part(self.headers.get("Content-Type", ""), body)
+                members = _members(data)
+            submission = Submission(
+                api, model, field_name, filename, members, dict(self.headers), uid
             )
+            submission.started, submission.size = started, length
+            standin.record(submission)
             answer: Any = (
                 uid if api == 1 else {"id": len(standin.submissions), "uid": uid, "status": -1}
             )
@@ -142,6 +151,15 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
     return Handler
+
+
+def _discard(stream: Any, length: int) -> bytes:
+    while length > 0:
+        chunk = stream.read(min(length, 1 << 20))
+        if not chunk:
+            break
+        length -= len(chunk)
+    return b""
 
 
 def _file_part(content_type: str, body: bytes) -> tuple[str, str, bytes]:

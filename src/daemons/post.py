@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from isdr.db import jobs
@@ -23,6 +25,7 @@ from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.fingerprints.model import Fingerprint
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import InferenceClient, Outcome, Target
+from isdr.logs import log_exception
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +74,12 @@ class PostDaemon:
             logger.warning("job %d was being submitted when the relay stopped: failed", job_id)
 
     def tick(self) -> None:
-        """One round of every step; an error in a step is logged and the next goes on."""
+        """One round of every step."""
         with self.busy:
             for step in (self.route, self.submit, self.remove_files):
                 if self.stopping.is_set():
                     return
-                try:
-                    step()
-                except Exception:  # the top of a daemon step
-                    logger.exception("post daemon: %s failed", step.__name__)
+                self._guarded(step.__name__, step)
 
     def route(self) -> None:
         """Match every quiet series: jobs for the matches, or unmatched."""
@@ -87,29 +87,51 @@ class PostDaemon:
         cutoff = now - timedelta(seconds=self.settings.post_after)
         fingerprints = self.fingerprints()
         for quiet in jobs.quiet_series(self.engine, cutoff):
-            facts = SeriesFacts(
-                quiet.modality,
-                quiet.series_description,
-                quiet.study_description,
-                quiet.sop_class_uids,
+            self._guarded(
+                f"routing series {quiet.id}", self._route_one, quiet, fingerprints, cutoff, now
             )
-            names = matching(facts, fingerprints)
-            route = jobs.Route(
-                quiet.id, {n: fingerprints[n].snapshot() for n in names}, len(fingerprints)
-            )
-            jobs.apply_route(self.engine, route, cutoff, now)
+
+    def _route_one(
+        self,
+        quiet: jobs.QuietSeries,
+        fingerprints: Mapping[str, Fingerprint],
+        cutoff: datetime,
+        now: datetime,
+    ) -> None:
+        facts = SeriesFacts(
+            quiet.modality, quiet.series_description, quiet.study_description, quiet.sop_class_uids
+        )
+        names = matching(facts, fingerprints)
+        snapshots = {name: fingerprints[name].snapshot() for name in names}
+        jobs.apply_route(
+            self.engine, jobs.Route(quiet.id, snapshots, len(fingerprints)), cutoff, now
+        )
 
     def submit(self) -> None:
-        """Submit every job that is due."""
+        """Submit every job that is due; one job's trouble never stops the others."""
         for job_id in jobs.due_jobs(self.engine, self.clock()):
             if self.stopping.is_set():
                 return
-            self.submit_one(job_id)
+            if not self._guarded(f"submitting job {job_id}", self.submit_one, job_id):
+                self._fail(job_id, "unexpected error while submitting (see the log)")
+
+    def _guarded(self, what: str, action: Callable[..., None], *args: Any) -> bool:
+        """Run one step, or one item of a step; a failure is logged and the rest go on."""
+        try:
+            action(*args)
+        except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
+            log_exception(logger, f"post daemon: {what} failed")
+            return False
+        return True
 
     def submit_one(self, job_id: int) -> None:
         """Build the job's archive and submit it; record what happened."""
         work = jobs.job_input(self.engine, job_id)
-        fingerprint = Fingerprint.model_validate(work.fingerprint)
+        try:
+            fingerprint = Fingerprint.model_validate(work.fingerprint)
+        except ValidationError as exc:
+            self._fail(job_id, f"the job's copy of its fingerprint is not valid: {exc}")
+            return
         api = fingerprint.inference_server_api
         members = [self._member(i, work.series_instance_uid) for i in work.instances]
         target_file = self.settings.jobs_dir / str(job_id) / archive_name(job_id, api)

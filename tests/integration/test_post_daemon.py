@@ -250,3 +250,21 @@ def test_the_job_keeps_the_fingerprint_it_was_created_with(
     )
     relay.post.submit()
     assert [s.model for s in standin.submissions] == ["ct-model"]
+
+
+def test_one_broken_job_does_not_stop_the_others(make_relay: Any, standin: StandIn) -> None:
+    relay = make_relay()
+    fingerprint(
+        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
+    )
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="one"))
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
+    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
+    relay.post.route()
+    first, second = jobs(relay)
+    with Session(relay.engine) as session, session.begin():
+        session.get_one(Job, first.id).fingerprint = {"inference_server_url": "not a url"}
+    relay.post.submit()
+    first, second = jobs(relay)
+    assert first.state == JobState.FAILED and "not valid" in first.last_error
+    assert second.state == JobState.SUBMITTED
