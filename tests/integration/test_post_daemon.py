@@ -268,3 +268,18 @@ def test_one_broken_job_does_not_stop_the_others(make_relay: Any, standin: Stand
     first, second = jobs(relay)
     assert first.state == JobState.FAILED and "not valid" in first.last_error
     assert second.state == JobState.SUBMITTED
+
+
+def test_a_configured_token_is_sent_as_x_token_and_never_logged(
+    make_relay: Any, standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = make_relay()
+    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="ct-model",
+                inference_server_token="tok-s3cret")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    with caplog.at_level("DEBUG", logger="isdr"):
+        run_steps(relay)
+    [submitted] = standin.submissions
+    assert submitted.headers.get("X-Token") == "tok-s3cret"
+    assert "tok-s3cret" not in caplog.text
