@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
@@ -15,6 +21,7 @@ from sqlalchemy import Engine
 from isdr.config import Settings
 from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.engine import make_engine
+from isdr.errors import IsdrError
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.inference.client import InferenceClient
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
@@ -25,6 +32,8 @@ from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_fol
 from isdr.scp.tuning import tune_libraries
 
 logger = logging.getLogger(__name__)
+
+STOP_MARGIN = 1.5  # on top of STOP_TIMEOUT, for aborting associations and closing up
 
 
 class Receiver(Protocol):
@@ -66,25 +75,34 @@ class Relay:
         self.inbox.reconcile()
         self.registry.start()
         self.post.recover()
-        self.scheduler.add_job(
-            self.post.tick, "interval", seconds=self.settings.POST_INTERVAL,
-            max_instances=1, coalesce=True, id="post",
-        )  # fmt: skip
+        for tick in (self.post.route_tick, self.post.submit_tick):
+            self.scheduler.add_job(
+                tick, "interval", seconds=self.settings.POST_INTERVAL,
+                max_instances=1, coalesce=True, id=tick.__name__,
+            )  # fmt: skip
         self.scheduler.start()
         self.scp.start()
 
-    def stop(self) -> None:
-        """Stop receiving (C-STOREs in flight finish), then the daemons."""
-        self.scp.stop(self.settings.STOP_TIMEOUT)
+    def stop(self) -> bool:
+        """Stop receiving (C-STOREs in flight finish), then the daemons.
+
+        Returns False when a submit was still on the wire: it is left to the process's
+        exit, and its job is failed as interrupted at the next start (never sent twice).
+        """
+        deadline = time.monotonic() + self.settings.STOP_TIMEOUT + STOP_MARGIN
         self.post.stopping.set()
+        self.scp.stop(self.settings.STOP_TIMEOUT)
         self.scheduler.shutdown(wait=False)
-        if not self.post.busy.acquire(timeout=self.settings.STOP_TIMEOUT):
-            logger.warning("post daemon still busy at stop; a submit on the wire is cut")
-        self.client.close()
+        idle = self.post.idle(max(0.0, deadline - time.monotonic()))
+        if idle:
+            self.client.close()
+        else:
+            logger.warning("a submit is still on the wire: its job will show as interrupted")
         self.registry.stop()
         self.inbox.stop()
         self.engine.dispose()
         logger.info("relay stopped")
+        return idle
 
 
 def build_relay(settings: Settings) -> Relay:
@@ -102,7 +120,9 @@ def build_relay(settings: Settings) -> Relay:
     ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
     registry = FingerprintRegistry(settings.FINGERPRINT_DIR)
     client = InferenceClient(settings.CERT_FILE, settings.POST_TIMEOUT)
-    post = PostDaemon(engine, registry.current, client, _post_settings(settings), utcnow)
+    post = PostDaemon(
+        engine, registry.current, client, _post_settings(settings), utcnow, ingestor.tree_lock
+    )
     scp: Receiver
     if settings.RECEIVER == "dcmtk":
         spool = settings.INCOMING_DIR / SPOOL_NAME
@@ -151,7 +171,22 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    relay.start()
-    logger.info("relay running; stop it with SIGTERM or Ctrl-C")
-    stop.wait()
-    relay.stop()
+    with single_instance(settings.DATA_DIR):
+        relay.start()
+        logger.info("relay running; stop it with SIGTERM or Ctrl-C")
+        stop.wait()
+        idle = relay.stop()
+    if not idle:
+        logging.shutdown()
+        os._exit(0)  # do not wait for the submit's thread: the stop must stay within 10 s
+
+
+@contextlib.contextmanager
+def single_instance(data_dir: Path) -> Iterator[None]:
+    """Refuse to run twice on one DATA_DIR: two relays would take the same jobs."""
+    with (data_dir / "isdr.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise IsdrError(f"another relay is running with DATA_DIR={data_dir}") from exc
+        yield

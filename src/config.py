@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         True, description="record files that appear under INCOMING_DIR by other means"
     )
     STOP_TIMEOUT: Seconds = Field(
-        8.0, description="on SIGTERM, how long C-STOREs in flight may take to finish"
+        7.0, description="on SIGTERM, how long C-STOREs in flight may take to finish"
     )
 
     @field_validator("LOG_LEVEL")

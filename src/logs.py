@@ -23,6 +23,9 @@ def configure_logging(settings: Settings) -> None:
     # replaces the first and nothing is lost, so in `docker logs` it is only noise.
     warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
     _configure_pynetdicom(settings)
+    # APScheduler logs two lines per run of every job, and a warning whenever a long
+    # submit makes it skip a run: neither is news to a person reading `docker logs`.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _configure_pynetdicom(settings: Settings) -> None:

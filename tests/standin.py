@@ -51,6 +51,7 @@ class StandIn:
         self.submissions: list[Submission] = []
         self.behaviours: deque[str] = deque()  # "503", "500", "hang", "ok"
         self.hang_seconds = 5.0
+        self.hung = 0  # submissions taken by the "hang" behaviour: the server may hold them
         self.discard = False  # read archives and count their bytes, but keep nothing (benchmarks)
         self.lock = threading.Lock()
         ca = trustme.CA()
@@ -104,15 +105,25 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             body = _discard(self.rfile, length) if standin.discard else self.rfile.read(length)
             behaviour = standin.next_behaviour()
-            if behaviour == "hang":
+            if behaviour == "hang":  # a server that took the archive, then never answered
+                standin.hung += 1
                 time.sleep(standin.hang_seconds)
                 self._answer(503, b"slept")
                 return
-            if behaviour in ("500", "503"):
+            if behaviour in ("400", "500", "503"):
                 self._answer(int(behaviour), b"temporarily broken")
+                return
+            if behaviour == "nouid":
+                self._answer(200, b"{}")
                 return
             split = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(split.query).items()}
+            if split.path == "/api/tasks":  # what a web framework does without the slash
+                self.send_response(307)
+                self.send_header("Location", f"/api/tasks/?{split.query}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if split.path != "/api/tasks/":
                 self._answer(404, b"no such route")
                 return

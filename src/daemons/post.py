@@ -8,8 +8,10 @@ files of series that are done with (DELETE_ON_POST).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +26,7 @@ from isdr.db.models import Instance, JobState
 from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.fingerprints.model import Fingerprint
 from isdr.inference.archive import Member, archive_name, build_archive
-from isdr.inference.client import InferenceClient, Outcome, Target
+from isdr.inference.client import Answer, InferenceClient, Outcome, Target
 from isdr.logs import log_exception
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ class PostSettings:
 
 
 class PostDaemon:
-    """Routes quiet series and submits their jobs."""
+    """Routes quiet series and submits their jobs.
+
+    Routing (with clean-up) and submitting are two scheduled jobs, so that a long upload
+    or a server that hangs never holds up the routing of other series.
+    """
 
     def __init__(
         self,
@@ -59,37 +65,65 @@ class PostDaemon:
         client: InferenceClient,
         settings: PostSettings,
         clock: Clock,
+        tree_lock: threading.Lock,
     ) -> None:
         self.engine = engine
         self.fingerprints = fingerprints
         self.client = client
         self.settings = settings
         self.clock = clock
+        self.tree_lock = tree_lock
         self.stopping = threading.Event()
-        self.busy = threading.Lock()
+        self.routing = threading.Lock()
+        self.submitting = threading.Lock()
+        self._held_warned = False
 
     def recover(self) -> None:
         """After a stop: a submit that was on the wire is failed, never repeated on its own."""
         for job_id in jobs.interrupted_submits(self.engine, self.clock()):
             logger.warning("job %d was being submitted when the relay stopped: failed", job_id)
 
-    def tick(self) -> None:
-        """One round of every step."""
-        with self.busy:
-            for step in (self.route, self.submit, self.remove_files):
-                if self.stopping.is_set():
-                    return
-                self._guarded(step.__name__, step)
+    def route_tick(self) -> None:
+        """Route quiet series, then remove the files of series that are done with."""
+        with self.routing:
+            for step in (self.route, self.remove_files):
+                if not self.stopping.is_set():
+                    self._guarded(step.__name__, step)
+
+    def submit_tick(self) -> None:
+        """Submit the due jobs."""
+        with self.submitting:
+            self._guarded("submit", self.submit)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for both ticks to finish; whether they did."""
+        deadline = time.monotonic() + timeout
+        for lock in (self.routing, self.submitting):
+            if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            lock.release()
+        return True
 
     def route(self) -> None:
         """Match every quiet series: jobs for the matches, or unmatched."""
+        fingerprints = self.fingerprints()
+        if not fingerprints:
+            self._warn_held()
+            return
+        self._held_warned = False
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.post_after)
-        fingerprints = self.fingerprints()
         for quiet in jobs.quiet_series(self.engine, cutoff):
-            self._guarded(
-                f"routing series {quiet.id}", self._route_one, quiet, fingerprints, cutoff, now
+            what = f"routing series {quiet.id}"
+            self._guarded(what, self._route_one, quiet, fingerprints, cutoff, now)
+
+    def _warn_held(self) -> None:
+        if not self._held_warned:
+            logger.warning(
+                "no usable fingerprint: quiet series stay 'receiving' (and keep their files) "
+                "until one is loaded"
             )
+            self._held_warned = True
 
     def _route_one(
         self,
@@ -103,62 +137,79 @@ class PostDaemon:
         )
         names = matching(facts, fingerprints)
         snapshots = {name: fingerprints[name].snapshot() for name in names}
-        jobs.apply_route(
-            self.engine, jobs.Route(quiet.id, snapshots, len(fingerprints)), cutoff, now
-        )
+        route = jobs.Route(quiet.id, snapshots, len(fingerprints))
+        jobs.apply_route(self.engine, route, cutoff, now)
 
     def submit(self) -> None:
-        """Submit every job that is due; one job's trouble never stops the others."""
+        """Submit every job that is due; one job's or one server's trouble never stops others.
+
+        A server that cannot be reached is skipped for the rest of this round: its other
+        jobs wait (no attempt counted) instead of each waiting out the timeouts in turn.
+        """
+        unreachable: set[str] = set()
         for job_id in jobs.due_jobs(self.engine, self.clock()):
             if self.stopping.is_set():
                 return
-            if not self._guarded(f"submitting job {job_id}", self.submit_one, job_id):
+            if not self._guarded(f"submitting job {job_id}", self.submit_one, job_id, unreachable):
                 self._fail(job_id, "unexpected error while submitting (see the log)")
 
-    def _guarded(self, what: str, action: Callable[..., None], *args: Any) -> bool:
-        """Run one step, or one item of a step; a failure is logged and the rest go on."""
-        try:
-            action(*args)
-        except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
-            log_exception(logger, f"post daemon: {what} failed")
-            return False
-        return True
-
-    def submit_one(self, job_id: int) -> None:
+    def submit_one(self, job_id: int, unreachable: set[str] | None = None) -> None:
         """Build the job's archive and submit it; record what happened."""
+        unreachable = set() if unreachable is None else unreachable
         work = jobs.job_input(self.engine, job_id)
         try:
             fingerprint = Fingerprint.model_validate(work.fingerprint)
         except ValidationError as exc:
             self._fail(job_id, f"the job's copy of its fingerprint is not valid: {exc}")
             return
-        api = fingerprint.inference_server_api
+        target = _target(fingerprint)
+        if target.server in unreachable:
+            return
+        archive = self._build(job_id, work, fingerprint.inference_server_api)
+        if archive is None or self.stopping.is_set():
+            return
+        size = archive.stat().st_size / 1e6
+        sending = (
+            f"sending {archive.name} ({len(work.instances)} instances, {size:.1f} MB) to "
+            f"{target.url} for model {target.model}"
+        )
+        if not jobs.move(
+            self.engine, job_id, JobState.SUBMITTING, sending, self.clock(), source=jobs.PENDING
+        ):
+            return  # taken meanwhile
+        answer = self.client.submit(target, archive)
+        self._record(job_id, answer, archive, target, unreachable)
+
+    def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
         members = [self._member(i, work.series_instance_uid) for i in work.instances]
         target_file = self.settings.jobs_dir / str(job_id) / archive_name(job_id, api)
         try:
-            archive = build_archive(target_file, members, api)
+            return build_archive(target_file, members, api)
         except FileNotFoundError as exc:
-            self._fail(job_id, f"an instance file of the series is missing: {exc.filename}")
-            return
+            missing = Path(str(exc.filename)).name
+            self._fail(job_id, f"an instance file of the series is missing: {missing}")
         except OSError as exc:
-            self._retry(job_id, f"cannot build the archive: {exc}")
+            self._retry(job_id, f"cannot build the archive: {exc.strerror}")
+        return None
+
+    def _record(
+        self, job_id: int, answer: Answer, archive: Path, target: Target, unreachable: set[str]
+    ) -> None:
+        if self.stopping.is_set() and answer.outcome is not Outcome.DONE:
+            # Cut by the stop: whether the server has it is unknown. The job stays
+            # `submitting`, so the next start fails it as interrupted: never sent twice.
             return
-        target = _target(fingerprint)
-        size = archive.stat().st_size / 1e6
-        jobs.move(
-            self.engine, job_id, JobState.SUBMITTING,
-            f"sending {archive.name} ({len(members)} instances, {size:.1f} MB) to "
-            f"{target.url} for model {target.model}",
-            self.clock(),
-        )  # fmt: skip
-        answer = self.client.submit(target, archive)
         if answer.outcome is Outcome.DONE:
+            logger.info("job %d: %s accepted it as task %s", job_id, target.server, answer.task_uid)
             jobs.move(
                 self.engine, job_id, JobState.SUBMITTED, f"accepted as task {answer.task_uid}",
-                self.clock(), task_uid=answer.task_uid, last_error="",
+                self.clock(), source=jobs.SUBMITTING, task_uid=answer.task_uid, last_error="",
             )  # fmt: skip
-            archive.unlink(missing_ok=True)
+            _discard(archive)
         elif answer.outcome is Outcome.RETRY:
+            if not answer.reached:
+                unreachable.add(target.server)
+            _discard(archive)
             self._retry(job_id, answer.detail)
         else:
             self._fail(job_id, answer.detail)
@@ -168,11 +219,28 @@ class PostDaemon:
         if not self.settings.delete_on_post:
             return
         for series_id in jobs.series_ready_for_removal(self.engine):
+            self._guarded(
+                f"removing the files of series {series_id}", self._remove_series, series_id
+            )
+
+    def _remove_series(self, series_id: int) -> None:
+        # Under the tree lock: the Store SCP cannot rename a resent instance into one of
+        # these paths, or create a folder being pruned, between the check and the unlink.
+        with self.tree_lock:
             paths = jobs.removable_paths(self.engine, series_id)
             for relative in paths:
                 _remove(self.settings.incoming_dir, relative)
             jobs.mark_files_removed(self.engine, series_id, self.clock())
-            logger.info("series %d: removed its %d file(s) (DELETE_ON_POST)", series_id, len(paths))
+        logger.info("series %d: removed its %d file(s) (DELETE_ON_POST)", series_id, len(paths))
+
+    def _guarded(self, what: str, action: Callable[..., None], *args: Any) -> bool:
+        """Run one step, or one item of a step; a failure is logged and the rest go on."""
+        try:
+            action(*args)
+        except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
+            log_exception(logger, f"post daemon: {what} failed")
+            return False
+        return True
 
     def _member(self, instance: Instance, series_instance_uid: str) -> Member:
         return Member(
@@ -184,16 +252,15 @@ class PostDaemon:
 
     def _retry(self, job_id: int, reason: str) -> None:
         jobs.retry_later(
-            self.engine,
-            job_id,
-            reason,
-            self.clock(),
-            self.settings.backoff,
+            self.engine, job_id, reason, self.clock(), self.settings.backoff,
             self.settings.max_attempts,
-        )
+        )  # fmt: skip
 
     def _fail(self, job_id: int, reason: str) -> None:
-        jobs.move(self.engine, job_id, JobState.FAILED, reason, self.clock(), last_error=reason)
+        jobs.move(
+            self.engine, job_id, JobState.FAILED, reason, self.clock(), source=jobs.IN_HAND,
+            last_error=reason,
+        )  # fmt: skip
 
 
 def _target(fingerprint: Fingerprint) -> Target:
@@ -204,6 +271,12 @@ def _target(fingerprint: Fingerprint) -> Target:
         model=fingerprint.model_human_readable_id,
         token=token.get_secret_value() if token is not None else None,
     )
+
+
+def _discard(archive: Path) -> None:
+    with contextlib.suppress(OSError):
+        archive.unlink(missing_ok=True)
+        archive.parent.rmdir()
 
 
 def _remove(root: Path, relative: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 
 from isdr.db.models import Base
+from isdr.errors import IsdrError
 
 
 def make_engine(url: str, *, durable: bool = False) -> Engine:
@@ -17,15 +18,39 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = _sqlite_engine(url, parsed.database, durable=durable)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # Parameters hold PatientIDs and tokens: never in an error message or a log.
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a database made by an earlier version up to date: new columns are nullable
+    or have defaults, so adding them is all an upgrade needs (create_all adds tables)."""
+    with engine.begin() as connection:
+        inspector = inspect(connection)  # one connection: SQLite's writers queue otherwise
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and not column.nullable:
+                    raise IsdrError(
+                        f"the database lacks {table.name}.{column.name}, which cannot be "
+                        "added in place: move DATA_DIR aside or migrate it by hand"
+                    )
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.exec_driver_sql(
+                        f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
+                    )
 
 
 def _sqlite_engine(url: str, database: str | None, *, durable: bool) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    engine = create_engine(
+        url, connect_args={"timeout": 60, "check_same_thread": False}, hide_parameters=True
+    )
     synchronous = "FULL" if durable else "NORMAL"
 
     @event.listens_for(engine, "connect")

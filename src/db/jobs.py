@@ -154,14 +154,33 @@ def job_input(engine: Engine, job_id: int) -> JobInput:
 
 
 def move(
-    engine: Engine, job_id: int, state: JobState, message: str, now: datetime, **changes: Any
-) -> None:
-    """Move a job to `state`, with a timeline line and a log line."""
+    engine: Engine,
+    job_id: int,
+    state: JobState,
+    message: str,
+    now: datetime,
+    *,
+    source: frozenset[JobState],
+    **changes: Any,
+) -> bool:
+    """Move a job from one of the `source` states to `state`, with a timeline and log line.
+
+    Returns False (and changes nothing) when the job is in another state: it was moved
+    meanwhile, by another step or another relay on the same database.
+    """
     with Session(engine) as session, session.begin():
         job = session.get_one(Job, job_id, with_for_update=True)
+        if job.state not in source:
+            return False
         for key, value in changes.items():
             setattr(job, key, value)
         _event(session, job, state, message, now)
+        return True
+
+
+PENDING = frozenset({JobState.PENDING})
+IN_HAND = frozenset({JobState.PENDING, JobState.SUBMITTING})
+SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
 def retry_later(
@@ -175,6 +194,8 @@ def retry_later(
     """Count a failed attempt: try again after `delay(attempts)` seconds, or give up."""
     with Session(engine) as session, session.begin():
         job = session.get_one(Job, job_id, with_for_update=True)
+        if job.state not in IN_HAND:
+            return
         job.attempts += 1
         job.last_error = reason
         if job.attempts >= limit:

@@ -33,11 +33,27 @@ class FingerprintRegistry:
         return dict(self._loaded.fingerprints)
 
     def reload(self) -> Loaded:
-        """Load the folder again and log one summary line."""
+        """Load the folder again and log one summary line.
+
+        A file that was good and is now broken (a half-saved edit, a typo) keeps its last
+        good version until it is fixed or removed: a typo must not turn the series it
+        routes into unmatched ones, whose files DELETE_ON_POST would remove.
+        """
         loaded = load_folder(self.folder)
+        broken = {error.file for error in loaded.errors}
+        kept = {
+            name: fingerprint
+            for name, fingerprint in self._loaded.fingerprints.items()
+            if name in broken and name not in loaded.fingerprints
+        }
+        loaded.fingerprints.update(kept)
         self._loaded = loaded
         log = logger.warning if loaded.errors else logger.info
         log("fingerprints in %s: %s", self.folder, loaded.summary())
+        if kept:
+            logger.warning(
+                "fingerprints: keeping the last good version of %s", ", ".join(sorted(kept))
+            )
         return loaded
 
     def start(self) -> None:

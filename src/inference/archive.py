@@ -33,11 +33,15 @@ def build_archive(target: Path, members: Sequence[Member], api: int) -> Path:
     """Write the archive to `target` (via a temporary name) and return it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.part")
-    if api == 1:
-        _write_zip(temp, members)
-    else:
-        _write_tar(temp, members)
-    os.replace(temp, target)
+    try:
+        if api == 1:
+            _write_zip(temp, members)
+        else:
+            _write_tar(temp, members)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -18,6 +18,9 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT = 10.0
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
 
 class Outcome(StrEnum):
     """How a call to the server ended."""
@@ -34,6 +37,7 @@ class Answer:
     outcome: Outcome
     detail: str
     task_uid: str = ""
+    reached: bool = True  # False: the request surely never reached the server
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,11 @@ class Target:
     api: int
     model: str
     token: str | None = None
+
+    @property
+    def server(self) -> str:
+        """The server: host and port."""
+        return httpx.URL(self.url).netloc.decode("ascii", "replace")
 
     def submit_request(self) -> tuple[str, dict[str, str], str]:
         """(URL, query parameters, multipart field name) of a submit."""
@@ -64,7 +73,9 @@ class InferenceClient:
 
     def __init__(self, cert_file: Path, timeout: float) -> None:
         self.cert_file = cert_file
-        self._http = httpx.Client(verify=tls_context(cert_file), timeout=httpx.Timeout(timeout))
+        # Connecting gets at most 10 s: a server that is down should not hold its turn.
+        limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
+        self._http = httpx.Client(verify=tls_context(cert_file), timeout=limits)
 
     def close(self) -> None:
         """Close the connections."""
@@ -95,9 +106,19 @@ class InferenceClient:
                 f"{'' if self.cert_file.is_file() else ' (missing: system CAs used)'}: "
                 "put the server's certificate or CA there",
             )
+        if isinstance(exc, _NOT_SENT):
+            return Answer(Outcome.RETRY, f"cannot reach {url}: {exc!r}", reached=False)
         if isinstance(exc, httpx.TimeoutException):
-            return Answer(Outcome.RETRY, f"no answer from {url} within POST_TIMEOUT ({exc!r})")
-        return Answer(Outcome.RETRY, f"cannot reach {url}: {exc!r}")
+            return Answer(
+                Outcome.RETRY,
+                f"no answer from {url} within POST_TIMEOUT ({exc!r}); the server may hold a "
+                "task from this attempt",
+            )
+        return Answer(
+            Outcome.RETRY,
+            f"the connection to {url} broke ({exc!r}); "
+            "the server may hold a task from this attempt",
+        )
 
 
 def _submit_answer(target: Target, response: httpx.Response) -> Answer:
@@ -107,7 +128,8 @@ def _submit_answer(target: Target, response: httpx.Response) -> Answer:
         uid = _task_uid(target.api, response)
         if uid:
             return Answer(Outcome.DONE, f"task {uid}", uid)
-        return Answer(Outcome.RETRY, f"200 without a task uid: {body!r}")
+        # Accepted, so not sent again: the server has it, under a uid we cannot know.
+        return Answer(Outcome.FAILED, f"accepted (200) but no task uid in the answer: {body!r}")
     if _is_unknown_model(target.api, status, body):
         return Answer(
             Outcome.FAILED,
@@ -115,7 +137,20 @@ def _submit_answer(target: Target, response: httpx.Response) -> Answer:
             "model_human_readable_id and inference_server_api in the fingerprint",
         )
     if status >= 500:
-        return Answer(Outcome.RETRY, f"server error {status}: {body!r}")
+        hint = (
+            " (an API 2 server also answers 500 to an unknown model: check "
+            "model_human_readable_id if this persists)"
+            if target.api == 2
+            else ""
+        )
+        return Answer(Outcome.RETRY, f"server error {status}: {body!r}{hint}")
+    if 300 <= status < 400:
+        where = response.headers.get("Location", "?")
+        return Answer(
+            Outcome.FAILED,
+            f"redirected ({status}) to {where}: for API 1 inference_server_url is the full "
+            "tasks URL with its trailing slash, for API 2 the base URL",
+        )
     return Answer(Outcome.FAILED, f"refused with {status}: {body!r}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,9 @@ class Ingestor:
         self.writer = writer
         self.engine = engine
         self.clock = clock
+        # Held from creating a file's folder to recording it, and by the post daemon while
+        # it removes a series' files: neither can undo the other's work halfway.
+        self.tree_lock = threading.Lock()
 
     def store_received(
         self,
@@ -56,18 +60,20 @@ class Ingestor:
             keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title
         )
         size = len(meta) + len(dataset)
-        self.writer.write(path, (meta, dataset), size)
-        return self._record(keys, path, size, calling_ae_title, peer_address)
+        with self.tree_lock:
+            self.writer.write(path, (meta, dataset), size)
+            return self._record(keys, path, size, calling_ae_title, peer_address)
 
     def adopt_file(self, path: Path, source: str = "inbox") -> Recorded:
         """Sort a file that appeared under INCOMING_DIR into place and record it."""
         keys = read_file_sort_keys(path)
         target = resolve_inside(self.root, instance_relpath(keys))
-        if path.resolve() != target:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.writer.recent.add(target)
-            os.replace(path, target)
-        return self._record(keys, target, target.stat().st_size, "", source)
+        with self.tree_lock:
+            if path.resolve() != target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.writer.recent.add(target)
+                os.replace(path, target)
+            return self._record(keys, target, target.stat().st_size, "", source)
 
     def _record(
         self, keys: SortKeys, path: Path, size: int, calling_ae_title: str, peer_address: str

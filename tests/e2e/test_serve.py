@@ -193,3 +193,13 @@ def test_isdr_config_prints_the_effective_configuration(tmp_path: Path) -> None:
     result = subprocess.run([*ISDR, "config"], env=env, capture_output=True, text=True, check=True)
     assert "POST_INTERVAL" in result.stdout and "0.5" in result.stdout
     assert any(line.split() == ["DELETE_ON_POST", "False"] for line in result.stdout.splitlines())
+
+
+def test_a_second_relay_on_the_same_data_dir_is_refused(
+    settings: Settings, tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    stopped.append(start_relay(settings, tmp_path / "relay.log"))
+    env = {**os.environ, **relay_env(settings), "SCP_PORT": "1"}
+    second = subprocess.run([*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "another relay is running with DATA_DIR" in second.stderr

@@ -6,6 +6,8 @@ The steps are driven one by one with a clock the test sets: no sleeping for POST
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +23,7 @@ from isdr.db.models import Job, JobState
 from isdr.db.series import list_series
 from isdr.scp.ingest import utcnow
 from isdr.synthetic import SeriesSpec, write_series
-from tests.helpers import relay_settings, stored_files
+from tests.helpers import free_port, relay_settings, stored_files
 from tests.standin import StandIn
 
 
@@ -283,3 +285,174 @@ def test_a_configured_token_is_sent_as_x_token_and_never_logged(
     [submitted] = standin.submissions
     assert submitted.headers.get("X-Token") == "tok-s3cret"
     assert "tok-s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [("nouid", "accepted (200) but no task uid"), ("400", "refused with 400")],
+)
+def test_answers_that_must_not_be_retried_fail_at_once(
+    make_relay: Any, standin: StandIn, behaviour: str, reason: str
+) -> None:
+    relay = make_relay()
+    fingerprint(
+        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
+    )
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    standin.behaviours.append(behaviour)
+    run_steps(relay)
+    run_steps(relay, after_seconds=600)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED and reason in job.last_error
+    assert standin.behaviours == deque(), "sent once, never again"
+
+
+def test_an_api_1_url_without_its_trailing_slash_gets_a_hint(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay()
+    url = standin.url_v1.rstrip("/")
+    fingerprint(relay, "ct.json", inference_server_url=url, model_human_readable_id="ct-model")
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED and "trailing slash" in job.last_error
+
+
+def test_a_server_that_cannot_be_reached_does_not_hold_up_the_others(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay()
+    dead = f"https://localhost:{free_port()}/api/tasks/"
+    fingerprint(relay, "a-dead.json", inference_server_url=dead, model_human_readable_id="ct-model")
+    fingerprint(
+        relay,
+        "b-live.json",
+        inference_server_url=standin.url_v1,
+        model_human_readable_id="ct-model",
+    )
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="one"))
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
+    run_steps(relay)
+    states = sorted((j.fingerprint_name, j.state, j.attempts) for j in jobs(relay))
+    assert states == [
+        ("a-dead.json", JobState.PENDING, 0),  # skipped: its server was found down this round
+        ("a-dead.json", JobState.PENDING, 1),
+        ("b-live.json", JobState.SUBMITTED, 0),
+        ("b-live.json", JobState.SUBMITTED, 0),
+    ]
+
+
+def test_a_hung_server_may_hold_the_first_attempt_and_the_job_says_so(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay(POST_TIMEOUT=0.5)
+    fingerprint(
+        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
+    )
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    standin.hang_seconds = 2
+    standin.behaviours.append("hang")
+    run_steps(relay)
+    [job] = jobs(relay)
+    assert "may hold a task" in job.last_error
+    assert standin.hung == 1
+
+
+def test_a_file_a_later_round_still_uses_is_kept(make_relay: Any, standin: StandIn) -> None:
+    relay = make_relay(DELETE_ON_POST=True)
+    fingerprint(relay, "mr.json", modality_regex="MR", inference_server_url=standin.url_v1,
+                model_human_readable_id="mr-model")  # fmt: skip
+    spec = SeriesSpec(
+        modality="CT",
+        count=2,
+        study_instance_uid="1.2.826.0.9",
+        series_instance_uid="1.2.826.0.9.1",
+    )
+    receive(relay, spec)
+    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
+    relay.post.route()  # round 1: unmatched
+    receive(relay, spec)  # the series sent again: round 2, same paths
+    relay.post.remove_files()  # round 1's files go, except those round 2 uses: all of them
+    assert len(stored_files(relay.settings.INCOMING_DIR)) == 2
+    assert sorted(s.round for s in list_series(relay.engine)) == [1, 2]
+
+
+def test_a_series_whose_files_cannot_be_removed_does_not_stop_the_others(
+    make_relay: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = make_relay(DELETE_ON_POST=True)
+    fingerprint(relay, "mr.json", modality_regex="MR", inference_server_url=standin.url_v1,
+                model_human_readable_id="mr-model")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="stuck"))
+    receive(relay, SeriesSpec(modality="CT", count=1, series_description="free"))
+    real_unlink = Path.unlink
+
+    def refuse(path: Path, missing_ok: bool = False) -> None:
+        if "stuck" in str(path):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    run_steps(relay)
+    remaining = stored_files(relay.settings.INCOMING_DIR)
+    assert len(remaining) == 1 and "stuck" in str(remaining[0])
+
+
+def test_a_fingerprint_that_breaks_keeps_its_last_good_version(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay(DELETE_ON_POST=True)
+    fingerprint(
+        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
+    )
+    (relay.settings.FINGERPRINT_DIR / "ct.json").write_text(
+        '{"inference_server_url": '
+    )  # half-saved
+    relay.registry.reload()
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    assert [s.model for s in standin.submissions] == ["ct-model"]
+
+
+def test_with_no_usable_fingerprint_series_are_held_not_deleted(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay(DELETE_ON_POST=True)
+    relay.registry.reload()
+    receive(relay, SeriesSpec(modality="CT", count=2))
+    run_steps(relay)
+    assert list_series(relay.engine)[0].state == "receiving"
+    assert len(stored_files(relay.settings.INCOMING_DIR)) == 2
+
+
+def test_a_stop_during_a_submit_never_leads_to_a_second_submit(
+    tmp_path: Path, standin: StandIn
+) -> None:
+    values: dict[str, Any] = {
+        "CERT_FILE": standin.ca_file, "POST_AFTER": 0.3, "POST_INTERVAL": 0.1,
+        "POST_TIMEOUT": 30, "STOP_TIMEOUT": 1, "DELETE_ON_POST": False,
+    }  # fmt: skip
+    first = build_relay(relay_settings(tmp_path, **values))
+    fingerprint(
+        first, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
+    )
+    standin.hang_seconds = 3
+    standin.behaviours.append("hang")
+    first.start()
+    receive(first, SeriesSpec(modality="CT", count=1))
+    deadline = time.monotonic() + 10
+    while standin.hung == 0:
+        assert time.monotonic() < deadline, "the submit never reached the stand-in"
+        time.sleep(0.05)
+    began = time.monotonic()
+    assert first.stop() is False, "a submit was on the wire"
+    assert time.monotonic() - began < 4
+    time.sleep(3)  # the hung request ends meanwhile
+    second = build_relay(relay_settings(tmp_path, **values))
+    second.start()
+    time.sleep(1)
+    second.stop()
+    [job] = jobs(second)
+    assert job.state == JobState.FAILED and "not sent again automatically" in job.last_error
+    assert standin.hung + len(standin.submissions) == 1

@@ -60,3 +60,15 @@ def test_an_instance_after_the_round_was_taken_opens_a_new_round(tmp_path: Path)
     late = record_instance(engine, NEW)
     assert late.series_is_new and not late.duplicate
     assert sorted(s.round for s in list_series(engine)) == [1, 2]
+
+
+def test_a_database_from_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    make_engine(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE series DROP COLUMN files_removed_at")
+    engine = make_engine(f"sqlite:///{path}")
+    record_instance(engine, NEW)
+    assert list_series(engine)[0].files_removed_at is None
