@@ -11,10 +11,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
@@ -80,8 +82,14 @@ class Relay:
                 tick, "interval", seconds=self.settings.POST_INTERVAL,
                 max_instances=1, coalesce=True, id=tick.__name__,
             )  # fmt: skip
+        self.post.on_new_jobs = self._submit_now
         self.scheduler.start()
         self.scp.start()
+
+    def _submit_now(self) -> None:
+        """New jobs: run the submitter now rather than at its next interval."""
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.modify_job("submit_tick", next_run_time=datetime.now(UTC))
 
     def stop(self) -> bool:
         """Stop receiving (C-STOREs in flight finish), then the daemons.

@@ -77,6 +77,7 @@ class PostDaemon:
         self.routing = threading.Lock()
         self.submitting = threading.Lock()
         self._held_warned = False
+        self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
 
     def recover(self) -> None:
         """After a stop: a submit that was on the wire is failed, never repeated on its own."""
@@ -138,7 +139,8 @@ class PostDaemon:
         names = matching(facts, fingerprints)
         snapshots = {name: fingerprints[name].snapshot() for name in names}
         route = jobs.Route(quiet.id, snapshots, len(fingerprints))
-        jobs.apply_route(self.engine, route, cutoff, now)
+        if jobs.apply_route(self.engine, route, cutoff, now):
+            self.on_new_jobs()
 
     def submit(self) -> None:
         """Submit every job that is due; one job's or one server's trouble never stops others.
