@@ -10,6 +10,7 @@ import pytest
 
 from isdr.app import Relay, build_relay
 from tests.helpers import relay_settings
+from tests.standin import StandIn
 
 
 @pytest.fixture
@@ -20,6 +21,13 @@ def relay(tmp_path: Path) -> Iterator[Relay]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[StandIn]:
+    server = StandIn(tmp_path).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

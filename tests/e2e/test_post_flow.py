@@ -25,13 +25,6 @@ ISDR = [sys.executable, "-m", "isdr"]
 
 
 @pytest.fixture
-def standin(tmp_path: Path) -> Iterator[StandIn]:
-    server = StandIn(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(tmp_path: Path, standin: StandIn) -> Settings:
     return relay_settings(
         tmp_path, CERT_FILE=standin.ca_file, POST_AFTER=1, POST_INTERVAL=0.2, DELETE_ON_POST=True

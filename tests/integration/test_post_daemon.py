@@ -28,13 +28,6 @@ from tests.standin import StandIn
 
 
 @pytest.fixture
-def standin(tmp_path: Path) -> Iterator[StandIn]:
-    server = StandIn(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Any]:
     built: list[Relay] = []
 
@@ -181,6 +174,7 @@ def test_a_hung_server_is_cut_by_post_timeout_and_retried(
     run_steps(relay)
     [job] = jobs(relay)
     assert job.state == JobState.PENDING and "POST_TIMEOUT" in job.last_error
+    assert "may hold a task" in job.last_error and standin.hung == 1  # the server took it
     run_steps(relay, after_seconds=120)
     assert jobs(relay)[0].state == JobState.SUBMITTED
 
@@ -341,22 +335,6 @@ def test_a_server_that_cannot_be_reached_does_not_hold_up_the_others(
         ("b-live.json", JobState.SUBMITTED, 0),
         ("b-live.json", JobState.SUBMITTED, 0),
     ]
-
-
-def test_a_hung_server_may_hold_the_first_attempt_and_the_job_says_so(
-    make_relay: Any, standin: StandIn
-) -> None:
-    relay = make_relay(POST_TIMEOUT=0.5)
-    fingerprint(
-        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
-    )
-    receive(relay, SeriesSpec(modality="CT", count=1))
-    standin.hang_seconds = 2
-    standin.behaviours.append("hang")
-    run_steps(relay)
-    [job] = jobs(relay)
-    assert "may hold a task" in job.last_error
-    assert standin.hung == 1
 
 
 def test_a_file_a_later_round_still_uses_is_kept(make_relay: Any, standin: StandIn) -> None:
