@@ -27,6 +27,7 @@ from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.fingerprints.model import Fingerprint
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
+from isdr.locks import SharedLock
 from isdr.logs import log_exception
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class PostDaemon:
         client: InferenceClient,
         settings: PostSettings,
         clock: Clock,
-        tree_lock: threading.Lock,
+        tree_lock: SharedLock,
     ) -> None:
         self.engine = engine
         self.fingerprints = fingerprints
@@ -228,7 +229,7 @@ class PostDaemon:
     def _remove_series(self, series_id: int) -> None:
         # Under the tree lock: the Store SCP cannot rename a resent instance into one of
         # these paths, or create a folder being pruned, between the check and the unlink.
-        with self.tree_lock:
+        with self.tree_lock.exclusive():
             paths = jobs.removable_paths(self.engine, series_id)
             for relative in paths:
                 _remove(self.settings.incoming_dir, relative)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from isdr.db.series import NewInstance, Recorded, record_instance
+from isdr.locks import SharedLock
 from isdr.scp.headers import read_file_sort_keys, read_sort_keys
 from isdr.scp.paths import SortKeys, instance_relpath, resolve_inside
 from isdr.scp.storage import AtomicWriter, file_meta_bytes
@@ -40,9 +40,10 @@ class Ingestor:
         self.writer = writer
         self.engine = engine
         self.clock = clock
-        # Held from creating a file's folder to recording it, and by the post daemon while
-        # it removes a series' files: neither can undo the other's work halfway.
-        self.tree_lock = threading.Lock()
+        # Held (shared) from creating a file's folder to recording it, and (alone) by the
+        # post daemon while it removes a series' files: neither can undo the other's work
+        # halfway, and C-STOREs of parallel associations do not wait for each other.
+        self.tree_lock = SharedLock()
 
     def store_received(
         self,
@@ -60,7 +61,7 @@ class Ingestor:
             keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title
         )
         size = len(meta) + len(dataset)
-        with self.tree_lock:
+        with self.tree_lock.shared():
             self.writer.write(path, (meta, dataset), size)
             return self._record(keys, path, size, calling_ae_title, peer_address)
 
@@ -68,7 +69,7 @@ class Ingestor:
         """Sort a file that appeared under INCOMING_DIR into place and record it."""
         keys = read_file_sort_keys(path)
         target = resolve_inside(self.root, instance_relpath(keys))
-        with self.tree_lock:
+        with self.tree_lock.shared():
             if path.resolve() != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.writer.recent.add(target)
