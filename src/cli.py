@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     series.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     series.set_defaults(func=_series)
     _fingerprint_commands(commands)
-    jobs = commands.add_parser("jobs", help="list jobs (state, model, attempts, last error)")
+    jobs = commands.add_parser(
+        "jobs", help="list jobs; `jobs show ID` prints a timeline, `jobs retry ID` retries"
+    )
+    jobs.add_argument("action", nargs="?", choices=("show", "retry"), help="show or retry a job")
+    jobs.add_argument("job_id", nargs="?", type=int, help="the job's id (from `isdr jobs`)")
     jobs.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     jobs.set_defaults(func=_jobs)
     return parser
@@ -86,6 +90,54 @@ def _fingerprints_test(settings: Settings, args: argparse.Namespace) -> int:
 
 def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     from isdr.db.engine import make_engine
+
+    engine = make_engine(settings.database_url)
+    if args.action is not None:
+        if args.job_id is None:
+            print(f"isdr: jobs {args.action} needs a job id", file=sys.stderr)
+            return 2
+        return (
+            _show_job(engine, args.job_id)
+            if args.action == "show"
+            else _retry_job(engine, args.job_id)
+        )
+    return _list_jobs(engine, args.limit)
+
+
+def _show_job(engine: Any, job_id: int) -> int:
+    from isdr.db.jobs import timeline
+
+    found = timeline(engine, job_id)
+    if found is None:
+        print(f"isdr: no job {job_id}", file=sys.stderr)
+        return 1
+    job, events = found
+    model = job.fingerprint.get("model_human_readable_id", "-")
+    print(f"job {job.id}: {job.state}; series {job.series_id}; fingerprint {job.fingerprint_name}; "
+          f"model {model!r} on {job.fingerprint.get('inference_server_url', '-')}")  # fmt: skip
+    print(
+        f"attempts {job.attempts}; task {job.task_uid or '-'}; last error: {job.last_error or '-'}"
+    )
+    for event in events:
+        print(f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.state:<10}  {event.message}")
+    return 0
+
+
+def _retry_job(engine: Any, job_id: int) -> int:
+    from isdr.db.jobs import retry_by_hand, timeline
+
+    found = timeline(engine, job_id)
+    if found is None or not retry_by_hand(engine, job_id, datetime.now(UTC)):
+        state = found[0].state if found else "missing"
+        print(f"isdr: job {job_id} is {state}; only a failed job can be retried", file=sys.stderr)
+        return 1
+    if "may" in found[0].last_error:
+        print(f"note: the server may already hold a task from job {job_id}: {found[0].last_error}")
+    print(f"job {job_id} is pending again; a running relay takes it within POST_INTERVAL")
+    return 0
+
+
+def _list_jobs(engine: Any, limit: int) -> int:
     from isdr.db.jobs import list_jobs
 
     now = datetime.now(UTC)
@@ -101,7 +153,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         "LAST ERROR",
     )
     rows = [header]
-    for job in list_jobs(make_engine(settings.database_url), args.limit):
+    for job in list_jobs(engine, limit):
         model = str(job.fingerprint.get("model_human_readable_id", "-"))
         rows.append((str(job.id), job.state, str(job.series_id), job.fingerprint_name, model,
                      str(job.attempts), _age(now, job.created_at), job.task_uid or "-",

@@ -288,3 +288,22 @@ def list_jobs(engine: Engine, limit: int = 200) -> list[Job]:
         rows = list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
         session.expunge_all()
         return rows
+
+
+def timeline(engine: Engine, job_id: int) -> tuple[Job, list[JobEvent]] | None:
+    """A job and every line of its timeline, oldest first; None if there is no such job."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        events = list(job.events)
+        session.expunge_all()
+        return job, events
+
+
+def retry_by_hand(engine: Engine, job_id: int, now: datetime) -> bool:
+    """Send a failed job through its step again (`isdr jobs retry`): attempts start over."""
+    return move(
+        engine, job_id, JobState.PENDING, "retried by hand", now,
+        source=frozenset({JobState.FAILED}), attempts=0, next_attempt_at=now,
+    )  # fmt: skip

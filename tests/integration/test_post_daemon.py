@@ -434,3 +434,39 @@ def test_a_stop_during_a_submit_never_leads_to_a_second_submit(
     [job] = jobs(second)
     assert job.state == JobState.FAILED and "not sent again automatically" in job.last_error
     assert standin.hung + len(standin.submissions) == 1
+
+
+def test_isdr_jobs_show_and_retry(make_relay: Any, standin: StandIn) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import relay_env
+
+    relay = make_relay()
+    fingerprint(
+        relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="no-such"
+    )
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED
+    env = {**os.environ, **relay_env(relay.settings)}
+
+    def isdr(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "isdr", "jobs", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    shown = isdr("show", str(job.id))
+    assert shown.returncode == 0
+    assert "does not know the model 'no-such'" in shown.stdout
+    assert [line.split()[2] for line in shown.stdout.splitlines()[2:]] == [
+        "pending",
+        "submitting",
+        "failed",
+    ]
+    assert isdr("retry", str(job.id)).returncode == 0
+    assert jobs(relay)[0].state == JobState.PENDING
+    again = isdr("retry", str(job.id))
+    assert again.returncode == 1 and "only a failed job can be retried" in again.stderr
+    assert isdr("show", "999").returncode == 1
