@@ -156,9 +156,8 @@ class PostDaemon:
             if not self._guarded(f"submitting job {job_id}", self.submit_one, job_id, unreachable):
                 self._fail(job_id, "unexpected error while submitting (see the log)")
 
-    def submit_one(self, job_id: int, unreachable: set[str] | None = None) -> None:
+    def submit_one(self, job_id: int, unreachable: set[str]) -> None:
         """Build the job's archive and submit it; record what happened."""
-        unreachable = set() if unreachable is None else unreachable
         work = jobs.job_input(self.engine, job_id)
         try:
             fingerprint = Fingerprint.model_validate(work.fingerprint)

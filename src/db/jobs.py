@@ -136,7 +136,6 @@ class JobInput:
     fingerprint: dict[str, Any]
     series_instance_uid: str
     instances: list[Instance]
-    attempts: int
 
 
 def job_input(engine: Engine, job_id: int) -> JobInput:
@@ -150,7 +149,7 @@ def job_input(engine: Engine, job_id: int) -> JobInput:
         )
         uid = session.get_one(Series, job.series_id).series_instance_uid
         session.expunge_all()
-        return JobInput(job.id, job.fingerprint, uid, instances, job.attempts)
+        return JobInput(job.id, job.fingerprint, uid, instances)
 
 
 def move(

@@ -98,7 +98,8 @@ class DcmtkReceiver:
             return
         group = process.pid
         deadline = time.monotonic() + timeout
-        _signal_group(group, signal.SIGTERM, only_leader=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(group, signal.SIGTERM)  # the listener only; associations finish
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=min(timeout, 2.0))
         while _group_alive(group) and time.monotonic() < deadline:
@@ -130,14 +131,9 @@ class DcmtkReceiver:
                 logger.warning("storescp: %s", line)
 
 
-def _signal_group(group: int, signum: int, *, only_leader: bool = False) -> None:
-    try:
-        if only_leader:
-            os.kill(group, signum)
-        else:
-            os.killpg(group, signum)
-    except ProcessLookupError:
-        pass
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
 
 
 def _group_alive(group: int) -> bool:

@@ -106,7 +106,7 @@ class Inbox:
 
     def take(self, path: Path) -> None:
         """Adopt a file that was closed after writing or moved in, once it is whole."""
-        if is_temporary(path) or path in self.own_writes or not path.is_file():
+        if self._not_ours_to_take(path):
             return
         relative = path.relative_to(self.root).as_posix()
         if not self._in_spool(path) and is_recorded(self.engine, relative):
@@ -119,7 +119,7 @@ class Inbox:
         A file being written in place is taken by its close event; one moved in from
         outside the tree gets no such event, so it is looked at again after a pause.
         """
-        if is_temporary(path) or path in self.own_writes or not path.is_file():
+        if self._not_ours_to_take(path):
             return
         if time.time() - path.stat().st_mtime > SETTLE_SECONDS:
             self.take(path)
@@ -128,6 +128,10 @@ class Inbox:
                 self._pending[path] = time.monotonic() + 2 * SETTLE_SECONDS
         else:
             self.take(path)
+
+    def _not_ours_to_take(self, path: Path) -> bool:
+        """Still being written, just written by our own SCP, or gone."""
+        return is_temporary(path) or path in self.own_writes or not path.is_file()
 
     def take_folder(self, folder: Path) -> None:
         """Adopt every file of a folder that appeared (moved in whole)."""

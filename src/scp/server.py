@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 ABORT_SECONDS = 1.0
 NETWORK_TIMEOUT = 120.0  # a peer silent this long (even in the middle of a PDU) is dropped
 STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_PROCESSING_FAILURE = 0xC211
 # Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
 # a sender that proposes both should not be made to transcode to implicit VR.
