@@ -58,6 +58,12 @@ def receive(relay: Relay, spec: SeriesSpec) -> None:
     relay.inbox.reconcile()
 
 
+def route_now(relay: Relay) -> None:
+    """Route as if the series had been quiet for a minute; submit nothing yet."""
+    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
+    relay.post.route()
+
+
 def run_steps(relay: Relay, after_seconds: float = 60) -> None:
     later = utcnow() + timedelta(seconds=after_seconds)
     relay.post.clock = lambda: later
@@ -218,8 +224,7 @@ def test_a_submit_cut_by_a_crash_is_never_sent_again_on_its_own(
         relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
     )
     receive(relay, SeriesSpec(modality="CT", count=1))
-    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
-    relay.post.route()
+    route_now(relay)
     [job] = jobs(relay)
     with Session(relay.engine) as session, session.begin():
         session.get_one(Job, job.id).state = JobState.SUBMITTING  # as a kill -9 would leave it
@@ -239,8 +244,7 @@ def test_the_job_keeps_the_fingerprint_it_was_created_with(
         relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
     )
     receive(relay, SeriesSpec(modality="CT", count=1))
-    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
-    relay.post.route()
+    route_now(relay)
     fingerprint(
         relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="mr-model"
     )
@@ -255,8 +259,7 @@ def test_one_broken_job_does_not_stop_the_others(make_relay: Any, standin: Stand
     )
     receive(relay, SeriesSpec(modality="CT", count=1, series_description="one"))
     receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
-    relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
-    relay.post.route()
+    route_now(relay)
     first, second = jobs(relay)
     with Session(relay.engine) as session, session.begin():
         session.get_one(Job, first.id).fingerprint = {"inference_server_url": "not a url"}
