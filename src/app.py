@@ -21,11 +21,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from isdr.config import Settings
+from isdr.daemons.deliver import Deliverer, DeliverSettings
+from isdr.daemons.poll import Poller, PollSettings
 from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.engine import make_engine
 from isdr.errors import IsdrError
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.inference.client import InferenceClient
+from isdr.inference.unpack import Limits
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor, utcnow
@@ -36,6 +39,7 @@ from isdr.scp.tuning import tune_libraries
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN = 1.5  # on top of STOP_TIMEOUT, for aborting associations and closing up
+DELIVERY_TICK = 1.0  # seconds between looks for due deliveries and finished jobs
 
 
 class Receiver(Protocol):
@@ -60,6 +64,8 @@ class Relay:
     watch: bool
     registry: FingerprintRegistry
     post: PostDaemon
+    poller: Poller
+    deliverer: Deliverer
     client: InferenceClient
     scheduler: BackgroundScheduler = field(default_factory=BackgroundScheduler)
 
@@ -77,19 +83,27 @@ class Relay:
         self.inbox.reconcile()
         self.registry.start()
         self.post.recover()
-        for tick in (self.post.route_tick, self.post.submit_tick):
+        self.deliverer.recover()
+        ticks = (
+            ("route_tick", self.post.route_tick, self.settings.POST_INTERVAL),
+            ("submit_tick", self.post.submit_tick, self.settings.POST_INTERVAL),
+            ("delivery_tick", self.deliverer.tick, DELIVERY_TICK),
+        )
+        for name, tick, seconds in ticks:
             self.scheduler.add_job(
-                tick, "interval", seconds=self.settings.POST_INTERVAL,
-                max_instances=1, coalesce=True, id=tick.__name__,
-            )  # fmt: skip
-        self.post.on_new_jobs = self._submit_now
+                tick, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
+            )
+        self.post.on_new_jobs = lambda: self._run_now("submit_tick")
+        self.post.on_submitted = self.poller.wake
+        self.poller.on_output = lambda: self._run_now("delivery_tick")
         self.scheduler.start()
+        self.poller.start()
         self.scp.start()
 
-    def _submit_now(self) -> None:
-        """New jobs: run the submitter now rather than at its next interval."""
+    def _run_now(self, tick: str) -> None:
+        """Run a tick now rather than at its next interval: work was handed over."""
         with contextlib.suppress(JobLookupError):
-            self.scheduler.modify_job("submit_tick", next_run_time=datetime.now(UTC))
+            self.scheduler.modify_job(tick, next_run_time=datetime.now(UTC))
 
     def stop(self) -> bool:
         """Stop receiving (C-STOREs in flight finish), then the daemons.
@@ -99,13 +113,22 @@ class Relay:
         """
         deadline = time.monotonic() + self.settings.STOP_TIMEOUT + STOP_MARGIN
         self.post.stopping.set()
+        self.poller.stop()
+        self.deliverer.stop()
         self.scp.stop(self.settings.STOP_TIMEOUT)
         self.scheduler.shutdown(wait=False)
-        idle = self.post.idle(max(0.0, deadline - time.monotonic()))
+        idle = all(
+            part.idle(max(0.0, deadline - time.monotonic()))
+            for part in (self.post, self.poller, self.deliverer)
+        )
         if idle:
             self.client.close()
         else:
-            logger.warning("a submit is still on the wire: its job will show as interrupted")
+            logger.warning(
+                "a submit, poll or C-STORE is still on the wire: left to the process's exit "
+                "(a submit's job shows as interrupted; polls and deliveries resume at the "
+                "next start)"
+            )
         self.registry.stop()
         self.inbox.stop()
         self.engine.dispose()
@@ -131,6 +154,8 @@ def build_relay(settings: Settings) -> Relay:
     post = PostDaemon(
         engine, registry.current, client, _post_settings(settings), utcnow, ingestor.tree_lock
     )
+    poller = Poller(engine, client, _poll_settings(settings), utcnow)
+    deliverer = Deliverer(engine, client, _deliver_settings(settings), utcnow)
     scp: Receiver
     if settings.RECEIVER == "dcmtk":
         spool = settings.INCOMING_DIR / SPOOL_NAME
@@ -139,7 +164,9 @@ def build_relay(settings: Settings) -> Relay:
         scp, inbox = StoreSCP(ingestor, **_scp_options(settings)), Inbox(ingestor, engine)
     # storescp's files reach the database only through the watcher: it always watches.
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
-    return Relay(settings, engine, writer, scp, inbox, watch, registry, post, client)
+    return Relay(
+        settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
+    )
 
 
 def _post_settings(settings: Settings) -> PostSettings:
@@ -150,6 +177,30 @@ def _post_settings(settings: Settings) -> PostSettings:
         delete_on_post=settings.DELETE_ON_POST,
         max_attempts=settings.POST_MAX_ATTEMPTS,
         retry_delay=settings.POST_RETRY_DELAY,
+    )
+
+
+def _poll_settings(settings: Settings) -> PollSettings:
+    return PollSettings(
+        jobs_dir=settings.DATA_DIR / "jobs",
+        interval=settings.GET_INTERVAL,
+        timeout=settings.GET_TIMEOUT,
+        workers=settings.GET_WORKERS,
+        limits=Limits(int(settings.OUTPUT_MAX_MB * 2**20), settings.OUTPUT_MAX_FILES),
+        delete_remotely=settings.ASK_INFERENCE_SERVER_TO_DELETE_TASK,
+    )
+
+
+def _deliver_settings(settings: Settings) -> DeliverSettings:
+    return DeliverSettings(
+        jobs_dir=settings.DATA_DIR / "jobs",
+        calling_ae_title=settings.SCP_AE_TITLE,
+        timeout=settings.DELIVERY_TIMEOUT,
+        workers=settings.DELIVERY_WORKERS,
+        retry_delay=settings.DELIVERY_RETRY_DELAY,
+        max_attempts=settings.DELIVERY_MAX_ATTEMPTS,
+        retention=settings.JOB_FILES_RETENTION_HOURS * 3600.0,
+        delete_remotely=settings.ASK_INFERENCE_SERVER_TO_DELETE_TASK,
     )
 
 

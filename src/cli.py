@@ -105,6 +105,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _show_job(engine: Any, job_id: int) -> int:
+    from isdr.db.delivery import job_details
     from isdr.db.jobs import timeline
 
     found = timeline(engine, job_id)
@@ -115,25 +116,35 @@ def _show_job(engine: Any, job_id: int) -> int:
     model = job.fingerprint.get("model_human_readable_id", "-")
     print(f"job {job.id}: {job.state}; series {job.series_id}; fingerprint {job.fingerprint_name}; "
           f"model {model!r} on {job.fingerprint.get('inference_server_url', '-')}")  # fmt: skip
-    print(
-        f"attempts {job.attempts}; task {job.task_uid or '-'}; last error: {job.last_error or '-'}"
-    )
+    failed_at = f" (failed at: {job.failed_step})" if job.failed_step else ""
+    print(f"attempts {job.attempts}; task {job.task_uid or '-'}; "
+          f"last error{failed_at}: {job.last_error or '-'}")  # fmt: skip
+    deliveries, outputs = job_details(engine, job_id)
+    if job.output_dir:
+        print(f"output: {outputs.dicom} DICOM file(s); kept, not DICOM: "
+              f"{', '.join(outputs.kept) or '-'}; folder {job.output_dir}"
+              f"{' (removed)' if job.files_removed_at else ''}")  # fmt: skip
+    for d in deliveries:
+        print(f"  to {d.destination}: {d.state}, {d.confirmed} confirmed, "
+              f"{d.attempts} failed attempt(s); last error: {d.last_error or '-'}")  # fmt: skip
     for event in events:
         print(f"  {event.at:%Y-%m-%d %H:%M:%S}  {event.state:<10}  {event.message}")
     return 0
 
 
 def _retry_job(engine: Any, job_id: int) -> int:
-    from isdr.db.jobs import retry_by_hand, timeline
+    from isdr.db.delivery import retry_failed
+    from isdr.db.jobs import timeline
 
     found = timeline(engine, job_id)
-    if found is None or not retry_by_hand(engine, job_id, datetime.now(UTC)):
+    outcome = retry_failed(engine, job_id, datetime.now(UTC)) if found else None
+    if found is None or outcome is None:
         state = found[0].state if found else "missing"
         print(f"isdr: job {job_id} is {state}; only a failed job can be retried", file=sys.stderr)
         return 1
     if "may" in found[0].last_error:
         print(f"note: the server may already hold a task from job {job_id}: {found[0].last_error}")
-    print(f"job {job_id} is pending again; a running relay takes it within POST_INTERVAL")
+    print(f"job {job_id} is {outcome}; a running relay takes it up within seconds")
     return 0
 
 
@@ -149,6 +160,7 @@ def _list_jobs(engine: Any, limit: int) -> int:
         "MODEL",
         "ATTEMPTS",
         "AGE",
+        "CHANGED",
         "TASK",
         "LAST ERROR",
     )
@@ -156,7 +168,8 @@ def _list_jobs(engine: Any, limit: int) -> int:
     for job in list_jobs(engine, limit):
         model = str(job.fingerprint.get("model_human_readable_id", "-"))
         rows.append((str(job.id), job.state, str(job.series_id), job.fingerprint_name, model,
-                     str(job.attempts), _age(now, job.created_at), job.task_uid or "-",
+                     str(job.attempts), _age(now, job.created_at), _age(now, job.updated_at),
+                     job.task_uid or "-",
                      job.last_error[:80] or "-"))  # fmt: skip
     _print_table(rows)
     if len(rows) == 1:

@@ -91,6 +91,28 @@ class Settings(BaseSettings):
     STOP_TIMEOUT: Seconds = Field(
         7.0, description="on SIGTERM, how long C-STOREs in flight may take to finish"
     )
+    GET_WORKERS: int = Field(
+        4, ge=1, le=64, description="threads that poll InferenceServers (however many jobs)"
+    )
+    OUTPUT_MAX_MB: float = Field(
+        4096.0, gt=0, description="largest output a job may download, and unpack to"
+    )
+    OUTPUT_MAX_FILES: int = Field(20000, ge=1, description="most files an output may unpack to")
+    DELIVERY_TIMEOUT: Seconds = Field(
+        10.0, description="connect, association and per-file response timeout of a C-STORE"
+    )
+    DELIVERY_WORKERS: int = Field(
+        4, ge=1, le=64, description="destinations served at once (one association each)"
+    )
+    DELIVERY_RETRY_DELAY: Seconds = Field(
+        10.0, description="wait before a destination's second attempt; doubles, up to 600 s"
+    )
+    DELIVERY_MAX_ATTEMPTS: int = Field(
+        30, ge=1, description="attempts per destination before its delivery fails (about 4 h)"
+    )
+    JOB_FILES_RETENTION_HOURS: float = Field(
+        168.0, ge=0, description="how long failed jobs' files and non-DICOM outputs are kept"
+    )
 
     @field_validator("LOG_LEVEL")
     @classmethod

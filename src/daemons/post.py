@@ -21,8 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from isdr.daemons.targets import target_of
 from isdr.db import jobs
-from isdr.db.models import Instance, JobState
+from isdr.db.models import Instance, JobState, Step
 from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.fingerprints.model import Fingerprint
 from isdr.inference.archive import Member, archive_name, build_archive
@@ -79,6 +80,7 @@ class PostDaemon:
         self.submitting = threading.Lock()
         self._held_warned = False
         self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
+        self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
 
     def recover(self) -> None:
         """After a stop: a submit that was on the wire is failed, never repeated on its own."""
@@ -164,7 +166,7 @@ class PostDaemon:
         except ValidationError as exc:
             self._fail(job_id, f"the job's copy of its fingerprint is not valid: {exc}")
             return
-        target = _target(fingerprint)
+        target = target_of(fingerprint)
         if target.server in unreachable:
             return
         archive = self._build(job_id, work, fingerprint.inference_server_api)
@@ -206,7 +208,9 @@ class PostDaemon:
             jobs.move(
                 self.engine, job_id, JobState.SUBMITTED, f"accepted as task {answer.task_uid}",
                 self.clock(), source=jobs.SUBMITTING, task_uid=answer.task_uid, last_error="",
+                submitted_at=self.clock(),
             )  # fmt: skip
+            self.on_submitted(job_id)
             _discard(archive)
         elif answer.outcome is Outcome.RETRY:
             if not answer.reached:
@@ -261,18 +265,8 @@ class PostDaemon:
     def _fail(self, job_id: int, reason: str) -> None:
         jobs.move(
             self.engine, job_id, JobState.FAILED, reason, self.clock(), source=jobs.IN_HAND,
-            last_error=reason,
+            last_error=reason, failed_step=Step.SUBMIT,
         )  # fmt: skip
-
-
-def _target(fingerprint: Fingerprint) -> Target:
-    token = fingerprint.inference_server_token
-    return Target(
-        url=str(fingerprint.inference_server_url),
-        api=fingerprint.inference_server_api,
-        model=fingerprint.model_human_readable_id,
-        token=token.get_secret_value() if token is not None else None,
-    )
 
 
 def _discard(archive: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from isdr.db.models import Instance, Job, JobEvent, JobState, Series, SeriesState
+from isdr.db.models import Instance, Job, JobEvent, JobState, Series, SeriesState, Step
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def retry_later(
         job.attempts += 1
         job.last_error = reason
         if job.attempts >= limit:
+            job.failed_step = Step.SUBMIT
             _event(
                 session,
                 job,
@@ -226,15 +227,24 @@ def interrupted_submits(engine: Engine, now: datetime) -> Sequence[int]:
                 "the relay stopped while this job was being submitted; the server may or may "
                 "not have it, so it is not sent again automatically"
             )
+            job.failed_step = Step.SUBMIT
             _event(session, job, JobState.FAILED, job.last_error, now)
         return [job.id for job in jobs]
 
 
 def series_ready_for_removal(engine: Engine, limit: int = 50) -> list[int]:
-    """Series rounds whose files can go: unmatched, or matched with every job submitted."""
-    unfinished = (
-        select(Job.id).where(Job.series_id == Series.id, Job.state != JobState.SUBMITTED).exists()
+    """Series rounds whose files can go: unmatched, or matched with every job submitted.
+
+    A job that failed at its submit keeps them, so that `isdr jobs retry` can send it.
+    """
+    unsent = or_(
+        Job.state.in_((JobState.PENDING, JobState.SUBMITTING)),
+        and_(
+            Job.state == JobState.FAILED,
+            or_(Job.failed_step.is_(None), Job.failed_step == Step.SUBMIT),
+        ),
     )
+    unfinished = select(Job.id).where(Job.series_id == Series.id, unsent).exists()
     with Session(engine) as session:
         return list(
             session.scalars(
@@ -298,11 +308,3 @@ def timeline(engine: Engine, job_id: int) -> tuple[Job, list[JobEvent]] | None:
         events = list(job.events)
         session.expunge_all()
         return job, events
-
-
-def retry_by_hand(engine: Engine, job_id: int, now: datetime) -> bool:
-    """Send a failed job through its step again (`isdr jobs retry`): attempts start over."""
-    return move(
-        engine, job_id, JobState.PENDING, "retried by hand", now,
-        source=frozenset({JobState.FAILED}), attempts=0, next_attempt_at=now,
-    )  # fmt: skip

@@ -98,12 +98,22 @@ class Instance(Base):
 
 
 class JobState(StrEnum):
-    """Where a job stands: the post daemon moves it from PENDING to SUBMITTED or FAILED."""
+    """Where a job stands; see docs/architecture.md for the drawing."""
 
     PENDING = "pending"  # waiting to be submitted (again) at next_attempt_at
     SUBMITTING = "submitting"  # a submit is on the wire
-    SUBMITTED = "submitted"  # the InferenceServer has it under task_uid
-    FAILED = "failed"  # given up; last_error says why
+    SUBMITTED = "submitted"  # the InferenceServer has it under task_uid: polled
+    DELIVERING = "delivering"  # its output is unpacked; deliveries to destinations run
+    DELIVERED = "delivered"  # every destination confirmed every DICOM file
+    FAILED = "failed"  # given up at failed_step; last_error says why
+
+
+class Step(StrEnum):
+    """The step a failed job failed at, where `isdr jobs retry` restarts it."""
+
+    SUBMIT = "submit"
+    POLL = "poll"  # polling, downloading and unpacking the output
+    DELIVER = "deliver"
 
 
 class Job(Base):
@@ -122,6 +132,12 @@ class Job(Base):
     task_uid: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Added with polling and delivery (nullable, so an older database gains them in place).
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failed_step: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    output_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outputs_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 
@@ -138,3 +154,64 @@ class JobEvent(Base):
     message: Mapped[str] = mapped_column(Text, default="")
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class OutputFile(Base):
+    """One file of a job's unpacked output; DICOM files are delivered, others kept."""
+
+    __tablename__ = "output_file"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    name: Mapped[str] = mapped_column(Text)  # relative to the job's output folder
+    size: Mapped[int] = mapped_column(BigInteger)
+    sop_class_uid: Mapped[str] = mapped_column(String(128), default="")  # "" if not DICOM
+    sop_instance_uid: Mapped[str] = mapped_column(String(128), default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(128), default="")
+
+
+class DeliveryState(StrEnum):
+    """Where the delivery of one job's output to one destination stands."""
+
+    PENDING = "pending"  # (re)try at next_attempt_at
+    SENDING = "sending"  # an association is open
+    DELIVERED = "delivered"  # every DICOM file confirmed
+    FAILED = "failed"  # given up after the attempts; last_error says why
+
+
+class Delivery(Base):
+    """One destination of one job, tracked on its own."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("job_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # index in the fingerprint's scus
+    host: Mapped[str] = mapped_column(Text)
+    port: Mapped[int] = mapped_column(Integer)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def destination(self) -> str:
+        """The destination as people write it: AE@host:port."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class DeliveredFile(Base):
+    """A file a destination confirmed (C-STORE success or warning): never sent to it again."""
+
+    __tablename__ = "delivered_file"
+    __table_args__ = (UniqueConstraint("delivery_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("delivery.id"), index=True)
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

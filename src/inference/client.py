@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from isdr.errors import IsdrError
+
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
@@ -60,6 +62,31 @@ class Target:
             return self.url, {"model_human_readable_id": self.model}, "zip_file"
         return f"{self.url.rstrip('/')}/api/tasks/", {"human_readable_id": self.model}, "tar_file"
 
+    def task_request(self, uid: str, *, outputs: bool) -> tuple[str, dict[str, str]]:
+        """(URL, query parameters) of a poll (`outputs`) or a delete of task `uid`."""
+        if self.api == 1:
+            return f"{self.url}{uid}", {}
+        path = "/api/tasks/outputs/" if outputs else "/api/tasks/"
+        return f"{self.url.rstrip('/')}{path}", {"uid": uid}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The X-Token header when the fingerprint configures a token."""
+        return {"X-Token": self.token} if self.token else {}
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    """The HTTP status of a poll (None: no answer), in words; the output file on 200."""
+
+    status: int | None
+    detail: str
+    output: Path | None = None
+
+
+class OutputTooLarge(IsdrError):
+    """The server sent more than the configured limit."""
+
 
 def tls_context(cert_file: Path) -> ssl.SSLContext:
     """Verify servers against CERT_FILE when it exists, else against the system's CAs."""
@@ -84,18 +111,51 @@ class InferenceClient:
     def submit(self, target: Target, archive: Path) -> Answer:
         """POST the archive (streamed from disk) for the target's model."""
         url, params, field = target.submit_request()
-        headers = {"X-Token": target.token} if target.token else {}
         try:
             with archive.open("rb") as stream:
                 response = self._http.post(
                     url,
                     params=params,
-                    headers=headers,
+                    headers=target.headers,
                     files={field: (archive.name, stream, "application/octet-stream")},
                 )
         except httpx.HTTPError as exc:
             return self._transport_error(exc, url)
         return _submit_answer(target, response)
+
+    def poll(self, target: Target, uid: str, output: Path, max_bytes: int) -> PollAnswer:
+        """GET the task's state; on 200 its output is streamed to `output`.
+
+        Raises OutputTooLarge when the body exceeds `max_bytes` (nothing is left behind).
+        """
+        url, params = target.task_request(uid, outputs=True)
+        try:
+            with self._http.stream("GET", url, params=params, headers=target.headers) as response:
+                if response.status_code != 200:
+                    response.read()
+                    return PollAnswer(response.status_code, response.text[:200])
+                _save(response, output, max_bytes)
+        except httpx.HTTPError as exc:
+            return PollAnswer(None, self._transport_error(exc, url).detail)
+        return PollAnswer(200, "output ready", output)
+
+    def delete(self, target: Target, uid: str) -> Answer:
+        """DELETE the task on the server; its answer checked."""
+        url, params = target.task_request(uid, outputs=False)
+        try:
+            response = self._http.delete(url, params=params, headers=target.headers)
+        except httpx.HTTPError as exc:
+            return self._transport_error(exc, url)
+        status = response.status_code
+        if status == 200:
+            return Answer(Outcome.DONE, f"task {uid} deleted on the server")
+        if status == 554:
+            return Answer(Outcome.DONE, f"task {uid} was already gone from the server (554)")
+        if status == 500 and target.api == 2:
+            return Answer(Outcome.RETRY, f"the server cannot delete task {uid} yet (500: running)")
+        return Answer(
+            Outcome.FAILED, f"deleting task {uid} answered {status}: {response.text[:200]!r}"
+        )
 
     def _transport_error(self, exc: httpx.HTTPError, url: str) -> Answer:
         if _is_certificate_error(exc):
@@ -179,3 +239,22 @@ def _is_certificate_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _save(response: httpx.Response, output: Path, max_bytes: int) -> None:
+    """Stream the body to `output` through a temporary name; at most `max_bytes`."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".part")
+    written = 0
+    try:
+        with partial.open("wb") as handle:
+            for chunk in response.iter_bytes(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise OutputTooLarge(
+                        f"the output is larger than {max_bytes} bytes (OUTPUT_MAX_MB): refused"
+                    )
+                handle.write(chunk)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)

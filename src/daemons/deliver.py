@@ -1,0 +1,212 @@
+"""The deliverer: each job's DICOM output is C-STOREd to every destination, then cleaned up.
+
+Each destination of each job is one delivery row, tried on its own with a backoff, so a
+destination that is down waits while the others are served. A pool of
+DELIVERY_WORKERS threads sends, one association per destination at a time. A job is
+delivered once every destination has confirmed every file; then the remote task is
+deleted (when configured) and the local files go, except the non-DICOM outputs, which
+are kept, like a failed job's files, for JOB_FILES_RETENTION_HOURS.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from isdr.daemons.targets import deletes_remotely, target_of
+from isdr.db import delivery as queue
+from isdr.db.models import Step
+from isdr.fingerprints.model import Fingerprint
+from isdr.inference.client import InferenceClient
+from isdr.logs import log_exception
+from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_RETRY_DELAY = 600.0
+
+
+@dataclass(frozen=True)
+class DeliverSettings:
+    """The parts of the configuration the deliverer uses."""
+
+    jobs_dir: Path
+    calling_ae_title: str  # SCP_AE_TITLE: the relay calls with its own AE title
+    timeout: float  # DELIVERY_TIMEOUT
+    workers: int  # DELIVERY_WORKERS
+    retry_delay: float  # DELIVERY_RETRY_DELAY
+    max_attempts: int  # DELIVERY_MAX_ATTEMPTS
+    retention: float  # JOB_FILES_RETENTION_HOURS, in seconds
+    delete_remotely: bool  # ASK_INFERENCE_SERVER_TO_DELETE_TASK
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
+        return float(min(self.retry_delay * 2.0 ** (attempts - 1), MAX_RETRY_DELAY))
+
+
+class Deliverer:
+    """Sends outputs to destinations, finishes delivered jobs, removes expired files."""
+
+    def __init__(
+        self, engine: Engine, client: InferenceClient, settings: DeliverSettings, clock: Clock
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self.stopping = threading.Event()
+        self.ticking = threading.Lock()
+        self._busy: set[tuple[str, int, str]] = set()  # destinations with an open association
+        self._busy_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-deliver")
+
+    def recover(self) -> None:
+        """After a stop: deliveries caught sending are taken up again."""
+        count = queue.interrupted_deliveries(self.engine, self.clock())
+        if count:
+            logger.info("%d delivery(ies) interrupted by the last stop: sending again", count)
+
+    def stop(self) -> None:
+        """Stop taking deliveries; sessions stop after the file they are sending."""
+        self.stopping.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for open associations to end; whether they did."""
+        deadline = time.monotonic() + timeout
+        if not self.ticking.acquire(timeout=timeout):
+            return False
+        self.ticking.release()
+        while True:
+            with self._busy_lock:
+                if not self._busy:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def tick(self) -> None:
+        """Start due deliveries, finish jobs whose deliveries ended, remove expired files."""
+        with self.ticking:
+            for step in (self.dispatch, self.finish, self.expire):
+                if not self.stopping.is_set():
+                    _guarded(step.__name__, step)
+
+    def dispatch(self) -> None:
+        """Hand each due delivery to the pool, unless its destination is already busy."""
+        for delivery_id, where in queue.due_deliveries(self.engine, self.clock()):
+            key = (where.host, where.port, where.ae_title)
+            with self._busy_lock:
+                if key in self._busy:
+                    continue  # one association per destination at a time
+                work = queue.claim_delivery(self.engine, delivery_id, self.clock())
+                if work is None:
+                    continue
+                self._busy.add(key)
+            self._pool.submit(self._deliver_guarded, work, key)
+
+    def _deliver_guarded(self, work: queue.DeliveryWork, key: tuple[str, int, str]) -> None:
+        try:
+            self.deliver(work)
+        except Exception:  # noqa: BLE001 (per delivery)
+            log_exception(logger, f"delivering job {work.job_id} to {key[2]} failed")
+            self._retry(work, "unexpected error while sending (see the log)")
+        finally:
+            with self._busy_lock:
+                self._busy.discard(key)
+
+    def deliver(self, work: queue.DeliveryWork) -> None:
+        """One attempt at one destination: send what it has not confirmed yet."""
+        where = work.destination
+        peer = Peer(where.host, where.port, where.ae_title)
+        files = [_to_send(work.output_dir, record) for record in work.files]
+        options = SendOptions(self.settings.calling_ae_title, self.settings.timeout)
+
+        def confirmed(item: FileToSend, status: int) -> None:
+            queue.confirm_file(self.engine, work.delivery_id, item.name, status, self.clock())
+
+        report = send_files(peer, files, options, confirmed, self.stopping)
+        if report.complete:
+            queue.delivery_done(self.engine, work.delivery_id, report.confirmed, self.clock())
+        elif self.stopping.is_set():
+            return  # left `sending`: the next start takes it up again, no attempt counted
+        else:
+            self._retry(work, _reason(report, len(files)))
+
+    def _retry(self, work: queue.DeliveryWork, reason: str) -> None:
+        queue.delivery_retry(
+            self.engine, work.delivery_id, reason, self.clock(), self.settings.backoff,
+            self.settings.max_attempts,
+        )  # fmt: skip
+
+    def finish(self) -> None:
+        """Jobs whose deliveries all ended: delivered (and cleaned up), or failed."""
+        for done in queue.finished_jobs(self.engine):
+            _guarded(f"finishing job {done.job_id}", self._finish_one, done)
+
+    def _finish_one(self, done: queue.Finished) -> None:
+        if done.failures:
+            reason = "delivery failed: " + "; ".join(done.failures)
+            queue.fail(self.engine, done.job_id, Step.DELIVER, reason, self.clock())
+            return
+        fingerprint = Fingerprint.model_validate(done.fingerprint)
+        if deletes_remotely(fingerprint, self.settings.delete_remotely):
+            answer = self.client.delete(target_of(fingerprint), done.task_uid)
+            queue.note(self.engine, done.job_id, f"remote clean-up: {answer.detail}", self.clock())
+        message = self._clean_up(done, bool(fingerprint.scus))
+        queue.mark_delivered(self.engine, done.job_id, message, self.clock())
+
+    def _clean_up(self, done: queue.Finished, has_destinations: bool) -> str:
+        folder = self.settings.jobs_dir / str(done.job_id)
+        if not has_destinations:
+            return f"no destinations in the fingerprint: the output is kept in {folder}"
+        output = Path(done.output_dir) if done.output_dir else folder / "output"
+        for name in done.sent:
+            (output / name).unlink(missing_ok=True)
+        if not done.kept:
+            shutil.rmtree(folder, ignore_errors=True)
+            queue.mark_files_removed(self.engine, done.job_id, self.clock())
+            return f"delivered {len(done.sent)} file(s); local files removed"
+        return (
+            f"delivered {len(done.sent)} file(s); local DICOM files removed; "
+            f"{len(done.kept)} non-DICOM file(s) kept in {output}"
+        )
+
+    def expire(self) -> None:
+        """Remove the files of failed and delivered jobs older than the retention."""
+        before = self.clock() - timedelta(seconds=self.settings.retention)
+        for job_id in queue.expired_job_folders(self.engine, before):
+            shutil.rmtree(self.settings.jobs_dir / str(job_id), ignore_errors=True)
+            queue.mark_files_removed(self.engine, job_id, self.clock())
+            logger.info("job %d: files removed (older than JOB_FILES_RETENTION_HOURS)", job_id)
+
+
+def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:
+    return FileToSend(
+        record.name, Path(output_dir) / record.name, record.sop_class_uid,
+        record.transfer_syntax_uid,
+    )  # fmt: skip
+
+
+def _reason(report: Report, total: int) -> str:
+    if report.error:
+        return f"{report.error} ({report.confirmed} of {total} file(s) confirmed)"
+    first, why = next(iter(report.refused.items()))
+    return f"{len(report.refused)} of {total} file(s) refused, e.g. {first}: {why}"
+
+
+def _guarded(what: str, action: Callable[..., None], *args: object) -> None:
+    try:
+        action(*args)
+    except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
+        log_exception(logger, f"deliverer: {what} failed")

@@ -1,0 +1,296 @@
+"""The poller: every submitted job is asked for its output every GET_INTERVAL seconds.
+
+One scheduled poll per job, kept in memory (a heap of due times), run by a fixed pool
+of GET_WORKERS threads: a thousand jobs mean a thousand heap entries, not a thousand
+threads. The database is read when the poller starts, when the post daemon hands over
+a job, and every few seconds (for `isdr jobs retry` from another process); it is
+written only when a job changes state, never for a "still pending".
+
+A poll that gets the output streams it to DATA_DIR/jobs/<id>/, unpacks it safely and
+hands the job to the deliverer. A crash at any point leaves the job `submitted`: the
+next start polls it again and downloads the output again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from isdr.daemons.targets import deletes_remotely, target_of
+from isdr.db import delivery as queue
+from isdr.db.models import Step
+from isdr.fingerprints.model import Fingerprint
+from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
+from isdr.inference.unpack import HostileArchive, Limits, unpack
+from isdr.logs import log_exception
+from isdr.scu.files import OutputInfo, describe
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+REFRESH_SECONDS = 5.0  # how often the database is read for jobs handed over by others
+UNKNOWN_LIMIT = 3  # consecutive "no such task" answers (API 2's 500) before failing
+
+
+class Verdict(StrEnum):
+    """What a poll's answer means for the job."""
+
+    READY = "ready"  # 200: the output is here
+    WAIT = "wait"  # pending, running, or not yet known: poll again
+    UNKNOWN = "unknown"  # the server does not know the task: fails after a few in a row
+    FAILED = "failed"  # the task failed on the server: no more polling
+    TROUBLE = "trouble"  # no answer, or a server error: poll again, log once per outage
+
+
+def judge(api: int, status: int | None) -> tuple[Verdict, str]:
+    """The meaning of a poll's HTTP status, per API generation."""
+    if status is None:
+        return Verdict.TROUBLE, "no answer"
+    if status == 200:
+        return Verdict.READY, "output ready"
+    if status == 551:
+        return Verdict.WAIT, "pending or running"
+    if status == 552:
+        return Verdict.FAILED, "the server reports that the task failed (552)"
+    if status == 553:
+        return Verdict.FAILED, "the task finished but its output is missing on the server (553)"
+    if status == 554 and api == 1:
+        return Verdict.WAIT, "not known yet (normal right after a submit on API 1)"
+    if (status == 500 and api == 2) or 400 <= status < 500 or status == 554:
+        return Verdict.UNKNOWN, f"the server does not know the task ({status})"
+    return Verdict.TROUBLE, f"server error {status}"
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """The parts of the configuration the poller uses."""
+
+    jobs_dir: Path
+    interval: float  # GET_INTERVAL
+    timeout: float  # GET_TIMEOUT
+    workers: int  # GET_WORKERS
+    limits: Limits  # OUTPUT_MAX_MB, OUTPUT_MAX_FILES
+    delete_remotely: bool  # ASK_INFERENCE_SERVER_TO_DELETE_TASK
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    job_id: int
+    job: queue.PolledJob = field(compare=False)
+    target: Target = field(compare=False)
+    fingerprint: Fingerprint = field(compare=False)
+    unknown: int = field(default=0, compare=False)
+
+
+class Poller:
+    """Polls the submitted jobs on a bounded pool of threads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        client: InferenceClient,
+        settings: PollSettings,
+        clock: Clock,
+    ) -> None:
+        self.engine = engine
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self.on_output: Callable[[], None] = lambda: None  # app.py wakes the deliverer
+        self._heap: list[_Item] = []
+        self._known: set[int] = set()  # in the heap or being polled
+        self._in_flight = 0
+        self._down: set[str] = set()  # servers in an outage (logged once)
+        self._condition = threading.Condition()
+        self._refresh_due = 0.0
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-poll")
+        self._thread = threading.Thread(target=self._run, name="isdr-poller", daemon=True)
+
+    def start(self) -> None:
+        """Start polling every submitted job."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop dispatching; polls on the wire are left to the process's exit."""
+        self._stopping.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(timeout=2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the polls on the wire to end; whether they did."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._in_flight and time.monotonic() < deadline:
+                self._condition.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return self._in_flight == 0
+
+    def wake(self, _job_id: int | None = None) -> None:
+        """Read the database now: a job was handed over."""
+        with self._condition:
+            self._refresh_due = 0.0
+            self._condition.notify_all()
+
+    @property
+    def polling(self) -> int:
+        """How many jobs are being polled."""
+        with self._condition:
+            return len(self._known)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._turn()
+            except Exception:  # noqa: BLE001 (the top of the daemon's loop)
+                log_exception(logger, "poller: a turn failed")
+                self._stopping.wait(1.0)
+
+    def _turn(self) -> None:
+        if time.monotonic() >= self._refresh_due:
+            self._refresh()
+        with self._condition:
+            now = time.monotonic()
+            while self._heap and self._heap[0].due <= now and self._in_flight < self._capacity:
+                item = heapq.heappop(self._heap)
+                self._in_flight += 1
+                self._pool.submit(self._guarded_poll, item)
+            wait = self._refresh_due - now
+            if self._heap and self._in_flight < self._capacity:
+                wait = min(wait, self._heap[0].due - now)
+            self._condition.wait(timeout=max(0.001, min(wait, 1.0)))
+
+    @property
+    def _capacity(self) -> int:
+        return self.settings.workers
+
+    def _refresh(self) -> None:
+        self._refresh_due = time.monotonic() + REFRESH_SECONDS
+        found = queue.polled_jobs(self.engine)
+        with self._condition:
+            for job in found:
+                if job.job_id not in self._known:
+                    self._adopt(job)
+
+    def _adopt(self, job: queue.PolledJob) -> None:
+        try:
+            fingerprint = Fingerprint.model_validate(job.fingerprint)
+        except ValidationError as exc:
+            queue.fail(self.engine, job.job_id, Step.POLL, f"invalid fingerprint copy: {exc}",
+                       self.clock())  # fmt: skip
+            return
+        target = target_of(fingerprint)
+        self._known.add(job.job_id)
+        heapq.heappush(self._heap, _Item(time.monotonic(), job.job_id, job, target, fingerprint))
+
+    def _guarded_poll(self, item: _Item) -> None:
+        again = False
+        try:
+            again = self._poll(item)
+        except Exception:  # noqa: BLE001 (per job: one job's trouble never stops the others)
+            log_exception(logger, f"poller: polling job {item.job_id} failed")
+            again = True
+        finally:
+            with self._condition:
+                self._in_flight -= 1
+                if again and not self._stopping.is_set():
+                    item.due = time.monotonic() + self.settings.interval
+                    heapq.heappush(self._heap, item)
+                else:
+                    self._known.discard(item.job_id)
+                self._condition.notify_all()
+
+    def _poll(self, item: _Item) -> bool:
+        """One poll; whether the job is to be polled again."""
+        if self._timed_out(item):
+            return False
+        folder = self.settings.jobs_dir / str(item.job_id)
+        try:
+            answer = self.client.poll(
+                item.target, item.job.task_uid, folder / "output.download",
+                self.settings.limits.max_bytes,
+            )  # fmt: skip
+        except OutputTooLarge as exc:
+            return self._fail(item, str(exc))
+        verdict, detail = judge(item.target.api, answer.status)
+        self._track_outage(item.target, verdict, answer)
+        if verdict is Verdict.READY and answer.output is not None:
+            return self._take_output(item, answer.output)
+        if verdict is Verdict.FAILED:
+            return self._fail(item, detail)
+        item.unknown = item.unknown + 1 if verdict is Verdict.UNKNOWN else 0
+        if item.unknown >= UNKNOWN_LIMIT:
+            return self._fail(item, f"{detail}, {item.unknown} times in a row")
+        return True
+
+    def _timed_out(self, item: _Item) -> bool:
+        now = self.clock()
+        if now - item.job.submitted_at <= timedelta(seconds=self.settings.timeout):
+            return False
+        self._fail(item, f"timed out: no output within GET_TIMEOUT ({self.settings.timeout:.0f} s)")
+        if deletes_remotely(item.fingerprint, self.settings.delete_remotely):
+            answer = self.client.delete(item.target, item.job.task_uid)
+            queue.note(self.engine, item.job_id, f"remote clean-up: {answer.detail}", self.clock())
+        return True
+
+    def _track_outage(self, target: Target, verdict: Verdict, answer: PollAnswer) -> None:
+        server = target.server
+        with self._condition:
+            if verdict is Verdict.TROUBLE and server not in self._down:
+                self._down.add(server)
+                logger.warning(
+                    "InferenceServer %s: %s; polling its jobs goes on every %.0f s "
+                    "(logged once until it answers again)",
+                    server, answer.detail, self.settings.interval,
+                )  # fmt: skip
+            elif verdict is not Verdict.TROUBLE and server in self._down:
+                self._down.discard(server)
+                logger.info("InferenceServer %s answers again", server)
+
+    def _fail(self, item: _Item, reason: str) -> bool:
+        queue.fail(self.engine, item.job_id, Step.POLL, reason, self.clock())
+        return False
+
+    def _take_output(self, item: _Item, archive: Path) -> bool:
+        target = archive.parent / "output"
+        shutil.rmtree(target, ignore_errors=True)  # from an attempt a crash cut short
+        try:
+            written = unpack(archive, target, self.settings.limits)
+        except HostileArchive as exc:
+            return self._fail(item, f"the output archive was refused: {exc}")
+        infos = [describe(target, path) for path in written]
+        archive.unlink(missing_ok=True)
+        destinations = [
+            queue.Destination(d.scu_ip, d.scu_port, d.scu_ae_title) for d in item.fingerprint.scus
+        ]
+        note = _summary(infos, len(destinations))
+        records = [queue.OutputRecord(**vars(info)) for info in infos]
+        if queue.record_output(
+            self.engine, item.job_id, str(target), records, destinations, note, self.clock()
+        ):
+            self.on_output()
+        return False
+
+
+def _summary(infos: list[OutputInfo], destinations: int) -> str:
+    dicom = sum(1 for info in infos if info.is_dicom)
+    kept = sorted(info.name for info in infos if not info.is_dicom)
+    text = f"output unpacked: {dicom} DICOM file(s) for {destinations} destination(s)"
+    if kept:
+        shown = ", ".join(kept[:20]) + (f" and {len(kept) - 20} more" if len(kept) > 20 else "")
+        text += f"; kept in the job folder, not DICOM: {shown}"
+    return text

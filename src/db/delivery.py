@@ -1,0 +1,417 @@
+"""The queue after the submit: polled jobs, their outputs, and one delivery per destination.
+
+Each function is one short transaction. A job's timeline gets a line for each state
+change and for each failed delivery attempt, so `isdr jobs show` tells the whole story.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from isdr.db.jobs import move
+from isdr.db.models import (
+    DeliveredFile,
+    Delivery,
+    DeliveryState,
+    Job,
+    JobEvent,
+    JobState,
+    OutputFile,
+    Step,
+)
+
+logger = logging.getLogger(__name__)
+
+SUBMITTED = frozenset({JobState.SUBMITTED})
+DELIVERING = frozenset({JobState.DELIVERING})
+
+
+@dataclass(frozen=True)
+class PolledJob:
+    """What polling a job needs."""
+
+    job_id: int
+    task_uid: str
+    fingerprint: dict[str, Any]
+    submitted_at: datetime
+
+
+def polled_jobs(engine: Engine) -> list[PolledJob]:
+    """Every job the InferenceServers hold: state submitted."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Job.id, Job.task_uid, Job.fingerprint, Job.submitted_at, Job.updated_at).where(
+                Job.state == JobState.SUBMITTED
+            )
+        ).all()
+        return [PolledJob(r[0], r[1], r[2], r[3] or r[4]) for r in rows]
+
+
+def fail(engine: Engine, job_id: int, step: Step, reason: str, now: datetime) -> bool:
+    """Fail a job that is submitted or delivering, at `step`."""
+    return move(
+        engine, job_id, JobState.FAILED, reason, now,
+        source=SUBMITTED | DELIVERING, last_error=reason, failed_step=step,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One file of an unpacked output, as recorded."""
+
+    name: str
+    size: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One of the fingerprint's `scus`."""
+
+    host: str
+    port: int
+    ae_title: str
+
+
+def record_output(
+    engine: Engine,
+    job_id: int,
+    output_dir: str,
+    files: Sequence[OutputRecord],
+    destinations: Sequence[Destination],
+    note: str,
+    now: datetime,
+) -> bool:
+    """The output is unpacked: record its files, open one delivery per destination.
+
+    A destination that already confirmed everything in an earlier round (a retry after
+    its folder was removed) keeps its state; the others start over.
+    """
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id, with_for_update=True)
+        if job.state != JobState.SUBMITTED:
+            return False
+        session.execute(delete(OutputFile).where(OutputFile.job_id == job_id))
+        session.add_all(OutputFile(job_id=job_id, **vars(f)) for f in files)
+        _open_deliveries(session, job_id, destinations, now)
+        job.output_dir, job.outputs_note, job.files_removed_at = output_dir, note, None
+        _event(session, job, JobState.DELIVERING, note, now)
+        return True
+
+
+def _open_deliveries(
+    session: Session, job_id: int, destinations: Sequence[Destination], now: datetime
+) -> None:
+    existing = {
+        d.position: d for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))
+    }
+    for position, where in enumerate(destinations):
+        delivery = existing.get(position)
+        if delivery is None:
+            session.add(Delivery(
+                job_id=job_id, position=position, host=where.host, port=where.port,
+                ae_title=where.ae_title, state=DeliveryState.PENDING, attempts=0,
+                next_attempt_at=now, last_error="", updated_at=now,
+            ))  # fmt: skip
+        elif delivery.state != DeliveryState.DELIVERED:
+            delivery.state, delivery.attempts = DeliveryState.PENDING, 0
+            delivery.next_attempt_at = now
+
+
+def _event(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
+    job.state = state
+    job.updated_at = now
+    session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
+    logger.info("job %d %s: %s", job.id, state, message)
+
+
+def _note(session: Session, job_id: int, message: str, now: datetime, level: int) -> None:
+    """A timeline line that is not a state change."""
+    job = session.get_one(Job, job_id)
+    session.add(JobEvent(job_id=job_id, at=now, state=job.state, message=message))
+    logger.log(level, "job %d: %s", job_id, message)
+
+
+@dataclass(frozen=True)
+class DeliveryWork:
+    """A delivery that is due, and the files it still has to send."""
+
+    delivery_id: int
+    job_id: int
+    destination: Destination
+    output_dir: str
+    files: list[OutputRecord]
+
+
+def due_deliveries(engine: Engine, now: datetime, limit: int = 50) -> list[tuple[int, Destination]]:
+    """Pending deliveries whose next attempt is due, oldest first, with their destination."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.host, Delivery.port, Delivery.ae_title)
+            .join(Job, Job.id == Delivery.job_id)
+            .where(
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at <= now,
+                Job.state == JobState.DELIVERING,
+            )
+            .order_by(Delivery.next_attempt_at)
+            .limit(limit)
+        ).all()
+        return [(row[0], Destination(row[1], row[2], row[3])) for row in rows]
+
+
+def claim_delivery(engine: Engine, delivery_id: int, now: datetime) -> DeliveryWork | None:
+    """Move a pending delivery to sending; what it has to send, or None if taken."""
+    with Session(engine) as session, session.begin():
+        delivery = session.get_one(Delivery, delivery_id, with_for_update=True)
+        if delivery.state != DeliveryState.PENDING:
+            return None
+        delivery.state, delivery.updated_at = DeliveryState.SENDING, now
+        job = session.get_one(Job, delivery.job_id)
+        sent = select(DeliveredFile.name).where(DeliveredFile.delivery_id == delivery_id)
+        rows = session.scalars(
+            select(OutputFile)
+            .where(
+                OutputFile.job_id == delivery.job_id,
+                OutputFile.sop_class_uid != "",
+                OutputFile.name.not_in(sent),
+            )
+            .order_by(OutputFile.name)
+        ).all()
+        files = [_record(row) for row in rows]
+        where = Destination(delivery.host, delivery.port, delivery.ae_title)
+        return DeliveryWork(delivery.id, delivery.job_id, where, job.output_dir or "", files)
+
+
+def _record(row: OutputFile) -> OutputRecord:
+    return OutputRecord(
+        row.name, row.size, row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid
+    )
+
+
+def confirm_file(engine: Engine, delivery_id: int, name: str, status: int, now: datetime) -> None:
+    """The destination confirmed a file: it is never sent to it again by this job."""
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(DeliveredFile(delivery_id=delivery_id, name=name, status=status, at=now))
+    except IntegrityError:
+        pass  # confirmed twice (sent again after a crash): once is what counts
+
+
+def delivery_done(engine: Engine, delivery_id: int, sent: int, now: datetime) -> None:
+    """Every file confirmed by this destination."""
+    with Session(engine) as session, session.begin():
+        delivery = session.get_one(Delivery, delivery_id, with_for_update=True)
+        delivery.state, delivery.updated_at = DeliveryState.DELIVERED, now
+        delivery.last_error = ""
+        total = _confirmed(session, delivery_id)
+        _note(
+            session,
+            delivery.job_id,
+            f"{delivery.destination} confirmed all {total} DICOM file(s) ({sent} this attempt, "
+            f"attempt {delivery.attempts + 1})",
+            now,
+            logging.INFO,
+        )
+
+
+def _confirmed(session: Session, delivery_id: int) -> int:
+    return len(
+        session.scalars(
+            select(DeliveredFile.id).where(DeliveredFile.delivery_id == delivery_id)
+        ).all()
+    )
+
+
+def delivery_retry(
+    engine: Engine,
+    delivery_id: int,
+    reason: str,
+    now: datetime,
+    delay: Callable[[int], float],
+    limit: int,
+) -> None:
+    """Count a failed attempt at one destination: again after `delay(attempts)`, or give up."""
+    with Session(engine) as session, session.begin():
+        delivery = session.get_one(Delivery, delivery_id, with_for_update=True)
+        delivery.attempts += 1
+        delivery.last_error, delivery.updated_at = reason, now
+        where = delivery.destination
+        if delivery.attempts >= limit:
+            delivery.state = DeliveryState.FAILED
+            message = f"{where}: gave up after {delivery.attempts} attempts: {reason}"
+            _note(session, delivery.job_id, message, now, logging.WARNING)
+            return
+        wait = delay(delivery.attempts)
+        delivery.state = DeliveryState.PENDING
+        delivery.next_attempt_at = now + timedelta(seconds=wait)
+        message = f"{where}: attempt {delivery.attempts} failed ({reason}); next in {wait:.0f} s"
+        _note(session, delivery.job_id, message, now, logging.WARNING)
+
+
+def interrupted_deliveries(engine: Engine, now: datetime) -> int:
+    """After a stop: deliveries caught sending go back to pending (no attempt counted).
+
+    Files they had confirmed are recorded and not sent again; the one in flight is.
+    """
+    with Session(engine) as session, session.begin():
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.state == DeliveryState.SENDING)
+            .values(state=DeliveryState.PENDING, next_attempt_at=now)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A delivering job none of whose deliveries is still under way."""
+
+    job_id: int
+    task_uid: str
+    fingerprint: dict[str, Any]
+    output_dir: str
+    failures: list[str]  # "AE@host:port: reason" of the deliveries that gave up
+    sent: list[str]  # the DICOM files, relative to output_dir
+    kept: list[str]  # the other files
+
+
+def finished_jobs(engine: Engine, limit: int = 50) -> list[Finished]:
+    """Delivering jobs whose deliveries have all ended, delivered or failed."""
+    open_states = (DeliveryState.PENDING, DeliveryState.SENDING)
+    with Session(engine) as session:
+        busy = (
+            select(Delivery.id)
+            .where(Delivery.job_id == Job.id, Delivery.state.in_(open_states))
+            .exists()
+        )
+        jobs = session.scalars(
+            select(Job).where(Job.state == JobState.DELIVERING, ~busy).limit(limit)
+        ).all()
+        return [_finished(session, job) for job in jobs]
+
+
+def _finished(session: Session, job: Job) -> Finished:
+    failed = session.scalars(
+        select(Delivery).where(Delivery.job_id == job.id, Delivery.state == DeliveryState.FAILED)
+    ).all()
+    failures = [f"{d.destination}: {d.last_error}" for d in failed]
+    files = session.scalars(select(OutputFile).where(OutputFile.job_id == job.id)).all()
+    sent = sorted(f.name for f in files if f.sop_class_uid)
+    kept = sorted(f.name for f in files if not f.sop_class_uid)
+    return Finished(
+        job.id, job.task_uid, job.fingerprint, job.output_dir or "", failures, sent, kept
+    )
+
+
+def note(engine: Engine, job_id: int, message: str, now: datetime) -> None:
+    """Add a line to a job's timeline (and the log) without changing its state."""
+    with Session(engine) as session, session.begin():
+        _note(session, job_id, message, now, logging.INFO)
+
+
+def mark_delivered(engine: Engine, job_id: int, message: str, now: datetime) -> bool:
+    """The job is done: every destination confirmed every file."""
+    return move(engine, job_id, JobState.DELIVERED, message, now, source=DELIVERING)
+
+
+def mark_files_removed(engine: Engine, job_id: int, now: datetime) -> None:
+    """The job's local files are gone."""
+    with Session(engine) as session, session.begin():
+        session.get_one(Job, job_id).files_removed_at = now
+
+
+def expired_job_folders(engine: Engine, before: datetime, limit: int = 100) -> list[int]:
+    """Failed or delivered jobs, last changed before `before`, whose files are still kept."""
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                select(Job.id)
+                .where(
+                    Job.state.in_((JobState.FAILED, JobState.DELIVERED)),
+                    Job.files_removed_at.is_(None),
+                    Job.updated_at < before,
+                )
+                .limit(limit)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """One delivery as `isdr jobs show` prints it."""
+
+    destination: str
+    state: str
+    attempts: int
+    confirmed: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class OutputView:
+    """A job's output files: sent and kept."""
+
+    dicom: int
+    kept: list[str]
+
+
+def job_details(engine: Engine, job_id: int) -> tuple[list[DeliveryView], OutputView]:
+    """A job's deliveries and outputs, for `isdr jobs show`."""
+    with Session(engine) as session:
+        deliveries = session.scalars(
+            select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.position)
+        ).all()
+        views = [
+            DeliveryView(
+                d.destination, d.state, d.attempts, _confirmed(session, d.id), d.last_error
+            )
+            for d in deliveries
+        ]
+        files = session.scalars(select(OutputFile).where(OutputFile.job_id == job_id)).all()
+        kept = sorted(f.name for f in files if not f.sop_class_uid)
+        return views, OutputView(len(files) - len(kept), kept)
+
+
+def retry_failed(engine: Engine, job_id: int, now: datetime) -> str | None:
+    """`isdr jobs retry`: restart a failed job at the step it failed; what happens, or None.
+
+    submit: submitted again (its series' files must still be there); poll: polled again,
+    with a new GET_TIMEOUT; deliver: the destinations that gave up are tried again
+    (files they confirmed are not sent again), after a new download if the job's files
+    were removed meanwhile.
+    """
+    with Session(engine) as session, session.begin():
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.FAILED:
+            return None
+        step = job.failed_step or Step.SUBMIT
+        job.attempts, job.next_attempt_at = 0, now
+        if step == Step.SUBMIT:
+            _event(session, job, JobState.PENDING, "retried by hand: submitting again", now)
+            return "pending: it will be submitted again"
+        if step == Step.DELIVER and job.files_removed_at is None:
+            _reopen_failed_deliveries(session, job_id, now)
+            _event(session, job, JobState.DELIVERING, "retried by hand: delivering again", now)
+            return "delivering: the destinations that failed are tried again"
+        job.submitted_at = now
+        _event(session, job, JobState.SUBMITTED, f"retried by hand at step {step}: polling", now)
+        return "submitted: the server is polled again for its output"
+
+
+def _reopen_failed_deliveries(session: Session, job_id: int, now: datetime) -> None:
+    session.execute(
+        update(Delivery)
+        .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.FAILED)
+        .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now)
+    )

@@ -1,0 +1,1 @@
+"""Sending DICOM: delivering the predictions to the destinations with C-STORE."""

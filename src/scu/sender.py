@@ -1,0 +1,322 @@
+"""C-STORE of a job's DICOM files to one destination, with every response checked.
+
+pynetdicom negotiates the association, encodes the command sets and decodes the
+responses. Two of its habits are changed for the associations opened here (measured in
+bench/delivery_throughput.py and docs/decisions/delivery.md):
+
+- Its association reactor, a second thread that polls every millisecond, is kept paused
+  for the whole session. `send_c_store` otherwise waits for it to pause before every
+  message (up to 1 ms each), and a response it takes meanwhile is lost: the race in
+  pynetdicom's sender that stalls a send for the whole DIMSE timeout.
+- A message's P-DATA PDUs are written to the socket by the sending thread in one
+  `sendall`, instead of one queued PDU per turn of the DUL thread's loop. The data set
+  goes as the bytes of the file, never decoded.
+
+A send that gets no status (the DIMSE timeout, a broken connection) is a failure of that
+send: the association is aborted, a new one is opened and the file is sent again, a
+few times at most. A file the destination refuses is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
+from pynetdicom.dimse import _RQ_TO_MESSAGE
+from pynetdicom.dsutils import encode
+from pynetdicom.presentation import PresentationContext
+
+logger = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # presentation contexts one association may propose
+RESENDS = 3  # new associations for one file whose send got no status
+# Statuses after which the destination has the instance (PS3.4 B.2.3): success, warnings.
+STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+P_DATA_TF = 0x04
+LAST_FRAGMENT = 0x02
+COMMAND = 0x01
+# PDU type, reserved, PDU length; PDV item length, presentation context, message control.
+_PDU_HEADER = struct.Struct(">BBIIBB")
+Buffer = bytes | memoryview
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A destination."""
+
+    host: str
+    port: int
+    ae_title: str
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class FileToSend:
+    """A DICOM file and what negotiating it needs."""
+
+    name: str
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass
+class Report:
+    """What a session achieved: the files confirmed, those refused, and why it ended."""
+
+    confirmed: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    error: str = ""  # why the session ended early; "" when every file got an answer
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file was confirmed."""
+        return not self.error and not self.refused
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """Who we are, and how long a destination may take."""
+
+    calling_ae_title: str
+    timeout: float  # connect, association and DIMSE timeouts
+
+
+class SendFailed(Exception):
+    """A send got no status: the association is no longer usable."""
+
+
+def send_files(
+    peer: Peer,
+    files: Sequence[FileToSend],
+    options: SendOptions,
+    on_confirmed: Callable[[FileToSend, int], None],
+    stop: threading.Event,
+) -> Report:
+    """Send `files` to `peer`; `on_confirmed` records each one the peer confirmed."""
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # files go as they are, not decoded
+    report = Report()
+    pending = list(files)
+    for batch in _batches(pending):
+        _send_batch(peer, batch, options, on_confirmed, stop, report)
+        if report.error:
+            break
+    return report
+
+
+def _batches(files: Sequence[FileToSend]) -> Iterator[list[FileToSend]]:
+    """Split files so that no association needs more than MAX_CONTEXTS contexts."""
+    batch: list[FileToSend] = []
+    pairs: set[tuple[str, str]] = set()
+    for item in files:
+        pair = (item.sop_class_uid, item.transfer_syntax_uid)
+        if pair not in pairs and len(pairs) == MAX_CONTEXTS:
+            yield batch
+            batch, pairs = [], set()
+        pairs.add(pair)
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _send_batch(
+    peer: Peer,
+    batch: list[FileToSend],
+    options: SendOptions,
+    on_confirmed: Callable[[FileToSend, int], None],
+    stop: threading.Event,
+    report: Report,
+) -> None:
+    index, failures = 0, 0
+    while index < len(batch) and not stop.is_set():
+        try:
+            with _session(peer, batch, options) as assoc:
+                while index < len(batch) and not stop.is_set():
+                    _send_one(assoc, batch[index], on_confirmed, report)
+                    index, failures = index + 1, 0
+        except SendFailed as exc:
+            failures += 1
+            if failures > RESENDS:
+                report.error = f"{batch[index].name}: {exc} ({failures} associations tried)"
+                return
+            logger.warning("%s: %s; opening a new association to send it again", peer, exc)
+        except _Refused as exc:
+            report.error = str(exc)
+            return
+    if stop.is_set() and index < len(batch):
+        report.error = "the relay is stopping"
+
+
+def _send_one(
+    assoc: Association,
+    item: FileToSend,
+    on_confirmed: Callable[[FileToSend, int], None],
+    report: Report,
+) -> None:
+    try:
+        status = assoc.send_c_store(item.path)
+    except ValueError as exc:  # no accepted presentation context for this file
+        report.refused[item.name] = f"not accepted for {item.sop_class_uid}: {exc}"
+        return
+    except (OSError, AttributeError, RuntimeError) as exc:
+        raise SendFailed(f"the send failed ({exc!r})") from exc
+    code = _status(status)
+    if code is None:
+        raise SendFailed("no status came back within the timeout")
+    if code in STORED:
+        on_confirmed(item, code)
+        report.confirmed += 1
+        report.refused.pop(item.name, None)
+    else:
+        report.refused[item.name] = f"refused with status 0x{code:04X}"
+
+
+def _status(status: Dataset) -> int | None:
+    value = status.get("Status")
+    return int(value) if value is not None else None
+
+
+class _Refused(Exception):
+    """The destination cannot be reached or refused the association."""
+
+
+@contextmanager
+def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Iterator[Association]:
+    """An association proposing every file's SOP class and transfer syntax, tuned."""
+    ae = AE(ae_title=options.calling_ae_title)
+    ae.requested_contexts = _contexts(batch)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = options.timeout
+    ae.connection_timeout = options.timeout
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _on_connection_open)],
+    )
+    if not assoc.is_established:
+        raise _Refused(_why_not_established(assoc, peer))
+    try:
+        with _reactor_held(assoc):
+            _write_pdus_directly(assoc)
+            yield assoc
+        assoc.release()
+    finally:
+        if assoc.is_alive():
+            assoc.abort()
+
+
+def _contexts(batch: list[FileToSend]) -> list[PresentationContext]:
+    by_class: dict[str, list[str]] = {}
+    for item in batch:
+        syntaxes = by_class.setdefault(item.sop_class_uid, [])
+        if item.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(item.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in by_class.items():
+        for syntax in syntaxes:  # one context each: a peer may accept one and not another
+            context = PresentationContext()
+            context.abstract_syntax = sop_class
+            context.transfer_syntax = [syntax]
+            contexts.append(context)
+    return contexts
+
+
+def _why_not_established(assoc: Association, peer: Peer) -> str:
+    if not getattr(assoc, "isdr_connected", False):
+        return f"cannot connect to {peer}"
+    if assoc.is_rejected:
+        return f"{peer} rejected the association (is our AE title known to it?)"
+    if assoc.is_aborted:
+        return f"{peer} aborted the association request"
+    return f"{peer} did not accept the association"
+
+
+def _on_connection_open(event: evt.Event) -> None:
+    event.assoc.isdr_connected = True  # type: ignore[attr-defined]
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    event.assoc.dul._run_loop_delay = 0.0002
+
+
+class _HeldCheckpoint(threading.Event):
+    """The association reactor's pause switch, kept off while `held`."""
+
+    held = False
+
+    def set(self) -> None:
+        if not self.held:
+            super().set()
+
+
+@contextmanager
+def _reactor_held(assoc: Association) -> Iterator[None]:
+    checkpoint = _HeldCheckpoint()
+    assoc._reactor_checkpoint = checkpoint
+    deadline = time.monotonic() + 5.0
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    checkpoint.held = True
+    try:
+        yield
+    finally:
+        checkpoint.held = False
+        checkpoint.set()
+
+
+def _write_pdus_directly(assoc: Association) -> None:
+    """Replace the DIMSE provider's send with one that writes whole messages at once."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    if sock is None:
+        raise SendFailed("the association has no socket")
+    dimse = assoc.dimse
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        message = _RQ_TO_MESSAGE[type(primitive)]()
+        message.primitive_to_message(primitive)
+        command = encode(message.command_set, True, True)
+        assert command is not None
+        size = dimse.maximum_pdu_size or (1 << 30)
+        parts = _fragments(context_id, COMMAND, command, size)
+        parts += _fragments(context_id, 0, _data_set(primitive), size)
+        sock.sendall(b"".join(parts))
+
+    dimse.send_msg = send_msg  # type: ignore[method-assign]
+
+
+def _data_set(primitive: Any) -> bytes:
+    path_and_offset = getattr(primitive, "_dataset_path", None)
+    if path_and_offset is None:
+        return bytes(primitive.DataSet.getvalue())
+    path, offset = path_and_offset
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
+def _fragments(context_id: int, control: int, data: bytes, max_pdu: int) -> list[Buffer]:
+    """P-DATA-TF PDUs of one PDV each, none longer than the peer's maximum PDU length."""
+    step = max(max_pdu - 6, 1)
+    view = memoryview(data)
+    parts: list[Buffer] = []
+    for start in range(0, max(len(data), 1), step):
+        chunk = view[start : start + step]
+        flags = control | (LAST_FRAGMENT if start + step >= len(data) else 0)
+        length = len(chunk)
+        parts.append(_PDU_HEADER.pack(P_DATA_TF, 0, length + 6, length + 2, context_id, flags))
+        parts.append(chunk)
+    return parts
