@@ -1,0 +1,112 @@
+"""The sender against real destinations: dcmtk's storescp and pynetdicom SCPs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom.presentation import build_context
+
+from isdr.scu.files import describe
+from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
+from isdr.synthetic import SeriesSpec, write_series
+from tests.helpers import free_port
+from tests.peers import RecordingSCP, Storescp
+
+OPTIONS = SendOptions("ISDR_TEST", timeout=1.0)
+
+
+def files_of(folder: Path) -> list[FileToSend]:
+    found = []
+    for path in sorted(folder.rglob("*.dcm")):
+        info = describe(folder, path)
+        found.append(FileToSend(info.name, path, info.sop_class_uid, info.transfer_syntax_uid))
+    return found
+
+
+@pytest.fixture
+def ct(tmp_path: Path) -> list[FileToSend]:
+    write_series(tmp_path / "ct", SeriesSpec(count=5))
+    return files_of(tmp_path / "ct")
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingSCP]:
+    scp = RecordingSCP().start()
+    yield scp
+    scp.stop()
+
+
+def send(peer: Peer, files: list[FileToSend]) -> tuple[list[str], Report]:
+    confirmed: list[str] = []
+    report = send_files(
+        peer, files, OPTIONS, lambda item, _status: confirmed.append(item.name), threading.Event()
+    )
+    return confirmed, report
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_every_file_reaches_storescp_with_its_data_set_unchanged(
+    tmp_path: Path, ct: list[FileToSend]
+) -> None:
+    destination = Storescp(tmp_path / "dest").start()
+    try:
+        confirmed, report = send(Peer("127.0.0.1", destination.port, "DEST"), ct)
+    finally:
+        destination.stop()
+    assert report.complete and sorted(confirmed) == sorted(f.name for f in ct)
+    sent = {dcmread(f.path).SOPInstanceUID: dcmread(f.path).PixelData for f in ct}
+    got = {ds.SOPInstanceUID: ds.PixelData for ds in map(dcmread, destination.files())}
+    assert got == sent
+
+
+def test_a_send_without_an_answer_is_sent_again_on_a_new_association(
+    recorder: RecordingSCP, ct: list[FileToSend]
+) -> None:
+    recorder.answers.append("silent")
+    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    assert report.complete
+    assert sorted(confirmed) == sorted(f.name for f in ct)
+    assert sorted(set(recorder.received)) == sorted(dcmread(f.path).SOPInstanceUID for f in ct)
+
+
+def test_a_refused_file_is_reported_and_the_others_are_confirmed(
+    recorder: RecordingSCP, ct: list[FileToSend]
+) -> None:
+    recorder.answers.extend([0, 0xA700])
+    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    assert len(confirmed) == 4
+    assert list(report.refused.values()) == ["refused with status 0xA700"]
+
+
+def test_a_sop_class_the_destination_does_not_take_is_refused_for_those_files(
+    tmp_path: Path, ct: list[FileToSend]
+) -> None:
+    write_series(tmp_path / "mr", SeriesSpec(modality="MR", count=2))
+    scp = RecordingSCP(contexts=[build_context(CTImageStorage, ExplicitVRLittleEndian)]).start()
+    try:
+        confirmed, report = send(
+            Peer("127.0.0.1", scp.port, scp.ae_title), ct + files_of(tmp_path / "mr")
+        )
+    finally:
+        scp.stop()
+    assert sorted(confirmed) == sorted(f.name for f in ct)
+    assert len(report.refused) == 2
+
+
+def test_a_destination_that_is_down_ends_the_session_with_the_reason(
+    ct: list[FileToSend],
+) -> None:
+    confirmed, report = send(Peer("127.0.0.1", free_port(), "NOBODY"), ct)
+    assert confirmed == [] and "cannot connect" in report.error
+
+
+def test_a_wrong_ae_title_is_reported_as_a_rejected_association(
+    recorder: RecordingSCP, ct: list[FileToSend]
+) -> None:
+    confirmed, report = send(Peer("127.0.0.1", recorder.port, "WRONG"), ct)
+    assert confirmed == [] and "rejected" in report.error
