@@ -72,6 +72,7 @@ class RecordingSCP:
         self.received: list[str] = []  # SOP Instance UIDs, in order, repeats included
         self.answers: deque[int | str] = deque()
         self.silence = 3.0
+        self.delay = 0.0  # seconds each C-STORE takes
         self._contexts = contexts or AllStoragePresentationContexts
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
@@ -96,5 +97,6 @@ class RecordingSCP:
         if answer == "silent":
             time.sleep(self.silence)
             return 0xA700
+        time.sleep(self.delay)
         self.received.append(str(event.request.AffectedSOPInstanceUID))
         return int(answer)

@@ -253,8 +253,8 @@ class Poller:
             if verdict is Verdict.TROUBLE and server not in self._down:
                 self._down.add(server)
                 logger.warning(
-                    "InferenceServer %s: %s; polling its jobs goes on every %.0f s "
-                    "(logged once until it answers again)",
+                    "InferenceServer %s: %s; polling its jobs goes on every %g s "
+                    "(logged once per outage)",
                     server, answer.detail, self.settings.interval,
                 )  # fmt: skip
             elif verdict is not Verdict.TROUBLE and server in self._down:

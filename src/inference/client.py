@@ -136,7 +136,9 @@ class InferenceClient:
                     return PollAnswer(response.status_code, response.text[:200])
                 _save(response, output, max_bytes)
         except httpx.HTTPError as exc:
-            return PollAnswer(None, self._transport_error(exc, url).detail)
+            if _is_certificate_error(exc):
+                return PollAnswer(None, self._transport_error(exc, url).detail)
+            return PollAnswer(None, f"no answer from {url} ({exc!r})")
         return PollAnswer(200, "output ready", output)
 
     def delete(self, target: Target, uid: str) -> Answer:

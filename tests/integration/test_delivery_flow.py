@@ -1,0 +1,270 @@
+"""Predictions home: a relay in this process, the HTTPS stand-in, real DICOM destinations."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from isdr.app import Relay, build_relay
+from isdr.db.delivery import job_details
+from isdr.db.jobs import list_jobs, timeline
+from isdr.db.models import Job
+from isdr.synthetic import SeriesSpec, write_series
+from tests.helpers import relay_settings
+from tests.peers import RecordingSCP, Storescp
+from tests.standin import StandIn
+
+FAST = {
+    "POST_AFTER": 0.3,
+    "POST_INTERVAL": 0.1,
+    "GET_INTERVAL": 0.1,
+    "DELIVERY_RETRY_DELAY": 0.5,
+    "DELIVERY_TIMEOUT": 3,
+}
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., Relay]]:
+    started: list[Relay] = []
+
+    def make(**overrides: Any) -> Relay:
+        settings = relay_settings(tmp_path, CERT_FILE=standin.ca_file, **{**FAST, **overrides})
+        relay = build_relay(settings)
+        relay.start()
+        started.append(relay)
+        return relay
+
+    yield make
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def storescp(tmp_path: Path, dcmtk: None) -> Iterator[Storescp]:
+    destination = Storescp(tmp_path / "pacs").start()
+    yield destination
+    destination.stop()
+
+
+def fingerprint(relay: Relay, standin: StandIn, api: int, scus: list[dict[str, Any]]) -> None:
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = {
+        "modality_regex": "^CT$",
+        "inference_server_url": standin.url_v1 if api == 1 else standin.url_v2,
+        "inference_server_api": api,
+        "model_human_readable_id": "ct-model",
+        "scus": scus,
+    }
+    (folder / "ct.json").write_text(json.dumps(fields))
+    relay.registry.reload()
+
+
+def to(port: int, ae_title: str) -> dict[str, Any]:
+    return {"scu_ip": "127.0.0.1", "scu_port": port, "scu_ae_title": ae_title}
+
+
+def receive_ct(relay: Relay, count: int = 3) -> None:
+    write_series(relay.settings.INCOMING_DIR / "drop", SeriesSpec(count=count))
+    relay.inbox.reconcile()
+
+
+def the_job(relay: Relay) -> Job:
+    jobs = list_jobs(relay.engine)
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+def wait_for_state(relay: Relay, *states: str, timeout: float = 30) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = list_jobs(relay.engine)
+        if jobs and jobs[0].state in states:
+            return jobs[0]
+        assert time.monotonic() < deadline, f"job stayed {jobs[0].state if jobs else 'absent'}"
+        time.sleep(0.05)
+
+
+def events(relay: Relay, job_id: int) -> list[str]:
+    found = timeline(relay.engine, job_id)
+    assert found is not None
+    return [event.message for event in found[1]]
+
+
+@pytest.mark.parametrize("api", [1, 2])
+def test_predictions_reach_the_destination_and_the_remote_task_is_deleted(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp, api: int
+) -> None:
+    relay = make_relay()
+    fingerprint(relay, standin, api, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    job = wait_for_state(relay, "delivered", "failed")
+    assert job.state == "delivered", job.last_error
+    task = standin.task_of()
+    assert {dcmread(p).SOPInstanceUID for p in storescp.files()} == set(task.instance_uids)
+    assert standin.deleted == [task.uid] and len(standin.submissions) == 1
+    kept = ["container.log", "mask.nii.gz"] if api == 2 else ["mask.nii.gz"]
+    assert job_details(relay.engine, job.id)[1].kept == kept
+    assert sorted(p.name for p in Path(job.output_dir or "").iterdir()) == kept
+    assert any("not DICOM: " + ", ".join(kept) in line for line in events(relay, job.id))
+
+
+def test_a_task_the_server_failed_fails_the_job_with_that_reason(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp
+) -> None:
+    standin.outcome = "552"
+    relay = make_relay()
+    fingerprint(relay, standin, 1, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    job = wait_for_state(relay, "failed")
+    assert job.failed_step == "poll" and "552" in job.last_error
+    assert storescp.files() == []
+
+
+def test_a_task_that_never_finishes_times_out_and_is_deleted_remotely(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    standin.outcome = "never"
+    relay = make_relay(GET_TIMEOUT=1.5)
+    fingerprint(relay, standin, 2, [])
+    receive_ct(relay)
+    job = wait_for_state(relay, "failed")
+    assert "GET_TIMEOUT" in job.last_error
+    assert standin.deleted == [standin.task_of().uid]
+
+
+def test_a_task_the_server_forgot_fails_after_a_few_unknown_answers(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    standin.outcome = "never"
+    relay = make_relay()
+    fingerprint(relay, standin, 2, [])
+    receive_ct(relay)
+    wait_for_state(relay, "submitted")
+    standin.task_of().deleted = True
+    job = wait_for_state(relay, "failed")
+    assert "does not know the task (500), 3 times in a row" in job.last_error
+
+
+def test_an_unreachable_server_is_logged_once_per_outage(
+    make_relay: Callable[..., Relay], standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin.outcome = "never"
+    relay = make_relay()
+    fingerprint(relay, standin, 1, [])
+    receive_ct(relay)
+    wait_for_state(relay, "submitted")
+    caplog.set_level(logging.INFO, logger="isdr.daemons.poll")
+    with standin.lock:  # all at once: one outage, not two
+        standin.poll_behaviours.extend(["drop"] * 8)
+    deadline = time.monotonic() + 10
+    while standin.poll_behaviours and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "isdr.daemons.poll"]
+    assert sum("once per outage" in line for line in lines) == 1
+    assert sum(line.endswith("answers again") for line in lines) == 1
+    assert the_job(relay).state == "submitted"
+
+
+def zip_with(name: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("fine.txt", b"ok")
+        archive.writestr(name, b"evil")
+    return buffer.getvalue()
+
+
+def tar_with_symlink() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    return buffer.getvalue()
+
+
+def many_members(count: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(count):
+            archive.writestr(f"f{index}.txt", b"x")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("archive", "reason"),
+    [
+        (zip_with("../../evil.txt"), "climbs out"),
+        (tar_with_symlink(), "link"),
+        (many_members(30), "more than 20 members"),
+    ],
+    ids=["dotdot", "symlink", "too-many-members"],
+)
+def test_a_hostile_archive_fails_the_job_and_writes_nothing_outside_its_folder(
+    make_relay: Callable[..., Relay], standin: StandIn, tmp_path: Path, archive: bytes, reason: str
+) -> None:
+    standin.raw_output = archive
+    relay = make_relay(OUTPUT_MAX_FILES=20)
+    fingerprint(relay, standin, 1, [])
+    receive_ct(relay)
+    job = wait_for_state(relay, "failed")
+    assert reason in job.last_error and job.failed_step == "poll"
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not (Path(relay.settings.DATA_DIR) / "jobs" / str(job.id) / "output").exists()
+
+
+def test_a_destination_down_at_first_gets_every_file_and_the_retries_are_recorded(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp
+) -> None:
+    late = RecordingSCP(ae_title="LATE")
+    relay = make_relay()
+    fingerprint(relay, standin, 2, [to(storescp.port, "DEST"), to(late.port, "LATE")])
+    receive_ct(relay)
+    deadline = time.monotonic() + 20
+    while "attempt 2 failed" not in " ".join(_all_events(relay)):
+        assert time.monotonic() < deadline, "no failed attempts recorded"
+        time.sleep(0.05)
+    assert len(storescp.files()) == standin.output_count  # the other one was served
+    late.start()
+    try:
+        job = wait_for_state(relay, "delivered", "failed")
+    finally:
+        late.stop()
+    assert job.state == "delivered", job.last_error
+    assert sorted(late.received) == sorted(standin.task_of().instance_uids)
+    deliveries = job_details(relay.engine, job.id)[0]
+    assert [d.state for d in deliveries] == ["delivered", "delivered"]
+    assert deliveries[1].attempts >= 2
+
+
+def _all_events(relay: Relay) -> list[str]:
+    jobs = list_jobs(relay.engine)
+    return events(relay, jobs[0].id) if jobs else []
+
+
+def test_a_refused_file_is_retried_and_the_job_fails_naming_the_destination(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    refusing = RecordingSCP(ae_title="PICKY").start()
+    refusing.answers.extend([0xA900] * 100)
+    try:
+        relay = make_relay(DELIVERY_MAX_ATTEMPTS=2, DELIVERY_RETRY_DELAY=0.1)
+        fingerprint(relay, standin, 1, [to(refusing.port, "PICKY")])
+        receive_ct(relay)
+        job = wait_for_state(relay, "failed")
+    finally:
+        refusing.stop()
+    assert job.failed_step == "deliver"
+    assert "PICKY@127.0.0.1" in job.last_error and "0xA900" in job.last_error
+    assert standin.deleted == []  # kept on the server: `isdr jobs retry` can fetch it again
