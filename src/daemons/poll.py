@@ -1,8 +1,8 @@
 """The poller: every submitted job is asked for its output every GET_INTERVAL seconds.
 
-One scheduled poll per job, kept in memory (a heap of due times), run by a fixed pool
-of GET_WORKERS threads: a thousand jobs mean a thousand heap entries, not a thousand
-threads. The database is read when the poller starts, when the post daemon hands over
+One scheduled poll per job, kept in memory (a heap of due times) and taken by a fixed
+number of threads (GET_WORKERS): a thousand jobs mean a thousand heap entries, not a
+thousand threads. The database is read when the poller starts, when the post daemon hands over
 a job, and every few seconds (for `isdr jobs retry` from another process); it is
 written only when a job changes state, never for a "still pending".
 
@@ -19,7 +19,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -96,7 +95,7 @@ class _Item:
 
 
 class Poller:
-    """Polls the submitted jobs on a bounded pool of threads."""
+    """Polls the submitted jobs on a fixed number of threads sharing one schedule."""
 
     def __init__(
         self,
@@ -117,20 +116,21 @@ class Poller:
         self._condition = threading.Condition()
         self._refresh_due = 0.0
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-poll")
-        self._thread = threading.Thread(target=self._run, name="isdr-poller", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"isdr-poll-{n}", daemon=True)
+            for n in range(settings.workers)
+        ]
 
     def start(self) -> None:
         """Start polling every submitted job."""
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop dispatching; polls on the wire are left to the process's exit."""
+        """Stop taking polls; those on the wire are left to finish or to the process's exit."""
         self._stopping.set()
         with self._condition:
             self._condition.notify_all()
-        self._thread.join(timeout=2.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def idle(self, timeout: float) -> bool:
         """Wait up to `timeout` for the polls on the wire to end; whether they did."""
@@ -144,7 +144,7 @@ class Poller:
         """Read the database now: a job was handed over."""
         with self._condition:
             self._refresh_due = 0.0
-            self._condition.notify_all()
+            self._condition.notify()
 
     @property
     def polling(self) -> int:
@@ -152,39 +152,45 @@ class Poller:
         with self._condition:
             return len(self._known)
 
-    def _run(self) -> None:
+    def _work(self) -> None:
+        """One polling thread: take the job due first, poll it, put it back."""
         while not self._stopping.is_set():
-            try:
-                self._turn()
-            except Exception:  # noqa: BLE001 (the top of the daemon's loop)
-                log_exception(logger, "poller: a turn failed")
-                self._stopping.wait(1.0)
+            item = self._next()
+            if item is not None:
+                self._finish(item, self._guarded_poll(item))
 
-    def _turn(self) -> None:
+    def _next(self) -> _Item | None:
+        """The next due job (None when it is time to look at the database or to stop)."""
         if time.monotonic() >= self._refresh_due:
-            self._refresh()
+            self._refresh_guarded()
         with self._condition:
             now = time.monotonic()
-            while self._heap and self._heap[0].due <= now and self._in_flight < self._capacity:
-                item = heapq.heappop(self._heap)
+            if self._heap and self._heap[0].due <= now:
                 self._in_flight += 1
-                self._pool.submit(self._guarded_poll, item)
+                return heapq.heappop(self._heap)
             wait = self._refresh_due - now
-            if self._heap and self._in_flight < self._capacity:
+            if self._heap:
                 wait = min(wait, self._heap[0].due - now)
             self._condition.wait(timeout=max(0.001, min(wait, 1.0)))
+            return None
 
-    @property
-    def _capacity(self) -> int:
-        return self.settings.workers
+    def _refresh_guarded(self) -> None:
+        with self._condition:
+            if time.monotonic() < self._refresh_due:
+                return  # another thread is at it
+            self._refresh_due = time.monotonic() + REFRESH_SECONDS
+        try:
+            self._refresh()
+        except Exception:  # noqa: BLE001 (the top of the poller's loop)
+            log_exception(logger, "poller: reading the submitted jobs failed")
 
     def _refresh(self) -> None:
-        self._refresh_due = time.monotonic() + REFRESH_SECONDS
         found = queue.polled_jobs(self.engine)
         with self._condition:
             for job in found:
                 if job.job_id not in self._known:
                     self._adopt(job)
+            self._condition.notify_all()
 
     def _adopt(self, job: queue.PolledJob) -> None:
         try:
@@ -197,21 +203,22 @@ class Poller:
         self._known.add(job.job_id)
         heapq.heappush(self._heap, _Item(time.monotonic(), job.job_id, job, target, fingerprint))
 
-    def _guarded_poll(self, item: _Item) -> None:
-        again = False
+    def _guarded_poll(self, item: _Item) -> bool:
         try:
-            again = self._poll(item)
+            return self._poll(item)
         except Exception:  # noqa: BLE001 (per job: one job's trouble never stops the others)
             log_exception(logger, f"poller: polling job {item.job_id} failed")
-            again = True
-        finally:
-            with self._condition:
-                self._in_flight -= 1
-                if again and not self._stopping.is_set():
-                    item.due = time.monotonic() + self.settings.interval
-                    heapq.heappush(self._heap, item)
-                else:
-                    self._known.discard(item.job_id)
+            return True
+
+    def _finish(self, item: _Item, again: bool) -> None:
+        with self._condition:
+            self._in_flight -= 1
+            if again and not self._stopping.is_set():
+                item.due = time.monotonic() + self.settings.interval
+                heapq.heappush(self._heap, item)
+            else:
+                self._known.discard(item.job_id)
+            if self._stopping.is_set():
                 self._condition.notify_all()
 
     def _poll(self, item: _Item) -> bool:

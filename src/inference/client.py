@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from isdr.errors import IsdrError
+from isdr.inference.transport import KeepAliveTransport
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,15 @@ class InferenceClient:
         self.cert_file = cert_file
         # Connecting gets at most 10 s: a server that is down should not hold its turn.
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
-        self._http = httpx.Client(verify=tls_context(cert_file), timeout=limits)
+        context = tls_context(cert_file)
+        self._http = httpx.Client(verify=context, timeout=limits)
+        # Polls and deletes: many small requests, on the lean transport.
+        self._polls = httpx.Client(timeout=limits, transport=KeepAliveTransport(context))
 
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
+        self._polls.close()
 
     def submit(self, target: Target, archive: Path) -> Answer:
         """POST the archive (streamed from disk) for the target's model."""
@@ -130,7 +135,7 @@ class InferenceClient:
         """
         url, params = target.task_request(uid, outputs=True)
         try:
-            with self._http.stream("GET", url, params=params, headers=target.headers) as response:
+            with self._polls.stream("GET", url, params=params, headers=target.headers) as response:
                 if response.status_code != 200:
                     response.read()
                     return PollAnswer(response.status_code, response.text[:200])
@@ -145,7 +150,7 @@ class InferenceClient:
         """DELETE the task on the server; its answer checked."""
         url, params = target.task_request(uid, outputs=False)
         try:
-            response = self._http.delete(url, params=params, headers=target.headers)
+            response = self._polls.delete(url, params=params, headers=target.headers)
         except httpx.HTTPError as exc:
             return self._transport_error(exc, url)
         status = response.status_code
