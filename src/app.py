@@ -197,6 +197,7 @@ def _deliver_settings(settings: Settings) -> DeliverSettings:
         calling_ae_title=settings.SCP_AE_TITLE,
         timeout=settings.DELIVERY_TIMEOUT,
         workers=settings.DELIVERY_WORKERS,
+        associations=settings.DELIVERY_ASSOCIATIONS,
         retry_delay=settings.DELIVERY_RETRY_DELAY,
         max_attempts=settings.DELIVERY_MAX_ATTEMPTS,
         retention=settings.JOB_FILES_RETENTION_HOURS * 3600.0,

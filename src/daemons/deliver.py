@@ -44,6 +44,7 @@ class DeliverSettings:
     calling_ae_title: str  # SCP_AE_TITLE: the relay calls with its own AE title
     timeout: float  # DELIVERY_TIMEOUT
     workers: int  # DELIVERY_WORKERS
+    associations: int  # DELIVERY_ASSOCIATIONS
     retry_delay: float  # DELIVERY_RETRY_DELAY
     max_attempts: int  # DELIVERY_MAX_ATTEMPTS
     retention: float  # JOB_FILES_RETENTION_HOURS, in seconds
@@ -130,7 +131,9 @@ class Deliverer:
         where = work.destination
         peer = Peer(where.host, where.port, where.ae_title)
         files = [_to_send(work.output_dir, record) for record in work.files]
-        options = SendOptions(self.settings.calling_ae_title, self.settings.timeout)
+        options = SendOptions(
+            self.settings.calling_ae_title, self.settings.timeout, self.settings.associations
+        )
 
         def confirmed(item: FileToSend, status: int) -> None:
             queue.confirm_file(self.engine, work.delivery_id, item.name, status, self.clock())

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 RESENDS = 3  # new associations for one file whose send got no status
+MIN_SHARE = 20  # files per association at least, when sending over several
 # Statuses after which the destination has the instance (PS3.4 B.2.3): success, warnings.
 STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 P_DATA_TF = 0x04
@@ -94,6 +95,7 @@ class SendOptions:
 
     calling_ae_title: str
     timeout: float  # connect, association and DIMSE timeouts
+    associations: int = 1  # in parallel, to one destination
 
 
 class SendFailed(Exception):
@@ -107,15 +109,54 @@ def send_files(
     on_confirmed: Callable[[FileToSend, int], None],
     stop: threading.Event,
 ) -> Report:
-    """Send `files` to `peer`; `on_confirmed` records each one the peer confirmed."""
+    """Send `files` to `peer`; `on_confirmed` records each one the peer confirmed.
+
+    With `options.associations` > 1 the files are shared out over that many associations
+    in parallel (never more than one per MIN_SHARE files).
+    """
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # files go as they are, not decoded
+    count = max(1, min(options.associations, len(files) // MIN_SHARE))
+    if count == 1:
+        return _send_share(peer, list(files), options, on_confirmed, stop)
+    reports = [Report() for _ in range(count)]
+    threads = [
+        threading.Thread(
+            target=lambda n=n: reports.__setitem__(
+                n, _send_share(peer, list(files[n::count]), options, on_confirmed, stop)
+            ),
+            name=f"isdr-send-{n}",
+        )
+        for n in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return _merged(reports)
+
+
+def _send_share(
+    peer: Peer,
+    files: list[FileToSend],
+    options: SendOptions,
+    on_confirmed: Callable[[FileToSend, int], None],
+    stop: threading.Event,
+) -> Report:
     report = Report()
-    pending = list(files)
-    for batch in _batches(pending):
+    for batch in _batches(files):
         _send_batch(peer, batch, options, on_confirmed, stop, report)
         if report.error:
             break
     return report
+
+
+def _merged(reports: list[Report]) -> Report:
+    merged = Report()
+    for report in reports:
+        merged.confirmed += report.confirmed
+        merged.refused.update(report.refused)
+        merged.error = merged.error or report.error
+    return merged
 
 
 def _batches(files: Sequence[FileToSend]) -> Iterator[list[FileToSend]]:
