@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 REFRESH_SECONDS = 5.0  # how often the database is read for jobs handed over by others
 UNKNOWN_LIMIT = 3  # consecutive "no such task" answers (API 2's 500) before failing
+SLACK = 0.05  # a job due this soon is polled now (GET_INTERVAL is a pace, not a deadline)
+BEHIND = 0.1  # how late the schedule may run before a second thread joins in
 
 
 class Verdict(StrEnum):
@@ -115,6 +117,7 @@ class Poller:
         self._down: set[str] = set()  # servers in an outage (logged once)
         self._condition = threading.Condition()
         self._refresh_due = 0.0
+        self._timer_held = False  # a thread waits for the next due time
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, name=f"isdr-poll-{n}", daemon=True)
@@ -160,19 +163,39 @@ class Poller:
                 self._finish(item, self._guarded_poll(item))
 
     def _next(self) -> _Item | None:
-        """The next due job (None when it is time to look at the database or to stop)."""
+        """The next due job (None when it is time to look at the database or to stop).
+
+        One poll at a time while the schedule is kept: threads contending for the GIL cost
+        more CPU than they save. Another thread joins only when the job due first is
+        BEHIND late (a slow or hung server, or more jobs than one thread can poll). One
+        thread at a time waits for the next due time; the others wait to be called.
+        """
         if time.monotonic() >= self._refresh_due:
             self._refresh_guarded()
         with self._condition:
             now = time.monotonic()
-            if self._heap and self._heap[0].due <= now:
+            ready_at = self._ready_at()
+            if ready_at is not None and ready_at <= now:
                 self._in_flight += 1
                 return heapq.heappop(self._heap)
-            wait = self._refresh_due - now
-            if self._heap:
-                wait = min(wait, self._heap[0].due - now)
-            self._condition.wait(timeout=max(0.001, min(wait, 1.0)))
+            if self._timer_held:
+                self._condition.wait(timeout=1.0)
+                return None
+            wake = self._refresh_due if ready_at is None else min(ready_at, self._refresh_due)
+            self._timer_held = True
+            try:
+                self._condition.wait(timeout=max(0.001, min(wake - now, 1.0)))
+            finally:
+                self._timer_held = False
             return None
+
+    def _ready_at(self) -> float | None:
+        """When the job due first may be taken: SLACK early when no poll is on the wire,
+        BEHIND late otherwise."""
+        if not self._heap:
+            return None
+        due = self._heap[0].due
+        return due - SLACK if self._in_flight == 0 else due + BEHIND
 
     def _refresh_guarded(self) -> None:
         with self._condition:
@@ -214,12 +237,15 @@ class Poller:
         with self._condition:
             self._in_flight -= 1
             if again and not self._stopping.is_set():
-                item.due = time.monotonic() + self.settings.interval
+                # Every GET_INTERVAL from when it was due: taken early, it stays on pace.
+                item.due = max(item.due, time.monotonic()) + self.settings.interval
                 heapq.heappush(self._heap, item)
             else:
                 self._known.discard(item.job_id)
             if self._stopping.is_set():
                 self._condition.notify_all()
+            elif self._in_flight and self._timer_held:
+                self._condition.notify()  # the timer's holder: one poll fewer on the wire
 
     def _poll(self, item: _Item) -> bool:
         """One poll; whether the job is to be polled again."""

@@ -7,6 +7,7 @@ that does not verify against CERT_FILE), with a message a person can act on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -105,8 +106,12 @@ class InferenceClient:
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
         context = tls_context(cert_file)
         self._http = httpx.Client(verify=context, timeout=limits)
-        # Polls and deletes: many small requests, on the lean transport.
-        self._polls = httpx.Client(timeout=limits, transport=KeepAliveTransport(context))
+        # Polls and deletes: many small requests, on the lean transport. Polls call it
+        # directly, without the client's redirect, auth and cookie layers (measured in
+        # bench/poll_load.py: 0.38 ms of CPU per poll through the client, 0.22 without).
+        self._lean = KeepAliveTransport(context)
+        self._polls = httpx.Client(timeout=limits, transport=self._lean)
+        self._timeouts = limits.as_dict()
 
     def close(self) -> None:
         """Close the connections."""
@@ -133,13 +138,17 @@ class InferenceClient:
 
         Raises OutputTooLarge when the body exceeds `max_bytes` (nothing is left behind).
         """
-        url, params = target.task_request(uid, outputs=True)
+        url, _params = target.task_request(uid, outputs=True)
+        request = _poll_request(target, uid, tuple(self._timeouts.items()))
         try:
-            with self._polls.stream("GET", url, params=params, headers=target.headers) as response:
+            response = self._lean.handle_request(request)
+            try:
                 if response.status_code != 200:
                     response.read()
                     return PollAnswer(response.status_code, response.text[:200])
                 _save(response, output, max_bytes)
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             if _is_certificate_error(exc):
                 return PollAnswer(None, self._transport_error(exc, url).detail)
@@ -246,6 +255,18 @@ def _is_certificate_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+@functools.lru_cache(maxsize=8192)
+def _poll_request(
+    target: Target, uid: str, timeouts: tuple[tuple[str, float | None], ...]
+) -> httpx.Request:
+    """The GET of a poll, built once per task: a request without a body can be sent again,
+    and parsing its URL is a quarter of the client's cost of a poll."""
+    url, params = target.task_request(uid, outputs=True)
+    return httpx.Request(
+        "GET", url, params=params, headers=target.headers, extensions={"timeout": dict(timeouts)}
+    )
 
 
 def _save(response: httpx.Response, output: Path, max_bytes: int) -> None:
