@@ -242,10 +242,11 @@ class Poller:
                 heapq.heappush(self._heap, item)
             else:
                 self._known.discard(item.job_id)
-            if self._stopping.is_set():
+            # The thread waiting for the next due time recomputes it when the job due first
+            # changed, or when a poll ended while others are on the wire.
+            first = bool(self._heap) and self._heap[0] is item
+            if self._stopping.is_set() or (self._timer_held and (self._in_flight or first)):
                 self._condition.notify_all()
-            elif self._in_flight and self._timer_held:
-                self._condition.notify()  # the timer's holder: one poll fewer on the wire
 
     def _poll(self, item: _Item) -> bool:
         """One poll; whether the job is to be polled again."""
