@@ -268,3 +268,37 @@ def test_a_refused_file_is_retried_and_the_job_fails_naming_the_destination(
     assert job.failed_step == "deliver"
     assert "PICKY@127.0.0.1" in job.last_error and "0xA900" in job.last_error
     assert standin.deleted == []  # kept on the server: `isdr jobs retry` can fetch it again
+
+
+def test_a_hanging_server_does_not_hold_up_the_jobs_of_another(
+    tmp_path: Path, standin: StandIn, storescp: Storescp
+) -> None:
+    (tmp_path / "other").mkdir()
+    other = StandIn(tmp_path / "other", models=("mr-model",)).start()
+    bundle = tmp_path / "cas.pem"
+    bundle.write_text(standin.ca_file.read_text() + other.ca_file.read_text())
+    standin.outcome, standin.hang_seconds = "never", 4.0
+    settings = relay_settings(tmp_path, CERT_FILE=bundle, **FAST)
+    relay = build_relay(settings)
+    relay.start()
+    try:
+        fingerprint(relay, standin, 1, [])
+        scu = to(storescp.port, storescp.ae_title)
+        mr = {"modality_regex": "^MR$", "inference_server_url": other.url_v1,
+              "model_human_readable_id": "mr-model", "scus": [scu]}  # fmt: skip
+        (settings.FINGERPRINT_DIR / "mr.json").write_text(json.dumps(mr))
+        receive_ct(relay)
+        wait_for_state(relay, "submitted")
+        with standin.lock:
+            standin.poll_behaviours.extend(["hang"] * 20)
+        time.sleep(0.3)  # the CT job's poll is now hanging
+        relay.registry.reload()
+        write_series(settings.INCOMING_DIR / "mr", SeriesSpec(modality="MR", count=2))
+        relay.inbox.reconcile()
+        began = time.monotonic()
+        mr_job = wait_for_state(relay, "delivered", "failed", timeout=30)
+        assert mr_job.fingerprint_name == "mr.json" and mr_job.state == "delivered"
+        assert time.monotonic() - began < standin.hang_seconds
+    finally:
+        relay.stop()
+        other.stop()
