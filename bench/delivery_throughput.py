@@ -142,7 +142,15 @@ def main() -> int:
         files = []
         for path in sorted((work / "output").rglob("*.dcm")):
             info = describe(work / "output", path)
-            files.append(FileToSend(info.name, path, info.sop_class_uid, info.transfer_syntax_uid))
+            files.append(
+                FileToSend(
+                    info.name,
+                    path,
+                    info.sop_class_uid,
+                    info.sop_instance_uid,
+                    info.transfer_syntax_uid,
+                )
+            )
         megabytes = sum(f.path.stat().st_size for f in files) / 1e6
         rates: dict[str, list[float]] = {"storescu": [], "relay": []}
         for index in range(opts.rounds):

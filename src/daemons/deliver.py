@@ -197,7 +197,7 @@ class Deliverer:
 def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:
     return FileToSend(
         record.name, Path(output_dir) / record.name, record.sop_class_uid,
-        record.transfer_syntax_uid,
+        record.sop_instance_uid, record.transfer_syntax_uid,
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -199,11 +199,19 @@ def _record(row: OutputFile) -> OutputRecord:
     )
 
 
+_CONFIRM = insert(DeliveredFile)
+
+
 def confirm_file(engine: Engine, delivery_id: int, name: str, status: int, now: datetime) -> None:
-    """The destination confirmed a file: it is never sent to it again by this job."""
+    """The destination confirmed a file: it is never sent to it again by this job.
+
+    One Core statement in its own transaction, once per file sent (a third of the cost of
+    the ORM's unit of work, measured in bench/delivery_throughput.py).
+    """
+    row = {"delivery_id": delivery_id, "name": name, "status": status, "at": now}
     try:
-        with Session(engine) as session, session.begin():
-            session.add(DeliveredFile(delivery_id=delivery_id, name=name, status=status, at=now))
+        with engine.begin() as connection:
+            connection.execute(_CONFIRM, row)
     except IntegrityError:
         pass  # confirmed twice (sent again after a crash): once is what counts
 

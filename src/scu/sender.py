@@ -28,13 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.dimse import _RQ_TO_MESSAGE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
@@ -51,6 +49,7 @@ COMMAND = 0x01
 # PDU type, reserved, PDU length; PDV item length, presentation context, message control.
 _PDU_HEADER = struct.Struct(">BBIIBB")
 Buffer = bytes | memoryview
+IOV_MAX = 1024  # buffers one sendmsg may take
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class FileToSend:
     name: str
     path: Path
     sop_class_uid: str
+    sop_instance_uid: str
     transfer_syntax_uid: str
 
 
@@ -114,7 +114,6 @@ def send_files(
     With `options.associations` > 1 the files are shared out over that many associations
     in parallel (never more than one per MIN_SHARE files).
     """
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # files go as they are, not decoded
     count = max(1, min(options.associations, len(files) // MIN_SHARE))
     if count == 1:
         return _send_share(peer, list(files), options, on_confirmed, stop)
@@ -185,9 +184,9 @@ def _send_batch(
     index, failures = 0, 0
     while index < len(batch) and not stop.is_set():
         try:
-            with _session(peer, batch, options) as assoc:
+            with _session(peer, batch, options) as session:
                 while index < len(batch) and not stop.is_set():
-                    _send_one(assoc, batch[index], on_confirmed, report)
+                    _send_one(session, batch[index], on_confirmed, report)
                     index, failures = index + 1, 0
         except SendFailed as exc:
             failures += 1
@@ -203,21 +202,19 @@ def _send_batch(
 
 
 def _send_one(
-    assoc: Association,
+    session: _Session,
     item: FileToSend,
     on_confirmed: Callable[[FileToSend, int], None],
     report: Report,
 ) -> None:
-    try:
-        status = assoc.send_c_store(item.path)
-    except ValueError as exc:  # no accepted presentation context for this file
-        report.refused[item.name] = f"not accepted for {item.sop_class_uid}: {exc}"
+    context_id = session.contexts.get((item.sop_class_uid, item.transfer_syntax_uid))
+    if context_id is None:
+        report.refused[item.name] = (
+            f"the destination accepted no presentation context for {item.sop_class_uid} in "
+            f"{item.transfer_syntax_uid}"
+        )
         return
-    except (OSError, AttributeError, RuntimeError) as exc:
-        raise SendFailed(f"the send failed ({exc!r})") from exc
-    code = _status(status)
-    if code is None:
-        raise SendFailed("no status came back within the timeout")
+    code = session.store(item, context_id)
     if code in STORED:
         on_confirmed(item, code)
         report.confirmed += 1
@@ -226,17 +223,88 @@ def _send_one(
         report.refused[item.name] = f"refused with status 0x{code:04X}"
 
 
-def _status(status: Dataset) -> int | None:
-    value = status.get("Status")
-    return int(value) if value is not None else None
-
-
 class _Refused(Exception):
     """The destination cannot be reached or refused the association."""
 
 
+class _Session:
+    """An established association on which the sending thread writes whole C-STOREs."""
+
+    def __init__(self, assoc: Association) -> None:
+        self.assoc = assoc
+        self.contexts = {
+            (str(c.abstract_syntax), str(c.transfer_syntax[0])): int(c.context_id)
+            for c in assoc.accepted_contexts
+            if c.context_id is not None and c.abstract_syntax and c.transfer_syntax
+        }
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        if sock is None:
+            raise SendFailed("the association has no socket")
+        self.socket: socket.socket = sock
+        self.max_pdu = assoc.dimse.maximum_pdu_size or (1 << 30)
+        self.message_id = 0
+
+    def store(self, item: FileToSend, context_id: int) -> int:
+        """One C-STORE; the status, or SendFailed when none came back."""
+        try:
+            data = item.path.read_bytes()
+            offset = data_set_offset(data)
+        except (OSError, ValueError) as exc:
+            raise SendFailed(f"cannot read {item.name}: {exc}") from exc
+        self.message_id = self.message_id % 0xFFFF + 1
+        command = _command(item, self.message_id)
+        parts = _fragments(context_id, COMMAND, command, self.max_pdu)
+        parts += _fragments(context_id, 0, memoryview(data)[offset:], self.max_pdu)
+        try:
+            _send_all(self.socket, parts)
+        except OSError as exc:
+            raise SendFailed(f"the send failed ({exc!r})") from exc
+        _context, response = self.assoc.dimse.get_msg(block=True)
+        status = getattr(response, "Status", None)
+        answered = getattr(response, "MessageIDBeingRespondedTo", None)
+        if status is None or answered != self.message_id:
+            raise SendFailed("no status came back within the timeout")
+        return int(status)
+
+
+def data_set_offset(data: bytes) -> int:
+    """Where the data set of a Part 10 file begins: after its File Meta Information."""
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a DICOM Part 10 file with a file meta group length")
+    (length,) = struct.unpack_from("<I", data, 140)
+    return 144 + int(length)
+
+
+def _command(item: FileToSend, message_id: int) -> bytes:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = item.sop_class_uid
+    request.AffectedSOPInstanceUID = item.sop_instance_uid
+    request.Priority = 2
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.command_set.CommandDataSetType = 0x0001  # a data set follows (same length)
+    encoded = encode(message.command_set, True, True)
+    if encoded is None:
+        raise SendFailed("cannot encode the C-STORE command")
+    return encoded
+
+
+def _send_all(sock: socket.socket, parts: list[Buffer]) -> None:
+    """Write every part, in order, without joining them into one copy."""
+    views = [memoryview(part) for part in parts]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first : first + IOV_MAX])
+        while first < len(views) and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
+        if sent:
+            views[first] = views[first][sent:]
+
+
 @contextmanager
-def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Iterator[Association]:
+def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Iterator[_Session]:
     """An association proposing every file's SOP class and transfer syntax, tuned."""
     ae = AE(ae_title=options.calling_ae_title)
     ae.requested_contexts = _contexts(batch)
@@ -252,8 +320,7 @@ def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Itera
         raise _Refused(_why_not_established(assoc, peer))
     try:
         with _reactor_held(assoc):
-            _write_pdus_directly(assoc)
-            yield assoc
+            yield _Session(assoc)
         assoc.release()
     finally:
         if assoc.is_alive():
@@ -319,37 +386,7 @@ def _reactor_held(assoc: Association) -> Iterator[None]:
         checkpoint.set()
 
 
-def _write_pdus_directly(assoc: Association) -> None:
-    """Replace the DIMSE provider's send with one that writes whole messages at once."""
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is None:
-        raise SendFailed("the association has no socket")
-    dimse = assoc.dimse
-
-    def send_msg(primitive: Any, context_id: int) -> None:
-        message = _RQ_TO_MESSAGE[type(primitive)]()
-        message.primitive_to_message(primitive)
-        command = encode(message.command_set, True, True)
-        assert command is not None
-        size = dimse.maximum_pdu_size or (1 << 30)
-        parts = _fragments(context_id, COMMAND, command, size)
-        parts += _fragments(context_id, 0, _data_set(primitive), size)
-        sock.sendall(b"".join(parts))
-
-    dimse.send_msg = send_msg  # type: ignore[method-assign]
-
-
-def _data_set(primitive: Any) -> bytes:
-    path_and_offset = getattr(primitive, "_dataset_path", None)
-    if path_and_offset is None:
-        return bytes(primitive.DataSet.getvalue())
-    path, offset = path_and_offset
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return handle.read()
-
-
-def _fragments(context_id: int, control: int, data: bytes, max_pdu: int) -> list[Buffer]:
+def _fragments(context_id: int, control: int, data: Buffer, max_pdu: int) -> list[Buffer]:
     """P-DATA-TF PDUs of one PDV each, none longer than the peer's maximum PDU length."""
     step = max(max_pdu - 6, 1)
     view = memoryview(data)

@@ -24,7 +24,11 @@ def files_of(folder: Path) -> list[FileToSend]:
     found = []
     for path in sorted(folder.rglob("*.dcm")):
         info = describe(folder, path)
-        found.append(FileToSend(info.name, path, info.sop_class_uid, info.transfer_syntax_uid))
+        found.append(
+            FileToSend(
+                info.name, path, info.sop_class_uid, info.sop_instance_uid, info.transfer_syntax_uid
+            )
+        )
     return found
 
 
