@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--size", type=int, default=512, help="rows and columns")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--associations", type=int, default=2, help="DELIVERY_ASSOCIATIONS")
+    parser.add_argument("--associations", type=int, default=1, help="DELIVERY_ASSOCIATIONS")
     opts = parser.parse_args()
     tune_libraries(pynetdicom_logging=False)
     with tempfile.TemporaryDirectory(prefix="isdr-delivery-bench-") as temp:

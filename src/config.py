@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="destinations served at once (one association each)"
     )
     DELIVERY_ASSOCIATIONS: int = Field(
-        2, ge=1, le=8, description="associations in parallel to one destination, for one job"
+        1, ge=1, le=8, description="associations in parallel to one destination, for one job"
     )
     DELIVERY_RETRY_DELAY: Seconds = Field(
         10.0, description="wait before a destination's second attempt; doubles, up to 600 s"

@@ -60,8 +60,9 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
 class RecordingSCP:
     """A pynetdicom Store SCP that records what it gets and answers as told.
 
-    `answers` holds what the next C-STOREs get: a status number, or "silent" (no answer
-    until the sender gives up) ; after that, Success. `contexts` limits the SOP classes.
+    `answers` holds what the next C-STOREs get: a status number, "silent" (no answer
+    until the sender gives up) or "abort" (an A-ABORT instead); after that, Success.
+    `contexts` limits the SOP classes.
     """
 
     def __init__(
@@ -96,6 +97,9 @@ class RecordingSCP:
             answer = self.answers.popleft() if self.answers else 0
         if answer == "silent":
             time.sleep(self.silence)
+            return 0xA700
+        if answer == "abort":
+            event.assoc.abort()
             return 0xA700
         time.sleep(self.delay)
         self.received.append(str(event.request.AffectedSOPInstanceUID))

@@ -1,20 +1,23 @@
 """C-STORE of a job's DICOM files to one destination, with every response checked.
 
-pynetdicom negotiates the association, encodes the command sets and decodes the
-responses. Two of its habits are changed for the associations opened here (measured in
-bench/delivery_throughput.py and docs/decisions/delivery.md):
+pynetdicom opens, negotiates, releases and aborts the association and encodes each
+C-STORE command set. The data transfer itself is done by the sending thread, because
+pynetdicom's own path reached only 0.21-0.26x the rate of dcmtk's storescu here
+(bench/delivery_throughput.py; docs/architecture.md, "Decisions"):
 
 - Its association reactor, a second thread that polls every millisecond, is kept paused
-  for the whole session. `send_c_store` otherwise waits for it to pause before every
-  message (up to 1 ms each), and a response it takes meanwhile is lost: the race in
-  pynetdicom's sender that stalls a send for the whole DIMSE timeout.
-- A message's P-DATA PDUs are written to the socket by the sending thread in one
-  `sendall`, instead of one queued PDU per turn of the DUL thread's loop. The data set
-  goes as the bytes of the file, never decoded.
+  for the session. `send_c_store` otherwise waits for it to pause before every message,
+  and a response it takes meanwhile is lost: the race in pynetdicom's sender that stalls
+  a send for the whole DIMSE timeout.
+- Each message's P-DATA PDUs (the data set is the file's bytes after its meta group,
+  never decoded) go out in one `sendmsg`, not one queued PDU per turn of the DUL loop.
+- Each response is read and decoded on the sending thread, while the DUL thread is told
+  the socket has nothing for it; it gets the socket back for the release.
 
-A send that gets no status (the DIMSE timeout, a broken connection) is a failure of that
-send: the association is aborted, a new one is opened and the file is sent again, a
-few times at most. A file the destination refuses is reported and the others go on.
+A send that gets no status within the timeout, or anything but a response, is a failure
+of that send: the association is aborted, a new one is opened and the file is sent
+again, a few times at most. A file the destination refuses is reported and the others
+go on.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,10 @@ LAST_FRAGMENT = 0x02
 COMMAND = 0x01
 # PDU type, reserved, PDU length; PDV item length, presentation context, message control.
 _PDU_HEADER = struct.Struct(">BBIIBB")
+_PDU_START = struct.Struct(">BBI")  # PDU type, reserved, PDU length
+MAX_RESPONSE_PDU = 1 << 20  # a C-STORE response is a few hundred bytes
+LOOP_DELAY = 0.0002  # pynetdicom's DUL idle sleep while it negotiates and releases
+IDLE_LOOP_DELAY = 0.005  # ... and while the sending thread has the socket
 Buffer = bytes | memoryview
 IOV_MAX = 1024  # buffers one sendmsg may take
 
@@ -259,12 +268,60 @@ class _Session:
             _send_all(self.socket, parts)
         except OSError as exc:
             raise SendFailed(f"the send failed ({exc!r})") from exc
-        _context, response = self.assoc.dimse.get_msg(block=True)
-        status = getattr(response, "Status", None)
-        answered = getattr(response, "MessageIDBeingRespondedTo", None)
-        if status is None or answered != self.message_id:
-            raise SendFailed("no status came back within the timeout")
+        response = self._response()
+        status = response.get("Status")
+        if status is None or response.get("MessageIDBeingRespondedTo") != self.message_id:
+            raise SendFailed("the response does not answer this request")
         return int(status)
+
+    def _response(self) -> Dataset:
+        """Read the response's P-DATA PDUs on this thread, and decode its command set."""
+        command = bytearray()
+        while True:
+            kind, body = _read_pdu(self.socket)
+            if kind != P_DATA_TF:
+                raise SendFailed(f"the destination sent PDU type 0x{kind:02X}, not a response")
+            for control, fragment in _pdvs(body):
+                if not control & COMMAND:
+                    raise SendFailed("the response came with a data set")
+                command += fragment
+                if control & LAST_FRAGMENT:
+                    return decode(BytesIO(bytes(command)), True, True)
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    """One PDU: its type and body. A timeout or a closed connection is a SendFailed."""
+    header = _read_exactly(sock, 6)
+    kind, _reserved, length = _PDU_START.unpack(header)
+    if length > MAX_RESPONSE_PDU:
+        raise SendFailed(f"the destination announced a PDU of {length} bytes for a response")
+    return int(kind), _read_exactly(sock, length)
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    buffer = bytearray(count)
+    view, received = memoryview(buffer), 0
+    try:
+        while received < count:
+            got = sock.recv_into(view[received:], count - received)
+            if got == 0:
+                raise SendFailed("the destination closed the connection")
+            received += got
+    except TimeoutError as exc:
+        raise SendFailed("no status came back within the timeout") from exc
+    except OSError as exc:
+        raise SendFailed(f"the connection broke ({exc!r})") from exc
+    return bytes(buffer)
+
+
+def _pdvs(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(message control header, fragment) of each presentation data value item."""
+    position = 0
+    while position + 6 <= len(body):
+        (length,) = struct.unpack_from(">I", body, position)
+        control = body[position + 5]
+        yield control, body[position + 6 : position + 4 + length]
+        position += 4 + length
 
 
 def data_set_offset(data: bytes) -> int:
@@ -308,7 +365,8 @@ def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Itera
     """An association proposing every file's SOP class and transfer syntax, tuned."""
     ae = AE(ae_title=options.calling_ae_title)
     ae.requested_contexts = _contexts(batch)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = options.timeout
+    ae.acse_timeout = ae.dimse_timeout = options.timeout
+    ae.network_timeout = None  # reads time out per response instead (see _reactor_held)
     ae.connection_timeout = options.timeout
     assoc = ae.associate(
         peer.host,
@@ -319,7 +377,7 @@ def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Itera
     if not assoc.is_established:
         raise _Refused(_why_not_established(assoc, peer))
     try:
-        with _reactor_held(assoc):
+        with _reactor_held(assoc, options.timeout):
             yield _Session(assoc)
         assoc.release()
     finally:
@@ -358,7 +416,7 @@ def _on_connection_open(event: evt.Event) -> None:
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    event.assoc.dul._run_loop_delay = 0.0002
+    event.assoc.dul._run_loop_delay = LOOP_DELAY
 
 
 class _HeldCheckpoint(threading.Event):
@@ -372,16 +430,34 @@ class _HeldCheckpoint(threading.Event):
 
 
 @contextmanager
-def _reactor_held(assoc: Association) -> Iterator[None]:
+def _reactor_held(assoc: Association, timeout: float) -> Iterator[None]:
+    """The association is the sending thread's for the session.
+
+    pynetdicom's association reactor stays paused, and its DUL thread stops reading the
+    socket (the sending thread reads each response itself); both are given back before
+    the release, with the idle timer restarted.
+    """
     checkpoint = _HeldCheckpoint()
     assoc._reactor_checkpoint = checkpoint
     deadline = time.monotonic() + 5.0
     while not assoc._is_paused and time.monotonic() < deadline:
         time.sleep(0.0005)
     checkpoint.held = True
+    dul = assoc.dul
+    dul._is_transport_event = lambda: False  # type: ignore[method-assign]
+    dul._run_loop_delay = IDLE_LOOP_DELAY  # it has nothing to do meanwhile
+    sock = dul.socket.socket if dul.socket else None
+    previous = sock.gettimeout() if sock is not None else None
+    if sock is not None:
+        sock.settimeout(timeout)
     try:
         yield
     finally:
+        del dul._is_transport_event  # the class's method again
+        dul._run_loop_delay = LOOP_DELAY
+        if sock is not None:
+            sock.settimeout(previous)
+        dul._idle_timer.restart()
         checkpoint.held = False
         checkpoint.set()
 

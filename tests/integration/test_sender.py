@@ -78,6 +78,15 @@ def test_a_send_without_an_answer_is_sent_again_on_a_new_association(
     assert sorted(set(recorder.received)) == sorted(dcmread(f.path).SOPInstanceUID for f in ct)
 
 
+def test_an_abort_instead_of_a_response_is_sent_again_on_a_new_association(
+    recorder: RecordingSCP, ct: list[FileToSend]
+) -> None:
+    recorder.answers.extend([0, "abort"])
+    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    assert report.complete and sorted(confirmed) == sorted(f.name for f in ct)
+    assert len(recorder.received) == len(ct)  # the aborted one was not recorded, then resent
+
+
 def test_a_refused_file_is_reported_and_the_others_are_confirmed(
     recorder: RecordingSCP, ct: list[FileToSend]
 ) -> None:
