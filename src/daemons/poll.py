@@ -282,6 +282,8 @@ class Poller:
         return True
 
     def _track_outage(self, target: Target, verdict: Verdict, answer: PollAnswer) -> None:
+        if verdict is not Verdict.TROUBLE and not self._down:
+            return  # the usual case, without taking the lock
         server = target.server
         with self._condition:
             if verdict is Verdict.TROUBLE and server not in self._down:

@@ -53,9 +53,9 @@ class Target:
     model: str
     token: str | None = None
 
-    @property
+    @functools.cached_property
     def server(self) -> str:
-        """The server: host and port."""
+        """The server: host and port (parsed once: polls ask for it every time)."""
         return httpx.URL(self.url).netloc.decode("ascii", "replace")
 
     def submit_request(self) -> tuple[str, dict[str, str], str]:
