@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -20,7 +23,7 @@ from isdr.db.delivery import job_details
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.models import Job
 from isdr.synthetic import SeriesSpec, write_series
-from tests.helpers import relay_settings
+from tests.helpers import relay_env, relay_settings
 from tests.peers import RecordingSCP, Storescp
 from tests.standin import StandIn
 
@@ -302,3 +305,50 @@ def test_a_hanging_server_does_not_hold_up_the_jobs_of_another(
     finally:
         relay.stop()
         other.stop()
+
+
+def isdr_jobs(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **relay_env(relay.settings)}
+    command = [sys.executable, "-m", "isdr", "jobs", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_isdr_jobs_retry_delivers_a_job_that_failed_at_delivery(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    picky = RecordingSCP(ae_title="PICKY").start()
+    picky.answers.extend([0, 0xA700, 0xA700, 0xA700])  # the second file, three times
+    try:
+        relay = make_relay(DELIVERY_MAX_ATTEMPTS=3, DELIVERY_RETRY_DELAY=0.1)
+        fingerprint(relay, standin, 1, [to(picky.port, "PICKY")])
+        receive_ct(relay)
+        job = wait_for_state(relay, "failed")
+        assert job.failed_step == "deliver" and "0xA700" in job.last_error
+        retried = isdr_jobs(relay, "retry", str(job.id))
+        assert retried.returncode == 0 and "delivering" in retried.stdout
+        job = wait_for_state(relay, "delivered")
+        shown = isdr_jobs(relay, "show", str(job.id)).stdout
+    finally:
+        picky.stop()
+    assert "to PICKY@127.0.0.1" in shown and ": delivered, 2 confirmed" in shown
+    assert set(picky.received) == set(standin.task_of().instance_uids)
+    confirmed_first = picky.received[0]
+    assert picky.received.count(confirmed_first) == 1  # confirmed once: never sent again
+    assert standin.deleted == [standin.task_of().uid]
+
+
+def test_the_files_of_a_failed_job_are_removed_after_the_retention(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    standin.raw_output = zip_with("../evil.txt")
+    relay = make_relay(JOB_FILES_RETENTION_HOURS=2 / 3600)
+    fingerprint(relay, standin, 1, [])
+    receive_ct(relay)
+    job = wait_for_state(relay, "failed")
+    folder = relay.settings.DATA_DIR / "jobs" / str(job.id)
+    assert (folder / "output.download").is_file()  # kept for inspection
+    deadline = time.monotonic() + 10
+    while folder.exists():
+        assert time.monotonic() < deadline, "the job's files were not removed"
+        time.sleep(0.1)
+    assert the_job(relay).files_removed_at is not None
