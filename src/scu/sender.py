@@ -29,6 +29,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ class SendOptions:
 
 
 class SendFailed(Exception):
-    """A send got no status: the association is no longer usable."""
+    """A send got no valid response: the association is no longer usable."""
 
 
 def send_files(
@@ -124,21 +125,12 @@ def send_files(
     count = max(1, min(options.associations, len(files) // MIN_SHARE))
     if count == 1:
         return _send_share(peer, list(files), options, on_confirmed, stop)
-    reports = [Report() for _ in range(count)]
-    threads = [
-        threading.Thread(
-            target=lambda n=n: reports.__setitem__(
-                n, _send_share(peer, list(files[n::count]), options, on_confirmed, stop)
-            ),
-            name=f"isdr-send-{n}",
+    shares = [list(files[n::count]) for n in range(count)]
+    with ThreadPoolExecutor(count, thread_name_prefix="isdr-send") as pool:
+        reports = pool.map(
+            lambda share: _send_share(peer, share, options, on_confirmed, stop), shares
         )
-        for n in range(count)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return _merged(reports)
+        return _merged(list(reports))
 
 
 def _send_share(

@@ -123,3 +123,24 @@ def test_a_wrong_ae_title_is_reported_as_a_rejected_association(
 ) -> None:
     confirmed, report = send(Peer("127.0.0.1", recorder.port, "WRONG"), ct)
     assert confirmed == [] and "rejected" in report.error
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_files_shared_over_two_associations_all_arrive_once(tmp_path: Path) -> None:
+    write_series(tmp_path / "big", SeriesSpec(count=45))
+    files = files_of(tmp_path / "big")
+    destination = Storescp(tmp_path / "dest").start()
+    confirmed: list[str] = []
+    try:
+        report = send_files(
+            Peer("127.0.0.1", destination.port, "DEST"),
+            files,
+            SendOptions("ISDR_TEST", timeout=5.0, associations=2),
+            lambda item, _status: confirmed.append(item.name),
+            threading.Event(),
+        )
+    finally:
+        destination.stop()
+    assert report.complete and report.confirmed == 45
+    assert sorted(confirmed) == sorted(f.name for f in files)
+    assert len(destination.files()) == 45
