@@ -170,6 +170,10 @@ class StandIn:
     def answer_poll(self, api: int, uid: str) -> Reply:
         with self.lock:
             task = self._live(api, uid)
+            if task is None and api == 2 and uid in self.tasks and self.tasks[uid].deleted:
+                return Reply(
+                    552, b'{"detail": "task deleted"}'
+                )  # the reference: "failed or deleted"
             if task is None:
                 return Reply(554 if api == 1 else 500, NOT_FOUND)
             task.polls += 1

@@ -154,7 +154,9 @@ def test_a_task_the_server_forgot_fails_after_a_few_unknown_answers(
     fingerprint(relay, standin, 2, [])
     receive_ct(relay)
     wait_for_state(relay, "submitted")
-    standin.task_of().deleted = True
+    uid = standin.task_of().uid
+    with standin.lock:
+        del standin.tasks[uid]  # forgotten (a reinstalled server)
     job = wait_for_state(relay, "failed")
     assert "does not know the task (500), 3 times in a row" in job.last_error
 

@@ -122,8 +122,8 @@ def test_an_unknown_uid_is_554_for_v1_and_500_for_v2(
     assert poll(client, standin, api, "no-such-task").status_code == status
 
 
-@pytest.mark.parametrize(("api", "unknown"), [(1, 554), (2, 500)])
-def test_a_deleted_task_then_polls_as_unknown(
+@pytest.mark.parametrize(("api", "unknown"), [(1, 554), (2, 552)])
+def test_a_deleted_task_then_polls_as_unknown_or_deleted(
     client: httpx.Client, standin: StandIn, api: int, unknown: int
 ) -> None:
     uid = submit(client, standin, api)
