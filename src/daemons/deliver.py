@@ -106,6 +106,8 @@ class Deliverer:
     def dispatch(self) -> None:
         """Hand each due delivery to the pool, unless its destination is already busy."""
         for delivery_id, where in queue.due_deliveries(self.engine, self.clock()):
+            if self.stopping.is_set():
+                return
             key = (where.host, where.port, where.ae_title)
             with self._busy_lock:
                 if key in self._busy:
