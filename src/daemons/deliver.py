@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from isdr.daemons.retry import doubling
 from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
@@ -33,7 +34,6 @@ from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-MAX_RETRY_DELAY = 600.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class DeliverSettings:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
-        return float(min(self.retry_delay * 2.0 ** (attempts - 1), MAX_RETRY_DELAY))
+        return doubling(self.retry_delay, attempts)
 
 
 class Deliverer:

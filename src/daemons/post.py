@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
+from isdr.daemons.retry import doubling
 from isdr.daemons.targets import target_of
 from isdr.db import jobs
 from isdr.db.models import Instance, JobState, Step
@@ -34,7 +35,6 @@ from isdr.logs import log_exception
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-MAX_RETRY_DELAY = 600.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class PostSettings:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
-        return float(min(self.retry_delay * 2.0 ** (attempts - 1), MAX_RETRY_DELAY))
+        return doubling(self.retry_delay, attempts)
 
 
 class PostDaemon:

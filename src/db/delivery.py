@@ -16,7 +16,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from isdr.db.jobs import move
+from isdr.db.jobs import change_state, move
 from isdr.db.models import (
     DeliveredFile,
     Delivery,
@@ -105,7 +105,7 @@ def record_output(
         session.add_all(OutputFile(job_id=job_id, **vars(f)) for f in files)
         _open_deliveries(session, job_id, destinations, now)
         job.output_dir, job.outputs_note, job.files_removed_at = output_dir, note, None
-        _event(session, job, JobState.DELIVERING, note, now)
+        change_state(session, job, JobState.DELIVERING, note, now)
         return True
 
 
@@ -126,13 +126,6 @@ def _open_deliveries(
         elif delivery.state != DeliveryState.DELIVERED:
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
             delivery.next_attempt_at = now
-
-
-def _event(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
-    job.state = state
-    job.updated_at = now
-    session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
-    logger.info("job %d %s: %s", job.id, state, message)
 
 
 def _note(session: Session, job_id: int, message: str, now: datetime, level: int) -> None:
@@ -406,14 +399,18 @@ def retry_failed(engine: Engine, job_id: int, now: datetime) -> str | None:
         step = job.failed_step or Step.SUBMIT
         job.attempts, job.next_attempt_at = 0, now
         if step == Step.SUBMIT:
-            _event(session, job, JobState.PENDING, "retried by hand: submitting again", now)
+            change_state(session, job, JobState.PENDING, "retried by hand: submitting again", now)
             return "pending: it will be submitted again"
         if step == Step.DELIVER and job.files_removed_at is None:
             _reopen_failed_deliveries(session, job_id, now)
-            _event(session, job, JobState.DELIVERING, "retried by hand: delivering again", now)
+            change_state(
+                session, job, JobState.DELIVERING, "retried by hand: delivering again", now
+            )
             return "delivering: the destinations that failed are tried again"
         job.submitted_at = now
-        _event(session, job, JobState.SUBMITTED, f"retried by hand at step {step}: polling", now)
+        change_state(
+            session, job, JobState.SUBMITTED, f"retried by hand at step {step}: polling", now
+        )
         return "submitted: the server is polled again for its output"
 
 

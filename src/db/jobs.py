@@ -83,7 +83,7 @@ def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -
         session.add_all(jobs)
         session.flush()
         for job in jobs:
-            _event(
+            change_state(
                 session,
                 job,
                 JobState.PENDING,
@@ -108,7 +108,8 @@ def _new_job(series_id: int, name: str, snapshot: dict[str, Any], now: datetime)
     )
 
 
-def _event(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
+def change_state(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
+    """Move a job (in an open transaction), with a timeline line and a log line."""
     job.state = state
     job.updated_at = now
     session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
@@ -173,7 +174,7 @@ def move(
             return False
         for key, value in changes.items():
             setattr(job, key, value)
-        _event(session, job, state, message, now)
+        change_state(session, job, state, message, now)
         return True
 
 
@@ -199,7 +200,7 @@ def retry_later(
         job.last_error = reason
         if job.attempts >= limit:
             job.failed_step = Step.SUBMIT
-            _event(
+            change_state(
                 session,
                 job,
                 JobState.FAILED,
@@ -209,7 +210,7 @@ def retry_later(
             return
         wait = delay(job.attempts)
         job.next_attempt_at = now + timedelta(seconds=wait)
-        _event(
+        change_state(
             session,
             job,
             JobState.PENDING,
@@ -228,7 +229,7 @@ def interrupted_submits(engine: Engine, now: datetime) -> Sequence[int]:
                 "not have it, so it is not sent again automatically"
             )
             job.failed_step = Step.SUBMIT
-            _event(session, job, JobState.FAILED, job.last_error, now)
+            change_state(session, job, JobState.FAILED, job.last_error, now)
         return [job.id for job in jobs]
 
 
