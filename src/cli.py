@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the relay until SIGTERM/SIGINT").set_defaults(
         func=_serve
     )
+    commands.add_parser(
+        "echo", help="C-ECHO the running relay (exit 0 if it answers): the container's health check"
+    ).set_defaults(func=_echo)
     commands.add_parser("config", help="print the effective configuration").set_defaults(
         func=_config
     )
@@ -195,6 +198,17 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"isdr: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _echo(settings: Settings, _args: argparse.Namespace) -> int:
+    import logging
+
+    from isdr.scu.echo import echo
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL + 1)  # the answer says it all
+    answer = echo(settings.SCP_HOSTNAME, settings.SCP_PORT, settings.SCP_AE_TITLE)
+    print(answer.detail, file=sys.stdout if answer.ok else sys.stderr)
+    return 0 if answer.ok else 1
 
 
 def _config(settings: Settings, _args: argparse.Namespace) -> int:

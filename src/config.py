@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         "", description="SQLAlchemy URL; empty means a SQLite file isdr.sqlite3 in DATA_DIR"
     )
     LOG_LEVEL: str = Field("INFO", description="the relay's log level")
+    LOG_FORMAT: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per line"
+    )
     FSYNC_WRITES: bool = Field(
         False,
         description="fsync each received file and its folder before answering Success "

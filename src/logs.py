@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
 import warnings
+from datetime import UTC, datetime
 
 from isdr.config import Settings
 
@@ -15,7 +17,8 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 def configure_logging(settings: Settings) -> None:
     """Send every log line to stdout, at the configured levels."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    json_lines = settings.LOG_FORMAT == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.LOG_LEVEL)
@@ -26,6 +29,21 @@ def configure_logging(settings: Settings) -> None:
     # APScheduler logs two lines per run of every job, and a warning whenever a long
     # submit makes it skip a run: neither is news to a person reading `docker logs`.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _configure_pynetdicom(settings: Settings) -> None:

@@ -203,3 +203,34 @@ def test_a_second_relay_on_the_same_data_dir_is_refused(
     second = subprocess.run([*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
     assert "another relay is running with DATA_DIR" in second.stderr
+
+
+def test_isdr_echo_answers_0_while_the_relay_runs_and_1_when_it_does_not(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {**os.environ, **relay_env(settings)}
+    echo = [*ISDR, "echo"]
+    down = subprocess.run(echo, env=env, capture_output=True, text=True, timeout=30)
+    assert down.returncode == 1 and "no association" in down.stderr
+    process = start_relay(settings, tmp_path / "relay.log")
+    try:
+        up = subprocess.run(echo, env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    assert up.returncode == 0 and "C-ECHO success" in up.stdout
+
+
+def test_log_format_json_writes_one_json_object_per_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import json
+
+    log = tmp_path / "relay.log"
+    json_settings = relay_settings(tmp_path, LOG_FORMAT="json", SCP_PORT=settings.SCP_PORT)
+    process = start_relay(json_settings, log)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=15)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries and {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any("listening" in entry["message"] for entry in entries)
