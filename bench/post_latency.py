@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from isdr.demo.standin import StandIn  # noqa: E402
 from isdr.synthetic import SeriesSpec, write_series  # noqa: E402
-from tests.standin import StandIn  # noqa: E402
 
 
 def free_port() -> int:

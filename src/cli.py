@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         func=_serve
     )
     commands.add_parser(
+        "demo", help="the whole loop on this machine in under a minute (nothing outside needed)"
+    ).set_defaults(func=_demo)
+    commands.add_parser(
         "echo", help="C-ECHO the running relay (exit 0 if it answers): the container's health check"
     ).set_defaults(func=_echo)
     commands.add_parser("config", help="print the effective configuration").set_defaults(
@@ -198,6 +201,12 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
         print(f"isdr: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _demo(_settings: Settings, _args: argparse.Namespace) -> int:
+    from isdr.demo.run import run_demo
+
+    return run_demo(sys.stdout)
 
 
 def _echo(settings: Settings, _args: argparse.Namespace) -> int:

@@ -29,6 +29,8 @@ def configure_logging(settings: Settings) -> None:
     # APScheduler logs two lines per run of every job, and a warning whenever a long
     # submit makes it skip a run: neither is news to a person reading `docker logs`.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # httpx logs every request at INFO; the relay's own lines already say what was sent.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class JsonFormatter(logging.Formatter):

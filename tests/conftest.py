@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from isdr.app import Relay, build_relay
+from isdr.demo.standin import StandIn
 from tests.helpers import relay_settings
-from tests.standin import StandIn
 
 
 @pytest.fixture

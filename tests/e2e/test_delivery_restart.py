@@ -16,12 +16,12 @@ from pydicom import dcmread
 from isdr.config import Settings
 from isdr.db.engine import make_engine
 from isdr.db.jobs import list_jobs
+from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, write_series
 from tests.e2e.test_post_flow import storescu
 from tests.e2e.test_serve import start_relay, wait_for
 from tests.helpers import relay_settings
 from tests.peers import RecordingSCP, Storescp
-from tests.standin import StandIn
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from isdr.config import Settings
+from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, write_series
 from tests.e2e.test_serve import start_relay
 from tests.helpers import relay_env, relay_settings
-from tests.standin import StandIn
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 ISDR = [sys.executable, "-m", "isdr"]

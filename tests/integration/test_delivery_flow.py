@@ -22,10 +22,10 @@ from isdr.app import Relay, build_relay
 from isdr.db.delivery import job_details
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.models import Job
+from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import relay_env, relay_settings
 from tests.peers import RecordingSCP, Storescp
-from tests.standin import StandIn
 
 FAST = {
     "POST_AFTER": 0.3,

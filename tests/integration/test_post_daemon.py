@@ -21,10 +21,10 @@ from isdr.app import Relay, build_relay
 from isdr.db.jobs import list_jobs
 from isdr.db.models import Job, JobState
 from isdr.db.series import list_series
+from isdr.demo.standin import StandIn
 from isdr.scp.ingest import utcnow
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import free_port, relay_settings, stored_files
-from tests.standin import StandIn
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 
-from tests.standin import PREDICTION, StandIn
+from isdr.demo.standin import PREDICTION, StandIn
 
 
 @pytest.fixture

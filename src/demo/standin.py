@@ -409,10 +409,11 @@ def _file_part(content_type: str, body: bytes) -> tuple[str, str, bytes]:
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body
     )
-    for part in message.iter_parts():  # type: ignore[attr-defined]
+    for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         filename = part.get_filename() or ""
-        return str(name), filename, part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        return str(name), filename, payload if isinstance(payload, bytes) else b""
     return "", "", b""
 
 
