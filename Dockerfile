@@ -1,0 +1,64 @@
+# ISDR, the InferenceServer DICOM Relay. Build with ./build.sh, run as in run.sh.example.
+FROM python:3.11-slim
+
+# Defaults that work in a container; every variable is described in the README.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SCP_HOSTNAME=0.0.0.0 \
+    SCP_PORT=11112 \
+    SCP_AE_TITLE=DICOM_NODE \
+    INCOMING_DIR=/data/incoming \
+    PYNETDICOM_LOG_LEVEL=none \
+    FINGERPRINT_DIR=/CONFIGURATION/FINGERPRINTS \
+    CERT_FILE=/CONFIGURATION/CERTS/cert.crt \
+    POST_INTERVAL=1 \
+    POST_AFTER=10 \
+    POST_TIMEOUT=60 \
+    DELETE_ON_POST=true \
+    GET_INTERVAL=15 \
+    GET_TIMEOUT=86400 \
+    POST_MAX_ATTEMPTS=10 \
+    POST_RETRY_DELAY=5 \
+    ASK_INFERENCE_SERVER_TO_DELETE_TASK=true \
+    DATA_DIR=/data \
+    DATABASE_URL= \
+    LOG_LEVEL=INFO \
+    LOG_FORMAT=text \
+    FSYNC_WRITES=false \
+    MIN_FREE_DISK_MB=1024 \
+    MAX_PDU_SIZE=131072 \
+    RECEIVER=pynetdicom \
+    WATCH_INCOMING=true \
+    STOP_TIMEOUT=7 \
+    GET_WORKERS=4 \
+    OUTPUT_MAX_MB=4096 \
+    OUTPUT_MAX_FILES=20000 \
+    DELIVERY_TIMEOUT=10 \
+    DELIVERY_WORKERS=4 \
+    DELIVERY_ASSOCIATIONS=1 \
+    DELIVERY_RETRY_DELAY=10 \
+    DELIVERY_MAX_ATTEMPTS=30 \
+    JOB_FILES_RETENTION_HOURS=168
+
+WORKDIR /opt/isdr
+COPY constraints.txt pyproject.toml README.md ./
+COPY src ./src
+COPY CONFIGURATION /CONFIGURATION
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --system --uid 10001 --user-group --home-dir /data --no-create-home isdr \
+    && mkdir -p /data/incoming \
+    && chown -R isdr:isdr /data
+
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 11112
+
+# A real C-ECHO against the relay's own Store SCP.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["isdr", "echo"]
+
+# SIGTERM: C-STOREs in flight finish (STOP_TIMEOUT), then the relay exits, within
+# docker stop's 10 s.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["isdr"]
+CMD ["serve"]
