@@ -72,10 +72,15 @@ def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -
         if not route.fingerprints:
             series.state = SeriesState.UNMATCHED
             series.state_reason = f"no fingerprint matched ({route.checked} checked)"
-            logger.info("series %d unmatched: %s", series.id, series.state_reason)
+            logger.info("series %d went quiet, unmatched: %s", series.id, series.state_reason)
             return []
         series.state = SeriesState.MATCHED
         series.state_reason = "matched " + ", ".join(sorted(route.fingerprints))
+        models = ", ".join(
+            f"{name} -> model {snap.get('model_human_readable_id', '?')}"
+            for name, snap in sorted(route.fingerprints.items())
+        )
+        logger.info("series %d went quiet and matched: %s", series.id, models)
         jobs = [
             _new_job(series.id, name, snap, now)
             for name, snap in sorted(route.fingerprints.items())
