@@ -161,7 +161,8 @@ def build_relay(settings: Settings) -> Relay:
         spool = settings.INCOMING_DIR / SPOOL_NAME
         scp, inbox = DcmtkReceiver(spool, **_scp_options(settings)), Inbox(ingestor, engine, spool)
     else:
-        scp, inbox = StoreSCP(ingestor, **_scp_options(settings)), Inbox(ingestor, engine)
+        scp = StoreSCP(ingestor, policy=settings.access_policy, **_scp_options(settings))
+        inbox = Inbox(ingestor, engine)
     # storescp's files reach the database only through the watcher: it always watches.
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
     return Relay(

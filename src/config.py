@@ -10,10 +10,11 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from isdr.errors import ConfigError
+from isdr.scp.access import AccessPolicy, parse_networks, parse_titles
 
 Seconds = Annotated[float, Field(gt=0)]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -37,6 +38,15 @@ class Settings(BaseSettings):
     )
     PYNETDICOM_LOG_LEVEL: str = Field(
         "none", description="pynetdicom's own log level: none, or a level name"
+    )
+    ALLOWED_CALLING_AE_TITLES: str = Field(
+        "", description="comma-separated AE titles allowed to send; empty: any"
+    )
+    ALLOWED_PEERS: str = Field(
+        "", description="comma-separated addresses or networks allowed to send; empty: any"
+    )
+    REQUIRE_CALLED_AE_TITLE: bool = Field(
+        False, description="reject associations whose called AE title is not SCP_AE_TITLE"
     )
 
     # --- fingerprints and the InferenceServer (original relay) ---
@@ -120,6 +130,37 @@ class Settings(BaseSettings):
         168.0, ge=0, description="how long failed jobs' files and non-DICOM outputs are kept"
     )
 
+    @field_validator("ALLOWED_CALLING_AE_TITLES")
+    @classmethod
+    def _titles(cls, value: str) -> str:
+        parse_titles(value)
+        return value
+
+    @field_validator("ALLOWED_PEERS")
+    @classmethod
+    def _peers(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _gates_need_our_scp(self) -> Settings:
+        gated = self.ALLOWED_CALLING_AE_TITLES or self.ALLOWED_PEERS or self.REQUIRE_CALLED_AE_TITLE
+        if gated and self.RECEIVER == "dcmtk":
+            raise ValueError(
+                "ALLOWED_CALLING_AE_TITLES, ALLOWED_PEERS and REQUIRE_CALLED_AE_TITLE need "
+                "RECEIVER=pynetdicom (dcmtk's storescp does not apply them)"
+            )
+        return self
+
+    @property
+    def access_policy(self) -> AccessPolicy:
+        """Who may send, as the Store SCP applies it."""
+        return AccessPolicy(
+            parse_titles(self.ALLOWED_CALLING_AE_TITLES),
+            parse_networks(self.ALLOWED_PEERS),
+            self.SCP_AE_TITLE if self.REQUIRE_CALLED_AE_TITLE else None,
+        )
+
     @field_validator("LOG_LEVEL")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -163,6 +204,9 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"])
+        if not name:  # a rule across several variables
+            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
         lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return "invalid configuration: " + "; ".join(lines)
 

@@ -137,8 +137,9 @@ class PostDaemon:
         now: datetime,
     ) -> None:
         facts = SeriesFacts(
-            quiet.modality, quiet.series_description, quiet.study_description, quiet.sop_class_uids
-        )
+            quiet.modality, quiet.series_description, quiet.study_description,
+            quiet.sop_class_uids, quiet.calling_ae_title,
+        )  # fmt: skip
         names = matching(facts, fingerprints)
         snapshots = {name: fingerprints[name].snapshot() for name in names}
         route = jobs.Route(quiet.id, snapshots, len(fingerprints))

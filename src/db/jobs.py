@@ -29,6 +29,7 @@ class QuietSeries:
     series_description: str
     study_description: str
     sop_class_uids: tuple[str, ...]
+    calling_ae_title: str
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,12 @@ def quiet_series(engine: Engine, cutoff: datetime, limit: int = 100) -> list[Qui
         ).all()
         return [
             QuietSeries(
-                r.id, r.modality, r.series_description, r.study_description, tuple(r.sop_class_uids)
+                r.id,
+                r.modality,
+                r.series_description,
+                r.study_description,
+                tuple(r.sop_class_uids),
+                r.calling_ae_title,
             )
             for r in rows
         ]

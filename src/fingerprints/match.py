@@ -2,7 +2,8 @@
 
 The original relay's semantics: each include regex is searched (not fully matched),
 case-insensitively, in its tag; `exclude_regex` vetoes the fingerprint when it is found
-in any of the four tags. A missing tag is the empty string. A series with several SOP
+in any of the four tags. `calling_ae_title_regex` (new) is searched in the AE title that
+sent the series. A missing tag is the empty string. A series with several SOP
 classes matches a SOP class rule when any of them does.
 """
 
@@ -23,6 +24,7 @@ class SeriesFacts:
     series_description: str
     study_description: str
     sop_class_uids: tuple[str, ...]
+    calling_ae_title: str = ""  # of the association that sent the series
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
             (facts.study_description,),
         ),
         ("sop_class_uid_regex", fingerprint.sop_class_uid_regex, sop_classes),
+        ("calling_ae_title_regex", fingerprint.calling_ae_title_regex, (facts.calling_ae_title,)),
     )
     failed = [f"{key} {pattern!r} not found in {values!r}" for key, pattern, values in rules
               if not _found(pattern, values)]  # fmt: skip

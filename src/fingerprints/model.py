@@ -42,6 +42,7 @@ class Fingerprint(BaseModel):
     series_description_regex: Regex = ""
     study_description_regex: Regex = ""
     sop_class_uid_regex: Regex = ""
+    calling_ae_title_regex: Regex = ""  # the sender's AE title: one node, several departments
     exclude_regex: Regex = "a^"
     inference_server_url: AnyHttpUrl
     model_human_readable_id: str = Field(min_length=1)
@@ -56,6 +57,7 @@ class Fingerprint(BaseModel):
         "series_description_regex",
         "study_description_regex",
         "sop_class_uid_regex",
+        "calling_ae_title_regex",
         "exclude_regex",
     )
     @classmethod

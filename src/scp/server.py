@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
+from isdr.scp.access import AccessPolicy
 from isdr.scp.ingest import Ingestor
 from isdr.scp.tuning import tune_connection
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 ABORT_SECONDS = 1.0
 NETWORK_TIMEOUT = 120.0  # a peer silent this long (even in the middle of a PDU) is dropped
 STATUS_SUCCESS = 0x0000
+REJECTED_PERMANENT = 0x01  # A-ASSOCIATE-RJ result
+SERVICE_USER = 0x01  # A-ASSOCIATE-RJ source
 STATUS_PROCESSING_FAILURE = 0xC211
 # Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
 # a sender that proposes both should not be made to transcode to implicit VR.
@@ -66,9 +69,17 @@ class StoreSCP:
     """A Store and Verification SCP bound to an Ingestor."""
 
     def __init__(
-        self, ingestor: Ingestor, *, ae_title: str, host: str, port: int, max_pdu: int
+        self,
+        ingestor: Ingestor,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        max_pdu: int,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.ingestor = ingestor
+        self.policy = policy or AccessPolicy()
         self.address = (host, port)
         self.ae = _make_ae(ae_title, max_pdu)
         self._server: Any = None
@@ -86,6 +97,7 @@ class StoreSCP:
         """Start listening in background threads."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, _on_echo),
@@ -112,6 +124,18 @@ class StoreSCP:
 
     def _on_open(self, event: Any) -> None:
         tune_connection(event.assoc, NETWORK_TIMEOUT)
+
+    def _on_requested(self, event: Any) -> None:
+        """Who may send: a refused association gets an A-ASSOCIATE-RJ with the reason."""
+        request = event.assoc.requestor.primitive
+        address = str(event.assoc.requestor.address)
+        refusal = self.policy.refusal(
+            str(request.calling_ae_title), str(request.called_ae_title), address
+        )
+        if refusal is not None:
+            logger.warning("association from %s refused: %s", address, refusal.reason)
+            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, refusal.diagnostic)
+            event.assoc.kill()  # returns once the A-ASSOCIATE-RJ is out (as pynetdicom's own)
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor

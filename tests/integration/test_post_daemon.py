@@ -473,3 +473,24 @@ def test_isdr_jobs_show_and_retry(make_relay: Any, standin: StandIn) -> None:
     again = isdr("retry", str(job.id))
     assert again.returncode == 1 and "only a failed job can be retried" in again.stderr
     assert isdr("show", "999").returncode == 1
+
+
+def test_a_fingerprint_can_take_series_from_some_senders_only(
+    make_relay: Any, standin: StandIn
+) -> None:
+    from isdr.synthetic import make_instance
+    from tests.helpers import send_datasets
+
+    relay = make_relay()
+    common = {"inference_server_url": standin.url_v1, "model_human_readable_id": "ct-model"}
+    fingerprint(relay, "onco.json", calling_ae_title_regex="^ONCO_", **common)
+    fingerprint(relay, "radio.json", calling_ae_title_regex="^RADIO_", **common)
+    spec = SeriesSpec(modality="CT", count=2)
+    datasets = [make_instance(spec, i, "1.2.3.4", "1.2.3.4.5") for i in range(2)]
+    relay.scp.start()  # this file's relays do not listen unless asked
+    try:
+        assert send_datasets(relay.scp.port, datasets, calling="ONCO_CT1") == [0, 0]
+    finally:
+        relay.scp.stop(1.0)
+    route_now(relay)
+    assert [job.fingerprint_name for job in jobs(relay)] == ["onco.json"]

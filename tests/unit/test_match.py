@@ -62,3 +62,12 @@ def test_every_matching_fingerprint_counts_in_name_order() -> None:
         "c.json": fingerprint(modality_regex="MR"),
     }
     assert matching(THORAX, fingerprints) == ["a.json", "b.json"]
+
+
+def test_calling_ae_title_regex_routes_by_the_sender() -> None:
+    from_ct1 = SeriesFacts("CT", "Thorax", "CT THORAX", (CT,), calling_ae_title="RADIOLOGY_CT1")
+    radiology = fingerprint(calling_ae_title_regex="^RADIOLOGY_")
+    oncology = fingerprint(calling_ae_title_regex="^ONCO_")
+    assert judge(from_ct1, "radiology", radiology).matched
+    verdict = judge(from_ct1, "oncology", oncology)
+    assert not verdict.matched and "calling_ae_title_regex" in verdict.failed_rules[0]

@@ -1,0 +1,80 @@
+"""Who may send: allow-lists of calling AE titles and of peer networks, and the called AE.
+
+A pure decision, taken when an association is requested; the Store SCP rejects with the
+DICOM reason it names (PS3.8 9.3.4: calling or called AE title not recognised, or no
+reason given for an address that is not allowed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+NO_REASON = 0x01
+CALLING_AE_NOT_RECOGNISED = 0x03
+CALLED_AE_NOT_RECOGNISED = 0x07
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an association is refused, and the diagnostic sent in the A-ASSOCIATE-RJ."""
+
+    diagnostic: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Empty allow-lists let anyone in; `called_ae_title` None accepts any called AE."""
+
+    calling_ae_titles: frozenset[str] = frozenset()
+    networks: tuple[Network, ...] = ()
+    called_ae_title: str | None = None
+
+    def refusal(self, calling: str, called: str, address: str) -> Refusal | None:
+        """None when the association may go ahead."""
+        if self.networks and not _in_networks(address, self.networks):
+            return Refusal(NO_REASON, f"address {address} is not in ALLOWED_PEERS")
+        if self.calling_ae_titles and calling.strip() not in self.calling_ae_titles:
+            return Refusal(
+                CALLING_AE_NOT_RECOGNISED,
+                f"calling AE {calling!r} is not in ALLOWED_CALLING_AE_TITLES",
+            )
+        if self.called_ae_title is not None and called.strip() != self.called_ae_title:
+            return Refusal(
+                CALLED_AE_NOT_RECOGNISED, f"called AE {called!r} is not {self.called_ae_title!r}"
+            )
+        return None
+
+
+def parse_titles(text: str) -> frozenset[str]:
+    """Comma-separated AE titles; each 1-16 characters."""
+    titles = frozenset(part.strip() for part in text.split(",") if part.strip())
+    too_long = sorted(title for title in titles if len(title) > 16)
+    if too_long:
+        raise ValueError(f"AE titles are at most 16 characters: {', '.join(too_long)}")
+    return titles
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or networks (10.1.2.3, 10.1.0.0/16, ::1)."""
+    networks = []
+    for part in (part.strip() for part in text.split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{part!r} is not an address or network") from exc
+    return tuple(networks)
+
+
+def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
