@@ -39,6 +39,7 @@ from isdr.scp.tuning import tune_libraries
 logger = logging.getLogger(__name__)
 
 STOP_MARGIN = 1.5  # on top of STOP_TIMEOUT, for aborting associations and closing up
+OWNER_ONLY = 0o077  # umask: no permission for group or others
 DELIVERY_TICK = 1.0  # seconds between looks for due deliveries and finished jobs
 
 
@@ -216,7 +217,12 @@ def _scp_options(settings: Settings) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
+    """Run the relay until SIGTERM or SIGINT.
+
+    Everything it creates (received instances, the database, job files) is readable by
+    its own user only: the files hold patient data.
+    """
+    os.umask(OWNER_ONLY)
     if not settings.CERT_FILE.is_file():
         logger.warning(
             "CERT_FILE %s does not exist: InferenceServers will be verified against the "

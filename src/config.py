@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from isdr.errors import ConfigError
 from isdr.scp.access import AccessPolicy, parse_networks, parse_titles
@@ -215,4 +216,11 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
     """(name, effective value) for every setting, for `isdr config`."""
     rows = [(name, str(getattr(settings, name))) for name in type(settings).model_fields]
     rows.append(("(effective database)", settings.database_url))
-    return rows
+    return [(name, _masked(value) if "database" in name.lower() else value) for name, value in rows]
+
+
+def _masked(url: str) -> str:
+    """A database URL with its password replaced by ***."""
+    if not url:
+        return url
+    return make_url(url).render_as_string(hide_password=True)

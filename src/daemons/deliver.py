@@ -26,7 +26,7 @@ from isdr.daemons.retry import doubling
 from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
-from isdr.fingerprints.model import Fingerprint
+from isdr.fingerprints.model import Fingerprint, TokenUnavailable
 from isdr.inference.client import InferenceClient
 from isdr.logs import log_exception
 from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
@@ -166,10 +166,18 @@ class Deliverer:
             return
         fingerprint = Fingerprint.model_validate(done.fingerprint)
         if deletes_remotely(fingerprint, self.settings.delete_remotely):
-            answer = self.client.delete(target_of(fingerprint), done.task_uid)
-            queue.note(self.engine, done.job_id, f"remote clean-up: {answer.detail}", self.clock())
+            queue.note(
+                self.engine, done.job_id, self._delete_remotely(fingerprint, done), self.clock()
+            )
         message = self._clean_up(done, bool(fingerprint.scus))
         queue.mark_delivered(self.engine, done.job_id, message, self.clock())
+
+    def _delete_remotely(self, fingerprint: Fingerprint, done: queue.Finished) -> str:
+        try:
+            target = target_of(fingerprint)
+        except TokenUnavailable as exc:
+            return f"remote clean-up skipped: {exc}"
+        return f"remote clean-up: {self.client.delete(target, done.task_uid).detail}"
 
     def _clean_up(self, done: queue.Finished, has_destinations: bool) -> str:
         folder = self.settings.jobs_dir / str(done.job_id)

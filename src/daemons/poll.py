@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
-from isdr.fingerprints.model import Fingerprint
+from isdr.fingerprints.model import Fingerprint, TokenUnavailable
 from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
 from isdr.inference.unpack import HostileArchive, Limits, unpack
 from isdr.logs import log_exception
@@ -218,11 +218,10 @@ class Poller:
     def _adopt(self, job: queue.PolledJob) -> None:
         try:
             fingerprint = Fingerprint.model_validate(job.fingerprint)
-        except ValidationError as exc:
-            queue.fail(self.engine, job.job_id, Step.POLL, f"invalid fingerprint copy: {exc}",
-                       self.clock())  # fmt: skip
+            target = target_of(fingerprint)
+        except (ValidationError, TokenUnavailable) as exc:
+            queue.fail(self.engine, job.job_id, Step.POLL, f"cannot poll: {exc}", self.clock())
             return
-        target = target_of(fingerprint)
         self._known.add(job.job_id)
         heapq.heappush(self._heap, _Item(time.monotonic(), job.job_id, job, target, fingerprint))
 

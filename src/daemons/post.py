@@ -26,7 +26,7 @@ from isdr.daemons.targets import target_of
 from isdr.db import jobs
 from isdr.db.models import Instance, JobState, Step
 from isdr.fingerprints.match import SeriesFacts, matching
-from isdr.fingerprints.model import Fingerprint
+from isdr.fingerprints.model import Fingerprint, TokenUnavailable
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
 from isdr.locks import SharedLock
@@ -167,7 +167,11 @@ class PostDaemon:
         except ValidationError as exc:
             self._fail(job_id, f"the job's copy of its fingerprint is not valid: {exc}")
             return
-        target = target_of(fingerprint)
+        try:
+            target = target_of(fingerprint)
+        except TokenUnavailable as exc:
+            self._fail(job_id, str(exc))
+            return
         if target.server in unreachable:
             return
         archive = self._build(job_id, work, fingerprint.inference_server_api)

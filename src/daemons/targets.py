@@ -8,12 +8,11 @@ from isdr.inference.client import Target
 
 def target_of(fingerprint: Fingerprint) -> Target:
     """The fingerprint's model on its server, as the client takes it."""
-    token = fingerprint.inference_server_token
     return Target(
         url=str(fingerprint.inference_server_url),
         api=fingerprint.inference_server_api,
         model=fingerprint.model_human_readable_id,
-        token=token.get_secret_value() if token is not None else None,
+        token=fingerprint.token(),  # TokenUnavailable when its variable or file is missing
     )
 
 

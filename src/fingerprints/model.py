@@ -7,7 +7,9 @@ DICOM destinations the predictions go.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,7 +20,15 @@ from pydantic import (
     SecretStr,
     field_serializer,
     field_validator,
+    model_validator,
 )
+
+from isdr.errors import IsdrError
+
+
+class TokenUnavailable(IsdrError):
+    """The token's variable or file named by a fingerprint cannot be read."""
+
 
 Regex = Annotated[str, Field(description="a regular expression, searched case-insensitively")]
 
@@ -51,6 +61,9 @@ class Fingerprint(BaseModel):
     description: str = ""
     delete_remotely: bool | None = None
     inference_server_token: SecretStr | None = None
+    # Or, kept out of the fingerprint file and out of the database's job copies:
+    inference_server_token_env: str | None = Field(None, min_length=1)  # a variable's name
+    inference_server_token_file: str | None = Field(None, min_length=1)  # a file's path
 
     @field_validator(
         "modality_regex",
@@ -72,6 +85,42 @@ class Fingerprint(BaseModel):
     def _reveal_token(self, token: SecretStr | None) -> str | None:
         # The job's snapshot must keep the token to use it; logs never print snapshots.
         return token.get_secret_value() if token is not None else None
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> Fingerprint:
+        sources = [
+            self.inference_server_token,
+            self.inference_server_token_env,
+            self.inference_server_token_file,
+        ]
+        if sum(source is not None for source in sources) > 1:
+            raise ValueError(
+                "give at most one of inference_server_token, inference_server_token_env "
+                "and inference_server_token_file"
+            )
+        return self
+
+    def token(self) -> str | None:
+        """The token to send, read from the environment or its file when named so."""
+        if self.inference_server_token is not None:
+            return self.inference_server_token.get_secret_value()
+        if self.inference_server_token_env is not None:
+            value = os.environ.get(self.inference_server_token_env)
+            if value is None:
+                raise TokenUnavailable(
+                    f"the variable {self.inference_server_token_env} "
+                    "(inference_server_token_env) is not set"
+                )
+            return value.strip()
+        if self.inference_server_token_file is not None:
+            try:
+                return Path(self.inference_server_token_file).read_text().strip()
+            except OSError as exc:
+                raise TokenUnavailable(
+                    f"cannot read inference_server_token_file "
+                    f"{self.inference_server_token_file}: {exc.strerror}"
+                ) from exc
+        return None
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data of this fingerprint, stored with each job created from it."""

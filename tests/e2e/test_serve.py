@@ -234,3 +234,22 @@ def test_log_format_json_writes_one_json_object_per_line(
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert entries and {"time", "level", "logger", "message"} <= set(entries[0])
     assert any("listening" in entry["message"] for entry in entries)
+
+
+def test_what_the_relay_creates_is_readable_by_its_own_user_only(
+    settings: Settings, tmp_path: Path
+) -> None:
+    process = start_relay(settings, tmp_path / "relay.log")
+    try:
+        spec = SeriesSpec(count=2)
+        statuses = send_datasets(
+            settings.SCP_PORT, [make_instance(spec, i, "1.2.3", "1.2.3.4") for i in range(2)]
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    assert statuses == [0, 0]
+    created = [*settings.INCOMING_DIR.rglob("*"), *settings.DATA_DIR.rglob("*")]
+    assert len(stored_files(settings.INCOMING_DIR)) == 2 and created
+    open_to_others = [str(p) for p in created if p.stat().st_mode & 0o077]
+    assert open_to_others == []

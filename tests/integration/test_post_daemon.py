@@ -284,6 +284,38 @@ def test_a_configured_token_is_sent_as_x_token_and_never_logged(
     assert "tok-s3cret" not in caplog.text
 
 
+def test_a_token_from_a_variable_is_sent_and_kept_out_of_the_database(
+    make_relay: Any, standin: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ISDR_TEST_SERVER_TOKEN", "tok-from-env")
+    relay = make_relay()
+    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="ct-model",
+                inference_server_token_env="ISDR_TEST_SERVER_TOKEN")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    [submitted] = standin.submissions
+    assert submitted.headers.get("X-Token") == "tok-from-env"
+    database = Path(relay.settings.database_url.removeprefix("sqlite:///"))
+    stored = [f.read_bytes() for f in database.parent.glob(database.name + "*")]  # and its WAL
+    assert any(b"ISDR_TEST_SERVER_TOKEN" in data for data in stored)  # the job names it...
+    assert not any(b"tok-from-env" in data for data in stored)  # ...and does not hold it
+
+
+def test_a_missing_token_variable_fails_the_job_saying_which(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay()
+    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="ct-model",
+                inference_server_token_env="ISDR_NO_SUCH_TOKEN_VARIABLE")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED and "ISDR_NO_SUCH_TOKEN_VARIABLE" in job.last_error
+    assert standin.submissions == []
+
+
 @pytest.mark.parametrize(
     ("behaviour", "reason"),
     [("nouid", "accepted (200) but no task uid"), ("400", "refused with 400")],
