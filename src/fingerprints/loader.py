@@ -16,8 +16,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from isdr.fingerprints.model import DESTINATION_KEYS, KNOWN_KEYS, Fingerprint
+from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 
 SUFFIX = ".json"
+MAX_BYTES = 1 << 20  # a fingerprint is a few hundred bytes
+REGEX_KEYS = tuple(key for key in KNOWN_KEYS if key.endswith("_regex"))
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ def load_folder(folder: Path) -> Loaded:
 def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
     """One fingerprint, or every reason it cannot be used."""
     try:
+        if path.stat().st_size > MAX_BYTES:
+            return [
+                FingerprintError(path.name, f"larger than {MAX_BYTES} bytes: not a fingerprint")
+            ]
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [FingerprintError(path.name, f"cannot read the file: {exc}")]
@@ -86,10 +93,19 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
     if not isinstance(data, dict):
         return [FingerprintError(path.name, "must be a JSON object { ... }", 1, 1)]
     try:
-        return Fingerprint.model_validate(data)
+        fingerprint = Fingerprint.model_validate(data)
     except ValidationError as exc:
         errors = [_describe(path.name, text, error) for error in exc.errors()]
         return sorted(errors, key=lambda error: (error.line or 0, error.column or 0))
+    slow = too_slow({key: getattr(fingerprint, key) for key in REGEX_KEYS})
+    if slow is not None:
+        line, column = _position(text, slow, [slow])
+        message = (
+            f"this regular expression takes more than {TIME_LIMIT} s to search a "
+            f"{PROBE_LENGTH}-character string (catastrophic backtracking): simplify it"
+        )
+        return [FingerprintError(path.name, message, line, column, slow)]
+    return fingerprint
 
 
 def _describe(file: str, text: str, error: Any) -> FingerprintError:
