@@ -183,13 +183,12 @@ class Deliverer:
         folder = self.settings.jobs_dir / str(done.job_id)
         if not has_destinations:
             return f"no destinations in the fingerprint: the output is kept in {folder}"
+        if not done.kept:
+            self._remove_folder(done.job_id)
+            return f"delivered {len(done.sent)} file(s); local files removed"
         output = Path(done.output_dir) if done.output_dir else folder / "output"
         for name in done.sent:
             (output / name).unlink(missing_ok=True)
-        if not done.kept:
-            shutil.rmtree(folder, ignore_errors=True)
-            queue.mark_files_removed(self.engine, done.job_id, self.clock())
-            return f"delivered {len(done.sent)} file(s); local files removed"
         return (
             f"delivered {len(done.sent)} file(s); local DICOM files removed; "
             f"{len(done.kept)} non-DICOM file(s) kept in {output}"
@@ -199,9 +198,12 @@ class Deliverer:
         """Remove the files of failed and delivered jobs older than the retention."""
         before = self.clock() - timedelta(seconds=self.settings.retention)
         for job_id in queue.expired_job_folders(self.engine, before):
-            shutil.rmtree(self.settings.jobs_dir / str(job_id), ignore_errors=True)
-            queue.mark_files_removed(self.engine, job_id, self.clock())
+            self._remove_folder(job_id)
             logger.info("job %d: files removed (older than JOB_FILES_RETENTION_HOURS)", job_id)
+
+    def _remove_folder(self, job_id: int) -> None:
+        shutil.rmtree(self.settings.jobs_dir / str(job_id), ignore_errors=True)
+        queue.mark_files_removed(self.engine, job_id, self.clock())
 
 
 def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:

@@ -149,12 +149,6 @@ class Poller:
             self._refresh_due = 0.0
             self._condition.notify()
 
-    @property
-    def polling(self) -> int:
-        """How many jobs are being polled."""
-        with self._condition:
-            return len(self._known)
-
     def _work(self) -> None:
         """One polling thread: take the job due first, poll it, put it back."""
         while not self._stopping.is_set():

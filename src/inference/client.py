@@ -138,7 +138,6 @@ class InferenceClient:
 
         Raises OutputTooLarge when the body exceeds `max_bytes` (nothing is left behind).
         """
-        url, _params = target.task_request(uid, outputs=True)
         request = _poll_request(target, uid, tuple(self._timeouts.items()))
         try:
             response = self._lean.handle_request(request)
@@ -150,6 +149,7 @@ class InferenceClient:
             finally:
                 response.close()
         except httpx.HTTPError as exc:
+            url, _params = target.task_request(uid, outputs=True)  # for the message only
             if _is_certificate_error(exc):
                 return PollAnswer(None, self._transport_error(exc, url).detail)
             return PollAnswer(None, f"no answer from {url} ({exc!r})")
