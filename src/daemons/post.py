@@ -83,9 +83,15 @@ class PostDaemon:
         self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
 
     def recover(self) -> None:
-        """After a stop: a submit that was on the wire is failed, never repeated on its own."""
-        for job_id in jobs.interrupted_submits(self.engine, self.clock()):
-            logger.warning("job %d was being submitted when the relay stopped: failed", job_id)
+        """After a stop: a submit cut before its last bytes is sent again, a later one fails."""
+        for cut in jobs.interrupted_submits(self.engine, self.clock()):
+            if cut.sent_again:
+                logger.warning(
+                    "job %d: the relay stopped before the whole archive was sent; the server "
+                    "cannot have it, so it is sent again", cut.job_id,
+                )  # fmt: skip
+            else:
+                logger.error("job %d failed: %s", cut.job_id, jobs.AMBIGUOUS_MESSAGE)
 
     def route_tick(self) -> None:
         """Route quiet series, then remove the files of series that are done with."""
@@ -183,10 +189,13 @@ class PostDaemon:
             f"{target.url} for model {target.model}"
         )
         if not jobs.move(
-            self.engine, job_id, JobState.SUBMITTING, sending, self.clock(), source=jobs.PENDING
-        ):
+            self.engine, job_id, JobState.SUBMITTING, sending, self.clock(),
+            source=jobs.PENDING, archive_sent_at=None,
+        ):  # fmt: skip
             return  # taken meanwhile
-        answer = self.client.submit(target, archive)
+        answer = self.client.submit(
+            target, archive, lambda: jobs.mark_archive_sent(self.engine, job_id, self.clock())
+        )
         self._record(job_id, answer, archive, target, unreachable)
 
     def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
@@ -205,8 +214,8 @@ class PostDaemon:
         self, job_id: int, answer: Answer, archive: Path, target: Target, unreachable: set[str]
     ) -> None:
         if self.stopping.is_set() and answer.outcome is not Outcome.DONE:
-            # Cut by the stop: whether the server has it is unknown. The job stays
-            # `submitting`, so the next start fails it as interrupted: never sent twice.
+            # Cut by the stop. The job stays `submitting`: the next start sends it again
+            # if its last bytes had not gone, else fails it (never sent twice on its own).
             return
         if answer.outcome is Outcome.DONE:
             logger.info("job %d: %s accepted it as task %s", job_id, target.server, answer.task_uid)

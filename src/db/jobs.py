@@ -7,12 +7,12 @@ timeline and one log line with the job id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from isdr.db.models import Instance, Job, JobEvent, JobState, Series, SeriesState, Step
@@ -230,18 +230,52 @@ def retry_later(
         )
 
 
-def interrupted_submits(engine: Engine, now: datetime) -> Sequence[int]:
-    """Fail the jobs a stop caught on the wire; they are never sent twice on their own."""
+@dataclass(frozen=True)
+class Interrupted:
+    """A submit a stop cut short, and what became of it."""
+
+    job_id: int
+    sent_again: bool  # False: the whole archive had gone, so the job failed instead
+
+
+UNSENT_MESSAGE = (
+    "the relay stopped while sending the archive, before its last bytes: the server cannot "
+    "have it, so it is sent again"
+)
+AMBIGUOUS_MESSAGE = (
+    "the relay stopped after the whole archive was sent but before the server's answer was "
+    "recorded; the server may hold the task, so it is not sent again automatically "
+    "(isdr jobs retry sends it again)"
+)
+
+
+def interrupted_submits(engine: Engine, now: datetime) -> list[Interrupted]:
+    """Settle the jobs a stop caught on the wire; none is ever sent twice on its own.
+
+    A job whose last bytes had not gone is sent again: a server only creates a task from
+    a whole request. One whose whole archive had gone fails with the reason.
+    """
     with Session(engine) as session, session.begin():
         jobs = session.scalars(select(Job).where(Job.state == JobState.SUBMITTING)).all()
         for job in jobs:
-            job.last_error = (
-                "the relay stopped while this job was being submitted; the server may or may "
-                "not have it, so it is not sent again automatically"
-            )
-            job.failed_step = Step.SUBMIT
-            change_state(session, job, JobState.FAILED, job.last_error, now)
-        return [job.id for job in jobs]
+            if job.archive_sent_at is None:
+                job.next_attempt_at = now
+                change_state(session, job, JobState.PENDING, UNSENT_MESSAGE, now)
+            else:
+                job.last_error = AMBIGUOUS_MESSAGE
+                job.failed_step = Step.SUBMIT
+                change_state(session, job, JobState.FAILED, job.last_error, now)
+        return [Interrupted(job.id, job.archive_sent_at is None) for job in jobs]
+
+
+def mark_archive_sent(engine: Engine, job_id: int, now: datetime) -> None:
+    """Record that every byte of the job's submit but the last few is on its way."""
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.SUBMITTING)
+            .values(archive_sent_at=now)
+        )
 
 
 def series_ready_for_removal(engine: Engine, limit: int = 50) -> list[int]:

@@ -138,6 +138,9 @@ class Job(Base):
     output_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
     outputs_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set just before the last bytes of a submit go out: a stop before it means the server
+    # cannot have the archive (it is sent again); after it, the server may hold a task.
+    archive_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -86,6 +89,48 @@ class PollAnswer:
     output: Path | None = None
 
 
+def _nothing() -> None:
+    """The default hook: nothing to record."""
+
+
+CHUNK = 1 << 20
+
+
+class MultipartBody:
+    """A multipart/form-data body with one file field, streamed from disk.
+
+    Built by hand rather than with httpx's `files=`, to run a hook before the closing
+    boundary goes out (see InferenceClient.submit).
+    """
+
+    def __init__(self, archive: Path, field: str, before_last_bytes: Callable[[], None]) -> None:
+        self.boundary = secrets.token_hex(16)
+        self.head = (
+            f"--{self.boundary}\r\n"
+            f'Content-Disposition: form-data; name="{field}"; filename="{archive.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode("ascii")
+        self.tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+        self.before_last_bytes = before_last_bytes
+        self.all_sent = False
+
+    def headers(self, file_size: int) -> dict[str, str]:
+        """Content-Type and Content-Length (a length, not chunked: proxies expect one)."""
+        return {
+            "Content-Type": f"multipart/form-data; boundary={self.boundary}",
+            "Content-Length": str(len(self.head) + file_size + len(self.tail)),
+        }
+
+    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+        """The body: head, the file, then (after the hook) the closing boundary."""
+        yield self.head
+        while chunk := stream.read(CHUNK):
+            yield chunk
+        self.before_last_bytes()
+        self.all_sent = True
+        yield self.tail
+
+
 class OutputTooLarge(IsdrError):
     """The server sent more than the configured limit."""
 
@@ -118,19 +163,33 @@ class InferenceClient:
         self._http.close()
         self._polls.close()
 
-    def submit(self, target: Target, archive: Path) -> Answer:
-        """POST the archive (streamed from disk) for the target's model."""
+    def submit(
+        self, target: Target, archive: Path, before_last_bytes: Callable[[], None] = _nothing
+    ) -> Answer:
+        """POST the archive (streamed from disk) for the target's model.
+
+        `before_last_bytes` runs when all but the closing boundary of the body has gone:
+        until then the server cannot have a whole request, so it cannot hold a task.
+        """
         url, params, field = target.submit_request()
+        body = MultipartBody(archive, field, before_last_bytes)
         try:
             with archive.open("rb") as stream:
                 response = self._http.post(
                     url,
                     params=params,
-                    headers=target.headers,
-                    files={field: (archive.name, stream, "application/octet-stream")},
+                    headers={**target.headers, **body.headers(archive.stat().st_size)},
+                    content=body.chunks(stream),
                 )
         except httpx.HTTPError as exc:
-            return self._transport_error(exc, url)
+            answer = self._transport_error(exc, url)
+            if answer.outcome is Outcome.RETRY and answer.reached and not body.all_sent:
+                return Answer(
+                    Outcome.RETRY,
+                    f"the upload to {url} was cut before its end ({exc!r}); the server "
+                    "cannot hold a task from it",
+                )
+            return answer
         return _submit_answer(target, response)
 
     def poll(self, target: Target, uid: str, output: Path, max_bytes: int) -> PollAnswer:

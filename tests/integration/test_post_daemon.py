@@ -216,9 +216,8 @@ def test_an_unknown_model_fails_at_once(make_relay: Any, standin: StandIn, api: 
     )
 
 
-def test_a_submit_cut_by_a_crash_is_never_sent_again_on_its_own(
-    make_relay: Any, standin: StandIn
-) -> None:
+def _cut_submit(make_relay: Any, standin: StandIn, *, archive_sent: bool) -> Any:
+    """A job left `submitting` as a kill -9 would leave it, and the relay started again."""
     relay = make_relay()
     fingerprint(
         relay, "ct.json", inference_server_url=standin.url_v1, model_human_readable_id="ct-model"
@@ -227,10 +226,28 @@ def test_a_submit_cut_by_a_crash_is_never_sent_again_on_its_own(
     route_now(relay)
     [job] = jobs(relay)
     with Session(relay.engine) as session, session.begin():
-        session.get_one(Job, job.id).state = JobState.SUBMITTING  # as a kill -9 would leave it
+        cut = session.get_one(Job, job.id)
+        cut.state = JobState.SUBMITTING
+        cut.archive_sent_at = utcnow() if archive_sent else None
     restarted = make_relay()
     restarted.post.recover()
     run_steps(restarted, after_seconds=120)
+    return restarted
+
+
+def test_a_submit_cut_before_its_last_bytes_is_sent_again_once(
+    make_relay: Any, standin: StandIn
+) -> None:
+    restarted = _cut_submit(make_relay, standin, archive_sent=False)
+    [job] = jobs(restarted)
+    assert job.state == JobState.SUBMITTED
+    assert len(standin.submissions) == 1
+
+
+def test_a_submit_cut_after_the_whole_archive_went_is_never_sent_again_on_its_own(
+    make_relay: Any, standin: StandIn
+) -> None:
+    restarted = _cut_submit(make_relay, standin, archive_sent=True)
     [job] = jobs(restarted)
     assert job.state == JobState.FAILED and "not sent again automatically" in job.last_error
     assert standin.submissions == []
