@@ -162,7 +162,12 @@ def build_relay(settings: Settings) -> Relay:
         spool = settings.INCOMING_DIR / SPOOL_NAME
         scp, inbox = DcmtkReceiver(spool, **_scp_options(settings)), Inbox(ingestor, engine, spool)
     else:
-        scp = StoreSCP(ingestor, policy=settings.access_policy, **_scp_options(settings))
+        scp = StoreSCP(
+            ingestor,
+            policy=settings.access_policy,
+            tls=settings.scp_tls_context(),
+            **_scp_options(settings),
+        )
         inbox = Inbox(ingestor, engine)
     # storescp's files reach the database only through the watcher: it always watches.
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"

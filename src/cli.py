@@ -215,7 +215,12 @@ def _echo(settings: Settings, _args: argparse.Namespace) -> int:
     from isdr.scu.echo import echo
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL + 1)  # the answer says it all
-    answer = echo(settings.SCP_HOSTNAME, settings.SCP_PORT, settings.SCP_AE_TITLE)
+    tls = None
+    if settings.SCP_TLS_CERT_FILE:
+        from isdr.tls import self_check_context
+
+        tls = self_check_context(Path(settings.SCP_TLS_CERT_FILE), Path(settings.SCP_TLS_KEY_FILE))
+    answer = echo(settings.SCP_HOSTNAME, settings.SCP_PORT, settings.SCP_AE_TITLE, tls=tls)
     print(answer.detail, file=sys.stdout if answer.ok else sys.stderr)
     return 0 if answer.ok else 1
 

@@ -7,6 +7,7 @@ in the README's configuration table. Times are seconds and accept fractions.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from isdr.errors import ConfigError
 from isdr.scp.access import AccessPolicy, parse_networks, parse_titles
+from isdr.tls import TlsFilesError, server_context
 
 Seconds = Annotated[float, Field(gt=0)]
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
     )
     REQUIRE_CALLED_AE_TITLE: bool = Field(
         False, description="reject associations whose called AE title is not SCP_AE_TITLE"
+    )
+    SCP_TLS_CERT_FILE: str = Field(
+        "", description="PEM certificate (chain) of the Store SCP; set with the key: TLS only"
+    )
+    SCP_TLS_KEY_FILE: str = Field("", description="PEM private key of SCP_TLS_CERT_FILE")
+    SCP_TLS_CLIENT_CA_FILE: str = Field(
+        "", description="CA bundle senders' certificates must verify against; empty: none asked"
     )
 
     # --- fingerprints and the InferenceServer (original relay) ---
@@ -152,6 +161,28 @@ class Settings(BaseSettings):
                 "RECEIVER=pynetdicom (dcmtk's storescp does not apply them)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _tls_is_complete(self) -> Settings:
+        if bool(self.SCP_TLS_CERT_FILE) != bool(self.SCP_TLS_KEY_FILE):
+            raise ValueError("SCP_TLS_CERT_FILE and SCP_TLS_KEY_FILE go together: set both")
+        if self.SCP_TLS_CLIENT_CA_FILE and not self.SCP_TLS_CERT_FILE:
+            raise ValueError("SCP_TLS_CLIENT_CA_FILE needs SCP_TLS_CERT_FILE and SCP_TLS_KEY_FILE")
+        if self.SCP_TLS_CERT_FILE and self.RECEIVER == "dcmtk":
+            raise ValueError("SCP_TLS_CERT_FILE needs RECEIVER=pynetdicom")
+        return self
+
+    def scp_tls_context(self) -> ssl.SSLContext | None:
+        """The Store SCP's TLS context (None: plain TCP); unusable files raise ConfigError."""
+        if not self.SCP_TLS_CERT_FILE:
+            return None
+        client_ca = Path(self.SCP_TLS_CLIENT_CA_FILE) if self.SCP_TLS_CLIENT_CA_FILE else None
+        try:
+            return server_context(
+                Path(self.SCP_TLS_CERT_FILE), Path(self.SCP_TLS_KEY_FILE), client_ca
+            )
+        except TlsFilesError as exc:
+            raise ConfigError(f"SCP_TLS_CERT_FILE/KEY_FILE/CLIENT_CA_FILE: {exc}") from exc
 
     @property
     def access_policy(self) -> AccessPolicy:

@@ -21,16 +21,24 @@ from tests.helpers import free_port
 class Storescp:
     """dcmtk's storescp writing every received instance to `folder`."""
 
-    def __init__(self, folder: Path, port: int | None = None, ae_title: str = "DEST") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        ae_title: str = "DEST",
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.ae_title = ae_title
+        self.options = options  # more storescp options, e.g. ("+uf",): a file per C-STORE
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Storescp:
         self.folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, TCP_NODELAY="1")
-        command = ["storescp", "--aetitle", self.ae_title, "-od", str(self.folder), str(self.port)]
+        command = ["storescp", "--aetitle", self.ae_title, *self.options, "-od", str(self.folder)]
+        command.append(str(self.port))
         self._process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port)
         return self

@@ -131,7 +131,7 @@ class Deliverer:
     def deliver(self, work: queue.DeliveryWork) -> None:
         """One attempt at one destination: send what it has not confirmed yet."""
         where = work.destination
-        peer = Peer(where.host, where.port, where.ae_title)
+        peer = Peer(where.host, where.port, where.ae_title, where.tls)
         files = [_to_send(work.output_dir, record) for record in work.files]
         options = SendOptions(
             self.settings.calling_ae_title, self.settings.timeout, self.settings.associations

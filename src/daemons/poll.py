@@ -30,11 +30,13 @@ from sqlalchemy import Engine
 from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
+from isdr.fingerprints.model import Destination as FingerprintDestination
 from isdr.fingerprints.model import Fingerprint, TokenUnavailable
 from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
 from isdr.inference.unpack import HostileArchive, Limits, unpack
 from isdr.logs import log_exception
 from isdr.scu.files import OutputInfo, describe
+from isdr.tls import ClientTls
 
 logger = logging.getLogger(__name__)
 
@@ -303,9 +305,7 @@ class Poller:
             return self._fail(item, f"the output archive was refused: {exc}")
         infos = [describe(target, path) for path in written]
         archive.unlink(missing_ok=True)
-        destinations = [
-            queue.Destination(d.scu_ip, d.scu_port, d.scu_ae_title) for d in item.fingerprint.scus
-        ]
+        destinations = [_destination(d) for d in item.fingerprint.scus]
         note = _summary(infos, len(destinations))
         records = [queue.OutputRecord(**vars(info)) for info in infos]
         if queue.record_output(
@@ -323,3 +323,8 @@ def _summary(infos: list[OutputInfo], destinations: int) -> str:
         shown = ", ".join(kept[:20]) + (f" and {len(kept) - 20} more" if len(kept) > 20 else "")
         text += f"; kept in the job folder, not DICOM: {shown}"
     return text
+
+
+def _destination(scu: FingerprintDestination) -> queue.Destination:
+    tls = None if scu.tls is None else ClientTls(**scu.tls.model_dump())
+    return queue.Destination(scu.scu_ip, scu.scu_port, scu.scu_ae_title, tls)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from isdr.db.models import (
     OutputFile,
     Step,
 )
+from isdr.tls import ClientTls
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ class Destination:
     host: str
     port: int
     ae_title: str
+    tls: ClientTls | None = None
+
+    @property
+    def tls_json(self) -> dict[str, Any] | None:
+        """The TLS settings as the delivery row keeps them."""
+        return None if self.tls is None else asdict(self.tls)
 
 
 def record_output(
@@ -120,7 +127,8 @@ def _open_deliveries(
         if delivery is None:
             session.add(Delivery(
                 job_id=job_id, position=position, host=where.host, port=where.port,
-                ae_title=where.ae_title, state=DeliveryState.PENDING, attempts=0,
+                ae_title=where.ae_title, tls=where.tls_json, state=DeliveryState.PENDING,
+                attempts=0,
                 next_attempt_at=now, last_error="", updated_at=now,
             ))  # fmt: skip
         elif delivery.state != DeliveryState.DELIVERED:
@@ -182,7 +190,8 @@ def claim_delivery(engine: Engine, delivery_id: int, now: datetime) -> DeliveryW
             .order_by(OutputFile.name)
         ).all()
         files = [_record(row) for row in rows]
-        where = Destination(delivery.host, delivery.port, delivery.ae_title)
+        tls = None if delivery.tls is None else ClientTls(**delivery.tls)
+        where = Destination(delivery.host, delivery.port, delivery.ae_title, tls)
         return DeliveryWork(delivery.id, delivery.job_id, where, job.output_dir or "", files)
 
 

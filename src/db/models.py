@@ -200,6 +200,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the scu's `tls`
 
     @property
     def destination(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from isdr.fingerprints.model import DESTINATION_KEYS, KNOWN_KEYS, Fingerprint
+from isdr.fingerprints.model import DESTINATION_KEYS, KNOWN_KEYS, TLS_KEYS, Fingerprint
 from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 
 SUFFIX = ".json"
@@ -114,11 +114,18 @@ def _describe(file: str, text: str, error: Any) -> FingerprintError:
     dotted = ".".join(location) or None
     line, column = _position(text, key, location)
     if error["type"] == "extra_forbidden":
-        known = DESTINATION_KEYS if len(location) > 1 else KNOWN_KEYS
+        known = _keys_at(location)
         return FingerprintError(file, _unknown_key(key, known), line, column, dotted)
     if error["type"] == "missing":
         return FingerprintError(file, "required but missing", None, None, dotted)
     return FingerprintError(file, _message(error), line, column, dotted)
+
+
+def _keys_at(location: list[str]) -> tuple[str, ...]:
+    """The keys allowed where an unknown one was found: top level, scus[n], or its tls."""
+    if len(location) > 3 and location[2] == "tls":
+        return TLS_KEYS
+    return DESTINATION_KEYS if len(location) > 1 else KNOWN_KEYS
 
 
 def _message(error: Any) -> str:

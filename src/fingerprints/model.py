@@ -33,6 +33,23 @@ class TokenUnavailable(IsdrError):
 Regex = Annotated[str, Field(description="a regular expression, searched case-insensitively")]
 
 
+class DestinationTls(BaseModel):
+    """TLS to a destination that requires it; `{}` means TLS, verified by the system's CAs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: str | None = Field(None, min_length=1, description="CA bundle to verify it with")
+    cert_file: str | None = Field(None, min_length=1, description="our client certificate")
+    key_file: str | None = Field(None, min_length=1, description="the key of cert_file")
+    check_hostname: bool = Field(True, description="the certificate must name scu_ip")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> DestinationTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
 class Destination(BaseModel):
     """A DICOM node the predictions are sent to (C-STORE)."""
 
@@ -41,6 +58,7 @@ class Destination(BaseModel):
     scu_ip: str = Field(min_length=1, description="host name or address of the destination")
     scu_port: int = Field(ge=1, le=65535, description="its DICOM port")
     scu_ae_title: str = Field(min_length=1, max_length=16, description="its AE title")
+    tls: DestinationTls | None = Field(None, description="present: the destination speaks TLS")
 
 
 class Fingerprint(BaseModel):
@@ -129,3 +147,4 @@ class Fingerprint(BaseModel):
 
 KNOWN_KEYS = tuple(Fingerprint.model_fields)
 DESTINATION_KEYS = tuple(Destination.model_fields)
+TLS_KEYS = tuple(DestinationTls.model_fields)

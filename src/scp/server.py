@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
@@ -36,6 +38,7 @@ from isdr.scp.tuning import tune_connection
 logger = logging.getLogger(__name__)
 
 ABORT_SECONDS = 1.0
+HANDSHAKE_TIMEOUT = 10.0  # a TLS peer gets this long to finish its handshake
 NETWORK_TIMEOUT = 120.0  # a peer silent this long (even in the middle of a PDU) is dropped
 STATUS_SUCCESS = 0x0000
 REJECTED_PERMANENT = 0x01  # A-ASSOCIATE-RJ result
@@ -77,9 +80,11 @@ class StoreSCP:
         port: int,
         max_pdu: int,
         policy: AccessPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.ingestor = ingestor
         self.policy = policy or AccessPolicy()
+        self.tls = tls
         self.address = (host, port)
         self.ae = _make_ae(ae_title, max_pdu)
         self._server: Any = None
@@ -103,8 +108,17 @@ class StoreSCP:
             (evt.EVT_C_ECHO, _on_echo),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        self._server = self.ae.start_server(self.address, block=False, evt_handlers=handlers)
-        logger.info("Store SCP %s listening on %s:%d", self.ae.ae_title, self.address[0], self.port)
+        server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_Acceptor)
+        assert isinstance(server, _Acceptor)
+        server.tls = self.tls
+        self.ae._servers.append(server)  # as start_server does: its shutdown removes it
+        threading.Thread(target=server.serve_forever, name="isdr-scp-accept", daemon=True).start()
+        self._server = server
+        logger.info(
+            "Store SCP %s listening on %s:%d%s", self.ae.ae_title, self.address[0], self.port,
+            "" if self.tls is None else " (TLS only"
+            + (", client certificates required)" if _asks_client_cert(self.tls) else ")"),
+        )  # fmt: skip
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, let C-STOREs in flight finish (up to `timeout`), then close."""
@@ -124,6 +138,9 @@ class StoreSCP:
 
     def _on_open(self, event: Any) -> None:
         tune_connection(event.assoc, NETWORK_TIMEOUT)
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if isinstance(sock, ssl.SSLSocket):
+            _handshake(sock, str(event.assoc.requestor.address))
 
     def _on_requested(self, event: Any) -> None:
         """Who may send: a refused association gets an A-ASSOCIATE-RJ with the reason."""
@@ -215,6 +232,43 @@ def _cut(associations: list[Any], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class _Acceptor(ThreadedAssociationServer):
+    """pynetdicom's server, but a TLS handshake happens in the association's own thread.
+
+    pynetdicom wraps each accepted socket in its accepting thread, where the handshake
+    would run: one peer that connects and says nothing would hold every other sender.
+    """
+
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.tls is not None:
+            client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+def _handshake(sock: ssl.SSLSocket, peer: str) -> None:
+    """The TLS handshake (under the connection's timeout); a failure is logged once and
+    the connection closed, so pynetdicom sees a peer that went away."""
+    timeout = sock.gettimeout()
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        sock.do_handshake()
+    except (OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else repr(exc)
+        logger.warning("TLS handshake with %s failed (%s): connection closed", peer, reason)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.settimeout(timeout)
+
+
+def _asks_client_cert(context: ssl.SSLContext) -> bool:
+    return context.verify_mode == ssl.CERT_REQUIRED
 
 
 def _make_ae(ae_title: str, max_pdu: int) -> AE:

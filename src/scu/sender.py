@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -39,6 +40,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from isdr.scu.dimse import C_STORE_RSP, BadResponse, c_store_rq, c_store_rsp_fields
+from isdr.tls import ClientTls, TlsFilesError, client_context
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +69,10 @@ class Peer:
     host: str
     port: int
     ae_title: str
+    tls: ClientTls | None = None
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}{'' if self.tls is None else ' (TLS)'}"
 
 
 @dataclass(frozen=True)
@@ -338,7 +341,11 @@ def data_set_offset(data: Buffer) -> int:
 
 
 def _send_all(sock: socket.socket, parts: list[Buffer]) -> None:
-    """Write every part, in order, without joining them into one copy."""
+    """Write every part, in order, without joining them into one copy (over TLS, which
+    has no sendmsg, joined into one record stream)."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(parts))
+        return
     views = [memoryview(part) for part in parts]
     first = 0
     while first < len(views):
@@ -358,14 +365,16 @@ def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Itera
     ae.acse_timeout = ae.dimse_timeout = options.timeout
     ae.network_timeout = None  # reads time out per response instead (see _reactor_held)
     ae.connection_timeout = options.timeout
+    context = _tls_context(peer)
     assoc = ae.associate(
         peer.host,
         peer.port,
         ae_title=peer.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, _on_connection_open)],
+        tls_args=None if context is None else (context, peer.host),
     )
     if not assoc.is_established:
-        raise _Refused(_why_not_established(assoc, peer))
+        raise _Refused(_why_not_established(assoc, peer, context, options.timeout))
     try:
         with _reactor_held(assoc, options.timeout):
             yield _Session(assoc)
@@ -391,14 +400,45 @@ def _contexts(batch: list[FileToSend]) -> list[PresentationContext]:
     return contexts
 
 
-def _why_not_established(assoc: Association, peer: Peer) -> str:
+def _tls_context(peer: Peer) -> ssl.SSLContext | None:
+    if peer.tls is None:
+        return None
+    try:
+        return client_context(peer.tls)
+    except TlsFilesError as exc:
+        raise _Refused(f"cannot use the TLS files for {peer}: {exc}") from exc
+
+
+def _why_not_established(
+    assoc: Association, peer: Peer, context: ssl.SSLContext | None, timeout: float
+) -> str:
     if not getattr(assoc, "isdr_connected", False):
-        return f"cannot connect to {peer}"
+        problem = None if context is None else _tls_problem(peer, context, timeout)
+        return f"cannot connect to {peer}" + (f": {problem}" if problem else "")
     if assoc.is_rejected:
         return f"{peer} rejected the association (is our AE title known to it?)"
     if assoc.is_aborted:
         return f"{peer} aborted the association request"
     return f"{peer} did not accept the association"
+
+
+def _tls_problem(peer: Peer, context: ssl.SSLContext, timeout: float) -> str | None:
+    """Why a TLS connection to `peer` fails, tried again on its own (pynetdicom logs the
+    reason only in its own log)."""
+    try:
+        with (
+            socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=peer.host),
+        ):
+            return None
+    except ssl.SSLError as exc:
+        return f"the TLS handshake failed ({exc.reason or exc})" + (
+            ": check the fingerprint's tls ca_file (and check_hostname)"
+            if isinstance(exc, ssl.SSLCertVerificationError)
+            else ""
+        )
+    except OSError:
+        return None
 
 
 def _on_connection_open(event: evt.Event) -> None:

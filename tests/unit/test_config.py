@@ -48,3 +48,47 @@ def test_database_defaults_to_a_sqlite_file_in_data_dir(
 ) -> None:
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     assert load_settings().database_url == f"sqlite:///{tmp_path / 'isdr.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"SCP_TLS_CERT_FILE": "scp.pem"}, "SCP_TLS_KEY_FILE"),
+        ({"SCP_TLS_CLIENT_CA_FILE": "ca.pem"}, "SCP_TLS_CLIENT_CA_FILE needs"),
+        (
+            {"SCP_TLS_CERT_FILE": "a.pem", "SCP_TLS_KEY_FILE": "a.key", "RECEIVER": "dcmtk"},
+            "RECEIVER=pynetdicom",
+        ),
+    ],
+)
+def test_incomplete_tls_settings_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_an_unreadable_tls_file_stops_the_start_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "scp.pem"
+    monkeypatch.setenv("SCP_TLS_CERT_FILE", str(missing))
+    monkeypatch.setenv("SCP_TLS_KEY_FILE", str(tmp_path / "scp.key"))
+    with pytest.raises(ConfigError, match=f"SCP_TLS_CERT_FILE.*cannot read {missing}"):
+        load_settings().scp_tls_context()
+
+
+def test_a_key_that_does_not_match_its_certificate_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    first, second = ca.issue_cert("a.example.org"), ca.issue_cert("b.example.org")
+    first.cert_chain_pems[0].write_to_path(str(tmp_path / "a.pem"))
+    second.private_key_pem.write_to_path(str(tmp_path / "b.key"))
+    monkeypatch.setenv("SCP_TLS_CERT_FILE", str(tmp_path / "a.pem"))
+    monkeypatch.setenv("SCP_TLS_KEY_FILE", str(tmp_path / "b.key"))
+    with pytest.raises(ConfigError, match="cannot be used together"):
+        load_settings().scp_tls_context()

@@ -105,3 +105,17 @@ def test_the_token_is_kept_in_the_snapshot_but_never_printed(tmp_path: Path) -> 
     assert "s3cret" not in repr(fingerprint) and "s3cret" not in str(fingerprint)
     assert fingerprint.snapshot()["inference_server_token"] == "s3cret"
     assert Fingerprint.model_validate(fingerprint.snapshot()) == fingerprint
+
+
+def test_a_destination_may_ask_for_tls_and_its_mistakes_are_named(tmp_path: Path) -> None:
+    tls = {"ca_file": "/certs/tps-ca.pem", "check_hostname": False}
+    good = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": tls}]}  # type: ignore[dict-item]
+    fingerprint = load_file(write(tmp_path, "tls.json", json.dumps(good)))
+    assert isinstance(fingerprint, Fingerprint)
+    assert fingerprint.scus[0].tls is not None and fingerprint.scus[0].tls.check_hostname is False
+    half = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": {"cert_file": "/c.pem"}}]}  # type: ignore[dict-item]
+    [error] = errors_of(write(tmp_path, "half.json", json.dumps(half, indent=2)))
+    assert "cert_file and key_file go together" in str(error)
+    typo = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": {"ca_fiel": "/c.pem"}}]}  # type: ignore[dict-item]
+    [error] = errors_of(write(tmp_path, "typo.json", json.dumps(typo, indent=2)))
+    assert "ca_fiel" in str(error) and "ca_file" in str(error)
