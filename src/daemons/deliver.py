@@ -2,20 +2,23 @@
 
 Each destination of each job is one delivery row, tried on its own with a backoff, so a
 destination that is down waits while the others are served. A pool of
-DELIVERY_WORKERS threads sends, one association per destination at a time. A job is
-delivered once every destination has confirmed every file; then the remote task is
-deleted (when configured) and the local files go, except the non-DICOM outputs, which
-are kept, like a failed job's files, for JOB_FILES_RETENTION_HOURS.
+DELIVERY_WORKERS threads sends, one association per destination at a time; when one
+ends, the destination's next due delivery starts at once, not at the next tick. A job is
+delivered once every destination has confirmed every file; then, on a thread of its own
+(so that a server slow to answer holds up no delivery), the remote task is deleted (when
+configured) and the local files go, except the non-DICOM outputs, which are kept, like a
+failed job's files, for JOB_FILES_RETENTION_HOURS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -70,6 +73,8 @@ class Deliverer:
         self._busy: set[tuple[str, int, str]] = set()  # destinations with an open association
         self._busy_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-deliver")
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="isdr-finish")
+        self._finishing: Future[None] | None = None  # the last finishing round
 
     def recover(self) -> None:
         """After a stop: deliveries caught sending are taken up again."""
@@ -81,23 +86,27 @@ class Deliverer:
         """Stop taking deliveries; sessions stop after the file they are sending."""
         self.stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._finisher.shutdown(wait=False, cancel_futures=True)
 
     def idle(self, timeout: float) -> bool:
-        """Wait up to `timeout` for open associations to end; whether they did."""
+        """Wait up to `timeout` for open associations and remote deletes to end; whether
+        they did."""
         deadline = time.monotonic() + timeout
         if not self.ticking.acquire(timeout=timeout):
             return False
         self.ticking.release()
         while True:
             with self._busy_lock:
-                if not self._busy:
+                finishing = self._finishing is not None and not self._finishing.done()
+                if not self._busy and not finishing:
                     return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
 
     def tick(self) -> None:
-        """Start due deliveries, finish jobs whose deliveries ended, remove expired files."""
+        """Start due deliveries, have jobs whose deliveries ended finished, remove expired
+        files."""
         with self.ticking:
             for step in (self.dispatch, self.finish, self.expire):
                 if not self.stopping.is_set():
@@ -116,7 +125,10 @@ class Deliverer:
                 if work is None:
                     continue
                 self._busy.add(key)
-            self._pool.submit(self._deliver_guarded, work, key)
+            try:
+                self._pool.submit(self._deliver_guarded, work, key)
+            except RuntimeError:  # the pool is shut down: the relay is stopping
+                return  # left `sending`: the next start takes it up again
 
     def _deliver_guarded(self, work: queue.DeliveryWork, key: tuple[str, int, str]) -> None:
         try:
@@ -127,6 +139,8 @@ class Deliverer:
         finally:
             with self._busy_lock:
                 self._busy.discard(key)
+        if not self.stopping.is_set():
+            _guarded("dispatch", self.dispatch)  # the destination's next delivery, now
 
     def deliver(self, work: queue.DeliveryWork) -> None:
         """One attempt at one destination: send what it has not confirmed yet."""
@@ -155,8 +169,19 @@ class Deliverer:
         )  # fmt: skip
 
     def finish(self) -> None:
+        """Have the jobs whose deliveries all ended finished on the finishing thread, unless
+        it is at it: a remote delete may wait POST_TIMEOUT, and no delivery waits for it."""
+        with self._busy_lock:
+            if self._finishing is not None and not self._finishing.done():
+                return
+            with contextlib.suppress(RuntimeError):  # shut down: the relay is stopping
+                self._finishing = self._finisher.submit(_guarded, "finish", self._finish_all)
+
+    def _finish_all(self) -> None:
         """Jobs whose deliveries all ended: delivered (and cleaned up), or failed."""
         for done in queue.finished_jobs(self.engine):
+            if self.stopping.is_set():
+                return
             _guarded(f"finishing job {done.job_id}", self._finish_one, done)
 
     def _finish_one(self, done: queue.Finished) -> None:

@@ -3,7 +3,9 @@
 It records every submission (API generation, model, archive members, headers) and makes a
 `Task` of each; tasks are polled and deleted through the routes of their generation.
 It can be told to answer the next requests with an error, to hang, to drop the connection,
-or to forget models; and how many polls a task stays pending and how it ends.
+or to forget models; and how many polls a task stays pending and how it ends. `flaky`
+makes it misbehave at random instead: a seeded share of every kind of request gets a 503
+or a stall (no answer for a while, then the connection closed, nothing kept).
 Certificates come from trustme; `ca_file` is what the relay's CERT_FILE should hold.
 """
 
@@ -14,13 +16,14 @@ import email.policy
 import gzip
 import io
 import json
+import random
 import secrets
 import ssl
 import tarfile
 import threading
 import time
 import zipfile
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -76,6 +79,37 @@ class Task:
     building: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
+@dataclass
+class Flaky:
+    """Random trouble for every request: with probability `rate` a 503 or a stall.
+
+    A stall (`stall_share` of the trouble) reads the request, says nothing for the
+    stand-in's `hang_seconds` (set it longer than the client's timeout), then closes the
+    connection without keeping anything: a stalled submit makes no task. `injected`
+    counts what was dealt, by request kind and trouble ("submit 503", "poll stall", ...),
+    `requests` every request drawn for. Draws come from one generator seeded with `seed`;
+    which request gets which draw depends on the order the requests arrive in.
+    """
+
+    rate: float
+    seed: int = 0
+    stall_share: float = 0.5
+    injected: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def draw(self, kind: str) -> str:
+        """What the `kind` request now arriving gets: "ok", "503" or "stall" (not locked)."""
+        self.requests[kind] += 1
+        if self._random.random() >= self.rate:
+            return "ok"
+        trouble = "stall" if self._random.random() < self.stall_share else "503"
+        self.injected[f"{kind} {trouble}"] += 1
+        return trouble
+
+
 @dataclass(frozen=True)
 class Reply:
     """An answer to a poll or a delete, before it is written to the socket."""
@@ -87,12 +121,14 @@ class Reply:
 
 class StandIn:
     """The server; `behaviours`, `poll_behaviours` and `delete_behaviours` are queues of
-    what the next submits, polls and deletes get before the normal logic."""
+    what the next submits, polls and deletes get before the normal logic ("stall" in any
+    of them: no answer for `hang_seconds`, then the connection closed). When a queue is
+    empty and `flaky` is set, it draws what the request gets."""
 
     def __init__(self, folder: Path, models: tuple[str, ...] = ("ct-model", "mr-model")) -> None:
         self.models = set(models)
         self.submissions: list[Submission] = []
-        self.behaviours: deque[str] = deque()  # "503", "500", "hang", "ok"
+        self.behaviours: deque[str] = deque()  # "503", "500", "hang", "stall", "ok"
         self.hang_seconds = 5.0
         self.hung = 0  # submissions taken by the "hang" behaviour: the server may hold them
         self.discard = False  # read archives and count their bytes, but keep nothing (benchmarks)
@@ -102,9 +138,12 @@ class StandIn:
         self.polls_before_ready = 1  # 551 answers before a task is ready
         self.v1_unknown_first = True  # API 1: the first poll of a task answers 554
         self.outcome = "ok"  # how every task ends: "ok", "552", "553" or "never" (551)
-        self.poll_behaviours: deque[str] = deque()  # "500", "503", "552", "hang", "drop"
-        self.delete_behaviours: deque[str] = deque()  # "500"
+        self.poll_behaviours: deque[str] = deque()  # "500", "503", "552", "hang", "drop",
+        # "stall"
+        self.delete_behaviours: deque[str] = deque()  # "500", "503", "hang", "drop", "stall"
+        self.flaky: Flaky | None = None  # random trouble when the queues are empty
         self.output_count = 2  # DICOM instances in each task's output
+        self.output_per_input = False  # instead: one per instance submitted (the toy model)
         self.output_instance_rows = 16
         self.output_instance_columns = 16
         self.raw_output: bytes | None = None  # when set, the 200 body of every task
@@ -114,6 +153,7 @@ class StandIn:
         ca.cert_pem.write_to_path(str(self.ca_file))
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("localhost", "127.0.0.1").configure_cert(self._context)
+        self.stopping = threading.Event()  # cuts hangs and stalls short
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
@@ -138,22 +178,28 @@ class StandIn:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
     def next_behaviour(self) -> str:
         with self.lock:
-            return self.behaviours.popleft() if self.behaviours else "ok"
+            return self.behaviours.popleft() if self.behaviours else self._draw("submit")
 
     def next_poll_behaviour(self) -> str:
         """What the GET now arriving gets first; counts it in `gets`."""
         with self.lock:
             self.gets += 1
-            return self.poll_behaviours.popleft() if self.poll_behaviours else "ok"
+            return self.poll_behaviours.popleft() if self.poll_behaviours else self._draw("poll")
 
     def next_delete_behaviour(self) -> str:
         with self.lock:
-            return self.delete_behaviours.popleft() if self.delete_behaviours else "ok"
+            if self.delete_behaviours:
+                return self.delete_behaviours.popleft()
+            return self._draw("delete")
+
+    def _draw(self, kind: str) -> str:
+        return "ok" if self.flaky is None else self.flaky.draw(kind)
 
     def record(self, submission: Submission) -> Task:
         with self.lock:
@@ -218,7 +264,10 @@ class StandIn:
         with task.building:  # one build per task, even when polls of it overlap
             if task.output is None:
                 shape = (self.output_instance_rows, self.output_instance_columns)
-                task.output, task.instance_uids = build_output(task.api, self.output_count, shape)
+                count = len(task.submission.members) if self.output_per_input else None
+                task.output, task.instance_uids = build_output(
+                    task.api, count or self.output_count, shape
+                )
             return task.output
 
 
@@ -300,6 +349,9 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 time.sleep(standin.hang_seconds)
                 self._answer(503, b"slept")
                 return
+            if behaviour == "stall":  # took the archive, kept nothing, never answered
+                self._stall()
+                return
             if behaviour in ("400", "500", "503"):
                 self._answer(int(behaviour), b"temporarily broken")
                 return
@@ -364,12 +416,19 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             """Answer a poll or delete as `behaviour` says; False to go on normally."""
             if behaviour == "drop":  # close the connection without a word
                 self.close_connection = True
+            elif behaviour == "stall":
+                self._stall()
             elif behaviour == "hang":
                 time.sleep(standin.hang_seconds)
                 self._answer(503, b"slept")
             elif behaviour in ("500", "503", "552"):
                 self._answer(int(behaviour), b"temporarily broken")
             return behaviour != "ok"
+
+        def _stall(self) -> None:
+            """Say nothing for a while (the client gives up first), then hang up."""
+            standin.stopping.wait(standin.hang_seconds)
+            self.close_connection = True
 
         def _reply(self, reply: Reply) -> None:
             self._answer(reply.status, reply.body, reply.content_type)

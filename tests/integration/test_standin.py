@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 
-from isdr.demo.standin import PREDICTION, StandIn
+from isdr.demo.standin import PREDICTION, Flaky, StandIn
 
 
 @pytest.fixture
@@ -179,3 +179,29 @@ def test_a_raw_output_is_served_as_is(client: httpx.Client, standin: StandIn) ->
     uid = submit(client, standin, 2)
     ready = poll(client, standin, 2, uid)
     assert (ready.status_code, ready.content) == (200, b"PK hostile")
+
+
+def test_a_stalled_submit_gets_no_answer_and_leaves_no_task(
+    client: httpx.Client, standin: StandIn
+) -> None:
+    standin.hang_seconds = 0.1
+    standin.behaviours.append("stall")
+    with pytest.raises(httpx.RemoteProtocolError):
+        submit(client, standin, 1)
+    assert standin.submissions == [] and standin.tasks == {}
+    assert submit(client, standin, 1) in standin.tasks
+
+
+def test_a_flaky_server_troubles_a_seeded_share_of_every_kind_of_request(
+    client: httpx.Client, standin: StandIn
+) -> None:
+    first, second = Flaky(0.2, seed=7), Flaky(0.2, seed=7)
+    dealt = [first.draw("poll") for _ in range(2000)]
+    assert dealt == [second.draw("poll") for _ in range(2000)]
+    troubled = dealt.count("503") + dealt.count("stall")
+    assert 300 < troubled < 500 and dealt.count("503") and dealt.count("stall")
+    assert first.injected == {"poll 503": dealt.count("503"), "poll stall": dealt.count("stall")}
+    standin.flaky = Flaky(1.0, seed=1, stall_share=0.0)
+    assert client.get(poll_url(standin, 1, "any")).status_code == 503
+    assert client.delete(delete_url(standin, 1, "any")).status_code == 503
+    assert standin.flaky.requests == {"poll": 1, "delete": 1}

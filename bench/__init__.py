@@ -1,0 +1,1 @@
+"""Benchmarks and long-running checks, run by hand (see bench/README.md)."""

@@ -1,0 +1,154 @@
+"""The deliverer's pace: a destination's queued deliveries go out back to back, and a remote
+delete the server does not answer holds up no delivery (found by bench/flood.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from isdr.daemons.deliver import Deliverer, DeliverSettings
+from isdr.db import delivery as queue
+from isdr.db.engine import make_engine
+from isdr.db.models import Delivery, Job, JobState, Series, SeriesState
+from isdr.demo.standin import StandIn, Submission, synthetic_prediction
+from isdr.fingerprints.model import Fingerprint
+from isdr.inference.client import InferenceClient
+from isdr.scu.files import describe
+from tests.peers import RecordingSCP
+
+CLIENT_TIMEOUT = 3.0  # POST_TIMEOUT: how long a remote delete may go unanswered
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = make_engine(f"sqlite:///{tmp_path / 'isdr.sqlite3'}")
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def destination() -> Iterator[RecordingSCP]:
+    scp = RecordingSCP(ae_title="PACE").start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture
+def deliverer(tmp_path: Path, engine: Engine, standin: StandIn) -> Iterator[Deliverer]:
+    client = InferenceClient(standin.ca_file, CLIENT_TIMEOUT)
+    settings = DeliverSettings(
+        jobs_dir=tmp_path / "jobs", calling_ae_title="ISDR_TEST", timeout=5, workers=4,
+        associations=1, retry_delay=0.5, max_attempts=3, retention=3600,
+        delete_remotely=True,
+    )  # fmt: skip
+    running = Deliverer(engine, client, settings, now)
+    yield running
+    running.stop()
+    client.close()
+
+
+def delivering_job(
+    engine: Engine, jobs_dir: Path, standin: StandIn, destination: RecordingSCP
+) -> int:
+    """A job whose output (two CT instances) waits for delivery to `destination`, with a
+    task the stand-in knows."""
+    uid = f"task-{time.monotonic_ns()}"
+    standin.record(Submission(1, "ct-model", "zip_file", "x.zip", [], {}, uid))
+    scu = {"scu_ip": "127.0.0.1", "scu_port": destination.port, "scu_ae_title": "PACE"}
+    fingerprint = Fingerprint.model_validate({
+        "modality_regex": "CT", "inference_server_url": standin.url_v1,
+        "model_human_readable_id": "ct-model", "scus": [scu],
+    })  # fmt: skip
+    job_id = _submitted_job(engine, fingerprint, uid)
+    output = jobs_dir / str(job_id) / "output"
+    output.mkdir(parents=True)
+    for sop_uid, data in synthetic_prediction(2, (16, 16)):
+        (output / f"{sop_uid}.dcm").write_bytes(data)
+    records = [queue.OutputRecord(**vars(describe(output, p))) for p in sorted(output.iterdir())]
+    where = [queue.Destination("127.0.0.1", destination.port, "PACE")]
+    assert queue.record_output(engine, job_id, str(output), records, where, "unpacked", now())
+    return job_id
+
+
+def _submitted_job(engine: Engine, fingerprint: Fingerprint, task_uid: str) -> int:
+    at = now()
+    with Session(engine) as session, session.begin():
+        series = Series(
+            series_instance_uid=task_uid, study_instance_uid="1.2", patient_id="PACE",
+            folder="pace", first_received_at=at, last_received_at=at,
+            state=SeriesState.MATCHED,
+        )  # fmt: skip
+        session.add(series)
+        session.flush()
+        job = Job(
+            series_id=series.id, fingerprint_name="pace.json", fingerprint=fingerprint.snapshot(),
+            state=JobState.SUBMITTED, attempts=0, next_attempt_at=at, last_error="",
+            task_uid=task_uid, created_at=at, updated_at=at, submitted_at=at,
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        return int(job.id)
+
+
+def delivery_states(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Delivery.state).order_by(Delivery.id)))
+
+
+def job_state(engine: Engine, job_id: int) -> str:
+    with Session(engine) as session:
+        return session.get_one(Job, job_id).state
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_one_tick_sends_every_queued_delivery_of_a_destination_back_to_back(
+    tmp_path: Path,
+    engine: Engine,
+    standin: StandIn,
+    destination: RecordingSCP,
+    deliverer: Deliverer,
+) -> None:
+    for _ in range(5):
+        delivering_job(engine, tmp_path / "jobs", standin, destination)
+    deliverer.tick()  # the only tick: before, it started one delivery per destination
+    wait_for(lambda: delivery_states(engine) == ["delivered"] * 5, timeout=10)
+    assert len(destination.received) == 10
+
+
+def test_a_remote_delete_the_server_does_not_answer_holds_up_no_tick(
+    tmp_path: Path,
+    engine: Engine,
+    standin: StandIn,
+    destination: RecordingSCP,
+    deliverer: Deliverer,
+) -> None:
+    job_id = delivering_job(engine, tmp_path / "jobs", standin, destination)
+    deliverer.tick()
+    wait_for(lambda: delivery_states(engine) == ["delivered"], timeout=10)
+    standin.hang_seconds = CLIENT_TIMEOUT + 2
+    standin.delete_behaviours.append("stall")
+    ticked = threading.Thread(target=deliverer.tick)
+    began = time.monotonic()
+    ticked.start()
+    ticked.join(timeout=CLIENT_TIMEOUT + 5)
+    assert time.monotonic() - began < 1.0  # before, the tick waited out the delete
+    assert job_state(engine, job_id) == JobState.DELIVERING
+    wait_for(lambda: job_state(engine, job_id) == JobState.DELIVERED, timeout=CLIENT_TIMEOUT + 5)
+    assert not standin.tasks[standin.submissions[-1].uid].deleted
