@@ -30,11 +30,13 @@ from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
 from isdr.fingerprints.model import Fingerprint, TokenUnavailable
-from isdr.inference.client import InferenceClient
+from isdr.inference.client import Answer, InferenceClient, Outcome
 from isdr.logs import log_exception
 from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
 
 logger = logging.getLogger(__name__)
+
+REMOTE_DELETE_ATTEMPTS = 12  # with DELIVERY_RETRY_DELAY's doubling (to 10 min): about an hour
 
 Clock = Callable[[], datetime]
 
@@ -178,11 +180,16 @@ class Deliverer:
                 self._finishing = self._finisher.submit(_guarded, "finish", self._finish_all)
 
     def _finish_all(self) -> None:
-        """Jobs whose deliveries all ended: delivered (and cleaned up), or failed."""
+        """Jobs whose deliveries all ended: delivered (and cleaned up), or failed; then
+        the remote deletes that are due."""
         for done in queue.finished_jobs(self.engine):
             if self.stopping.is_set():
                 return
             _guarded(f"finishing job {done.job_id}", self._finish_one, done)
+        for due in queue.due_remote_deletes(self.engine, self.clock()):
+            if self.stopping.is_set():
+                return
+            _guarded(f"deleting the task of job {due.job_id}", self._delete_remotely, due)
 
     def _finish_one(self, done: queue.Finished) -> None:
         if done.failures:
@@ -190,19 +197,37 @@ class Deliverer:
             queue.fail(self.engine, done.job_id, Step.DELIVER, reason, self.clock())
             return
         fingerprint = Fingerprint.model_validate(done.fingerprint)
-        if deletes_remotely(fingerprint, self.settings.delete_remotely):
-            queue.note(
-                self.engine, done.job_id, self._delete_remotely(fingerprint, done), self.clock()
-            )
         message = self._clean_up(done, bool(fingerprint.scus))
-        queue.mark_delivered(self.engine, done.job_id, message, self.clock())
+        delete = deletes_remotely(fingerprint, self.settings.delete_remotely)
+        queue.mark_delivered(
+            self.engine, done.job_id, message, self.clock(), delete_remotely=delete
+        )
 
-    def _delete_remotely(self, fingerprint: Fingerprint, done: queue.Finished) -> str:
+    def _delete_remotely(self, due: queue.RemoteDelete) -> None:
+        """One attempt at deleting a job's task on its server; retried with a backoff
+        (a task left there holds patient-derived outputs)."""
+        now = self.clock()
         try:
-            target = target_of(fingerprint)
+            target = target_of(Fingerprint.model_validate(due.fingerprint))
         except TokenUnavailable as exc:
-            return f"remote clean-up skipped: {exc}"
-        return f"remote clean-up: {self.client.delete(target, done.task_uid).detail}"
+            answer = Answer(Outcome.RETRY, f"no token ({exc})")
+        else:
+            answer = self.client.delete(target, due.task_uid)
+        retry_at = None
+        if answer.outcome is Outcome.DONE:
+            message = f"remote clean-up: {answer.detail}"
+        elif answer.outcome is Outcome.FAILED:
+            message = f"remote clean-up failed: {answer.detail}; the task stays on the server"
+        elif due.attempts + 1 >= REMOTE_DELETE_ATTEMPTS:
+            message = (
+                f"remote clean-up failed {due.attempts + 1} times, last: {answer.detail}; "
+                "given up: delete the task on the server by hand"
+            )
+        else:
+            wait = self.settings.backoff(due.attempts + 1)
+            retry_at = now + timedelta(seconds=wait)
+            message = f"remote clean-up failed ({answer.detail}); next try in {wait:g} s"
+        queue.remote_delete_done(self.engine, due.job_id, message, now, retry_at=retry_at)
 
     def _clean_up(self, done: queue.Finished, has_destinations: bool) -> str:
         folder = self.settings.jobs_dir / str(done.job_id)

@@ -272,8 +272,7 @@ class Poller:
             return False
         self._fail(item, f"timed out: no output within GET_TIMEOUT ({self.settings.timeout:.0f} s)")
         if deletes_remotely(item.fingerprint, self.settings.delete_remotely):
-            answer = self.client.delete(item.target, item.job.task_uid)
-            queue.note(self.engine, item.job_id, f"remote clean-up: {answer.detail}", self.clock())
+            queue.schedule_remote_delete(self.engine, item.job_id, self.clock())
         return True
 
     def _track_outage(self, target: Target, verdict: Verdict, answer: PollAnswer) -> None:

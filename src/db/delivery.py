@@ -265,7 +265,7 @@ def delivery_retry(
         wait = delay(delivery.attempts)
         delivery.state = DeliveryState.PENDING
         delivery.next_attempt_at = now + timedelta(seconds=wait)
-        message = f"{where}: attempt {delivery.attempts} failed ({reason}); next in {wait:.0f} s"
+        message = f"{where}: attempt {delivery.attempts} failed ({reason}); next in {wait:g} s"
         _note(session, delivery.job_id, message, now, logging.WARNING)
 
 
@@ -330,9 +330,55 @@ def note(engine: Engine, job_id: int, message: str, now: datetime) -> None:
         _note(session, job_id, message, now, logging.INFO)
 
 
-def mark_delivered(engine: Engine, job_id: int, message: str, now: datetime) -> bool:
-    """The job is done: every destination confirmed every file."""
-    return move(engine, job_id, JobState.DELIVERED, message, now, source=DELIVERING)
+def mark_delivered(
+    engine: Engine, job_id: int, message: str, now: datetime, *, delete_remotely: bool = False
+) -> bool:
+    """The job is done: every destination confirmed every file (and its remote task is
+    to be deleted, by the deliverer's finishing thread)."""
+    due = {"remote_delete_due_at": now, "remote_delete_attempts": 0} if delete_remotely else {}
+    return move(engine, job_id, JobState.DELIVERED, message, now, source=DELIVERING, **due)
+
+
+@dataclass(frozen=True)
+class RemoteDelete:
+    """A job whose task on the server is to be deleted now."""
+
+    job_id: int
+    task_uid: str
+    fingerprint: dict[str, Any]
+    attempts: int  # made so far
+
+
+def schedule_remote_delete(engine: Engine, job_id: int, now: datetime) -> None:
+    """Have the job's remote task deleted (by the deliverer), with retries."""
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id)
+        job.remote_delete_due_at, job.remote_delete_attempts = now, 0
+
+
+def due_remote_deletes(engine: Engine, now: datetime, limit: int = 50) -> list[RemoteDelete]:
+    """Remote deletes whose time has come, oldest first."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Job.id, Job.task_uid, Job.fingerprint, Job.remote_delete_attempts)
+            .where(Job.remote_delete_due_at <= now)
+            .order_by(Job.remote_delete_due_at)
+            .limit(limit)
+        ).all()
+        return [RemoteDelete(row[0], row[1], row[2], row[3] or 0) for row in rows]
+
+
+def remote_delete_done(
+    engine: Engine, job_id: int, message: str, now: datetime, *, retry_at: datetime | None
+) -> None:
+    """Record an attempt at a remote delete in the timeline; `retry_at` schedules another
+    (None: nothing more to do)."""
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id)
+        job.remote_delete_attempts = (job.remote_delete_attempts or 0) + 1
+        job.remote_delete_due_at = retry_at
+        level = logging.INFO if message.startswith("remote clean-up: ") else logging.WARNING
+        _note(session, job_id, message, now, level)
 
 
 def mark_files_removed(engine: Engine, job_id: int, now: datetime) -> None:

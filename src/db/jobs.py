@@ -225,7 +225,7 @@ def retry_later(
             session,
             job,
             JobState.PENDING,
-            f"attempt {job.attempts} failed ({reason}); next in {wait:.0f} s",
+            f"attempt {job.attempts} failed ({reason}); next in {wait:g} s",
             now,
         )
 

@@ -141,6 +141,11 @@ class Job(Base):
     # Set just before the last bytes of a submit go out: a stop before it means the server
     # cannot have the archive (it is sent again); after it, the server may hold a task.
     archive_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A remote delete to do (or try again) at this time; None: none due.
+    remote_delete_due_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, nullable=True, index=True
+    )
+    remote_delete_attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

@@ -150,10 +150,15 @@ def _wait_for_job(relay: Relay) -> Job | None:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         jobs = list_jobs(relay.engine)
-        if jobs and jobs[0].state in ("delivered", "failed"):
+        if jobs and jobs[0].state in ("delivered", "failed") and _delete_tried(jobs[0]):
             return jobs[0]
         time.sleep(0.2)
     return None
+
+
+def _delete_tried(job: Job) -> bool:
+    """Whether the remote delete (when one is due) has had its first try."""
+    return job.remote_delete_due_at is None or bool(job.remote_delete_attempts)
 
 
 def _free_port() -> int:

@@ -228,6 +228,8 @@ class InferenceClient:
             return Answer(Outcome.DONE, f"task {uid} was already gone from the server (554)")
         if status == 500 and target.api == 2:
             return Answer(Outcome.RETRY, f"the server cannot delete task {uid} yet (500: running)")
+        if status >= 500 or status == 429:
+            return Answer(Outcome.RETRY, f"deleting task {uid} answered {status}: try again later")
         return Answer(
             Outcome.FAILED, f"deleting task {uid} answered {status}: {response.text[:200]!r}"
         )

@@ -98,6 +98,13 @@ def wait_for_state(relay: Relay, *states: str, timeout: float = 30) -> Job:
         time.sleep(0.05)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def events(relay: Relay, job_id: int) -> list[str]:
     found = timeline(relay.engine, job_id)
     assert found is not None
@@ -115,7 +122,8 @@ def test_predictions_reach_the_destination_and_the_remote_task_is_deleted(
     assert job.state == "delivered", job.last_error
     task = standin.task_of()
     assert {dcmread(p).SOPInstanceUID for p in storescp.files()} == set(task.instance_uids)
-    assert standin.deleted == [task.uid] and len(standin.submissions) == 1
+    wait_until(lambda: standin.deleted == [task.uid])
+    assert len(standin.submissions) == 1
     kept = ["container.log", "mask.nii.gz"] if api == 2 else ["mask.nii.gz"]
     assert job_details(relay.engine, job.id)[1].kept == kept
     assert sorted(p.name for p in Path(job.output_dir or "").iterdir()) == kept
@@ -143,7 +151,7 @@ def test_a_task_that_never_finishes_times_out_and_is_deleted_remotely(
     receive_ct(relay)
     job = wait_for_state(relay, "failed")
     assert "GET_TIMEOUT" in job.last_error
-    assert standin.deleted == [standin.task_of().uid]
+    wait_until(lambda: standin.deleted == [standin.task_of().uid])
 
 
 def test_a_task_the_server_forgot_fails_after_a_few_unknown_answers(
@@ -336,7 +344,7 @@ def test_isdr_jobs_retry_delivers_a_job_that_failed_at_delivery(
     assert set(picky.received) == set(standin.task_of().instance_uids)
     confirmed_first = picky.received[0]
     assert picky.received.count(confirmed_first) == 1  # confirmed once: never sent again
-    assert standin.deleted == [standin.task_of().uid]
+    wait_until(lambda: standin.deleted == [standin.task_of().uid])
 
 
 def test_the_files_of_a_failed_job_are_removed_after_the_retention(

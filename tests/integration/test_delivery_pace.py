@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.db import delivery as queue
 from isdr.db.engine import make_engine
+from isdr.db.jobs import timeline
 from isdr.db.models import Delivery, Job, JobState, Series, SeriesState
 from isdr.demo.standin import StandIn, Submission, synthetic_prediction
 from isdr.fingerprints.model import Fingerprint
@@ -149,6 +150,33 @@ def test_a_remote_delete_the_server_does_not_answer_holds_up_no_tick(
     ticked.start()
     ticked.join(timeout=CLIENT_TIMEOUT + 5)
     assert time.monotonic() - began < 1.0  # before, the tick waited out the delete
-    assert job_state(engine, job_id) == JobState.DELIVERING
     wait_for(lambda: job_state(engine, job_id) == JobState.DELIVERED, timeout=CLIENT_TIMEOUT + 5)
     assert not standin.tasks[standin.submissions[-1].uid].deleted
+
+
+def test_a_remote_delete_that_fails_is_tried_again_until_the_task_is_gone(
+    tmp_path: Path,
+    engine: Engine,
+    standin: StandIn,
+    destination: RecordingSCP,
+    deliverer: Deliverer,
+) -> None:
+    job_id = delivering_job(engine, tmp_path / "jobs", standin, destination)
+    standin.delete_behaviours.extend(["503", "503"])
+    uid = standin.submissions[-1].uid
+
+    def ticked_until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 15
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            deliverer.tick()
+            time.sleep(0.1)
+
+    ticked_until(lambda: standin.tasks[uid].deleted)
+    assert job_state(engine, job_id) == JobState.DELIVERED
+    found = timeline(engine, job_id)
+    assert found is not None
+    lines = [event.message for event in found[1]]
+    assert sum("remote clean-up failed" in line and "next try in" in line for line in lines) == 2
+    assert any(line.startswith("remote clean-up: task") for line in lines)
+    assert queue.due_remote_deletes(engine, now() + timedelta(days=1)) == []
