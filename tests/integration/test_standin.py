@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import socket
 import ssl
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 
@@ -205,3 +207,28 @@ def test_a_flaky_server_troubles_a_seeded_share_of_every_kind_of_request(
     assert client.get(poll_url(standin, 1, "any")).status_code == 503
     assert client.delete(delete_url(standin, 1, "any")).status_code == 503
     assert standin.flaky.requests == {"poll": 1, "delete": 1}
+
+
+def test_a_submit_cut_before_its_closing_boundary_creates_no_task(standin: StandIn) -> None:
+    """As a web framework: a request whose body never arrived whole is no request."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("1.dcm", b"not needed to be DICOM here")
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="zip_file"; filename="a.zip"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + archive.getvalue()
+    )
+    tail = b"\r\n--b--\r\n"
+    head = (
+        b"POST /api/tasks/?model_human_readable_id=ct-model HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(part) + len(tail))
+    )
+    context = ssl.create_default_context(cafile=str(standin.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", standin.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        sock.sendall(head + part)  # everything but the closing boundary
+    time.sleep(0.3)
+    assert standin.submissions == []
