@@ -19,6 +19,7 @@ from isdr.locks import SharedLock
 from isdr.scp.headers import read_file_sort_keys, read_sort_keys
 from isdr.scp.paths import SortKeys, instance_relpath, resolve_inside
 from isdr.scp.storage import AtomicWriter, file_meta_bytes
+from isdr.scp.wellformed import check_matches_command, check_received
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,16 @@ class Ingestor:
         sop_class_uid: str,
         calling_ae_title: str,
         peer_address: str,
+        sop_instance_uid: str = "",
     ) -> Recorded:
-        """Write a dataset received over the network and record it."""
+        """Write a dataset received over the network and record it.
+
+        `sop_class_uid` and `sop_instance_uid` are those of the C-STORE request; a data
+        set that is cut short, not in `transfer_syntax`, or another instance is refused.
+        """
+        check_received(dataset, transfer_syntax)
         keys = read_sort_keys(dataset, transfer_syntax, sop_class_uid)
+        check_matches_command(keys, sop_class_uid, sop_instance_uid)
         relpath = instance_relpath(keys)
         path = resolve_inside(self.root, relpath)
         meta = file_meta_bytes(

@@ -32,6 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
 from isdr.scp.access import AccessPolicy
+from isdr.scp.guard import how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.tuning import tune_connection
 
@@ -159,13 +160,34 @@ class StoreSCP:
         stats = AssociationStats(requestor.ae_title, f"{requestor.address}:{requestor.port}")
         with self._lock:
             self._stats[id(event.assoc)] = stats
-        logger.info("association from %s at %s accepted", stats.calling_ae_title, stats.peer)
+        refused = _refused_contexts(event.assoc.rejected_contexts)
+        if event.assoc.accepted_contexts:
+            logger.info("association from %s at %s accepted", stats.calling_ae_title, stats.peer)
+            if refused:  # senders often propose every storage class they know
+                logger.debug("presentation contexts refused to %s: %s", stats.peer, refused)
+        else:
+            logger.warning(
+                "association from %s at %s has nothing to send here: no presentation context "
+                "accepted, for %s",
+                stats.calling_ae_title,
+                stats.peer,
+                refused,
+            )
 
     def _on_close(self, event: Any) -> None:
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
+        ending = how_it_ended(event.assoc, stopping=self._server is None)
         if stats is not None:
-            _log_summary(stats)
+            _log_summary(stats, ending)
+        elif ending is not None:
+            requestor = event.assoc.requestor
+            logger.warning(
+                "connection from %s:%s ended before an association: %s",
+                requestor.address,
+                requestor.port,
+                ending,
+            )
 
     def _on_store(self, event: Any) -> int | Dataset:
         with self._lock:
@@ -189,6 +211,7 @@ class StoreSCP:
                 str(request.AffectedSOPClassUID),
                 stats.calling_ae_title,
                 stats.peer,
+                str(request.AffectedSOPInstanceUID or ""),
             )
         except InstanceRejected as exc:
             stats.refused += 1
@@ -295,13 +318,25 @@ def _failure(status: int, reason: str) -> Dataset:
     return answer
 
 
-def _log_summary(stats: AssociationStats) -> None:
+def _refused_contexts(contexts: list[Any]) -> str:
+    """The SOP classes of refused presentation contexts, with why, for a log line."""
+    reasons = {0x01: "refused", 0x02: "refused", 0x03: "not supported", 0x04: "no transfer syntax"}
+    return ", ".join(
+        f"{context.abstract_syntax} ({reasons.get(context.result, 'refused')})"
+        for context in contexts
+    )
+
+
+def _log_summary(stats: AssociationStats, ending: str | None) -> None:
+    """The association's one closing line: a warning when it ended abnormally."""
     seconds = max(time.monotonic() - stats.started, 1e-6)
-    logger.info(
-        "association from %s at %s closed: %d stored, %d duplicate, %d refused, "
+    logger.log(
+        logging.WARNING if ending else logging.INFO,
+        "association from %s at %s %s: %d stored, %d duplicate, %d refused, "
         "%.1f MB in %.1f s (%.1f MB/s)",
         stats.calling_ae_title,
         stats.peer,
+        f"ended abnormally ({ending})" if ending else "closed",
         stats.stored,
         stats.duplicates,
         stats.refused,

@@ -22,6 +22,8 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
+from isdr.scp.guard import PduGuard
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,6 +47,7 @@ def tune_connection(association: Any, timeout: float) -> None:
 
     The socket also gets a timeout: pynetdicom leaves an accepted socket blocking, so a
     peer that stops in the middle of a PDU would hold its thread (and a stop) forever.
+    Its reads go through a PduGuard, which holds PDUs to the negotiated maximum length.
     """
     association.dul._run_loop_delay = DUL_LOOP_DELAY
     association_socket = association.dul.socket
@@ -53,8 +56,10 @@ def tune_connection(association: Any, timeout: float) -> None:
         return
     sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if not isinstance(sock, ssl.SSLSocket):
-        association_socket.recv = whole_reads(sock)
+    tls = isinstance(sock, ssl.SSLSocket)
+    read = association_socket.recv if tls else whole_reads(sock)
+    max_pdata = int(association.acceptor.maximum_length or 0)
+    association_socket.recv = PduGuard(read, sock.sendall, max_pdata, timeout)
 
 
 READ_CHUNK = 1 << 20

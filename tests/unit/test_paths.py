@@ -106,3 +106,67 @@ def test_every_path_stays_inside_incoming_dir(
         assert "/" not in part and "\x00" not in part
         assert not part.startswith(".")
     assert resolve_inside(root, relpath).resolve().is_relative_to(root)
+
+
+# Values a hostile sender can put in a tag: separators and dot-names, also in their
+# Unicode look-alikes that NFKC folds into them; control and bidi characters; lone
+# surrogates (what a decoder's surrogateescape leaves); and values far beyond any VR's
+# limit (a UT holds up to 4 GB).
+HOSTILE_PIECES = [
+    "/", "\\", "..", ".", "\x00", "\n", "\t", " ", "~", "../", "..\\", "-", "_",
+    "\uff0e", "\uff0f", "\u2024", "\u2025", "\u2215", "\u29f8", "\u202e", "\u200b",
+    "\u0338", "\ufeff", "\ud800", "\udcff", "\U0001f600", "ﬁ", "CON", "NUL", ".dcm",
+]  # fmt: skip
+hostile_text = st.one_of(
+    st.lists(
+        st.sampled_from(HOSTILE_PIECES) | st.text(max_size=8) | st.characters(codec=None),
+        max_size=40,
+    ).map("".join),
+    st.text(min_size=300, max_size=3000),
+    st.sampled_from(HOSTILE_PIECES).flatmap(lambda piece: st.just(piece * 700)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=hostile_text)
+def test_a_sanitised_component_is_one_plain_name_the_file_system_takes(value: str) -> None:
+    name = sanitize_component(value, "P")
+    assert name and name not in (".", "..")
+    assert not name.startswith((".", "-", "_")) and not name.endswith((".", "-", "_"))
+    assert len(name) <= MAX_COMPONENT_LENGTH
+    raw = name.encode("utf-8")  # strict: no lone surrogate survives
+    assert len(raw) <= 128 and b"/" not in raw and b"\x00" not in raw
+    assert sanitize_component(name, "P") == name, "sanitising is idempotent"
+
+
+@settings(max_examples=200, deadline=None)
+@given(first=hostile_text, second=hostile_text)
+def test_two_sop_instance_uids_never_share_a_file_name(first: str, second: str) -> None:
+    one = instance_relpath(dataclasses.replace(KEYS, sop_instance_uid=first)).name
+    two = instance_relpath(dataclasses.replace(KEYS, sop_instance_uid=second)).name
+    assert (one == two) == (first == second)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    patient=hostile_text,
+    study_desc=hostile_text,
+    series_desc=hostile_text,
+    modality=hostile_text,
+    sop=hostile_text,
+)
+def test_a_hostile_path_is_created_on_disk_inside_the_root(
+    tmp_path_factory: pytest.TempPathFactory,
+    patient: str,
+    study_desc: str,
+    series_desc: str,
+    modality: str,
+    sop: str,
+) -> None:
+    root = tmp_path_factory.mktemp("incoming").resolve()
+    keys = SortKeys(patient, "1.2", "1.2.3", sop, "", modality, study_desc, series_desc)
+    target = resolve_inside(root, instance_relpath(keys))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"x")
+    assert target.resolve().is_relative_to(root)
+    assert [p for p in root.rglob("*") if p.is_file()] == [target]
