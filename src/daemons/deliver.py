@@ -75,8 +75,8 @@ class Deliverer:
         self._busy: set[tuple[str, int, str]] = set()  # destinations with an open association
         self._busy_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-deliver")
-        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="isdr-finish")
-        self._finishing: Future[None] | None = None  # the last finishing round
+        self._finisher = _Rounds("isdr-finish")  # a remote delete may wait POST_TIMEOUT,
+        self._deleter = _Rounds("isdr-delete")  # ... so neither waits for the other
 
     def recover(self) -> None:
         """After a stop: deliveries caught sending are taken up again."""
@@ -88,7 +88,8 @@ class Deliverer:
         """Stop taking deliveries; sessions stop after the file they are sending."""
         self.stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._finisher.shutdown(wait=False, cancel_futures=True)
+        self._finisher.shutdown()
+        self._deleter.shutdown()
 
     def idle(self, timeout: float) -> bool:
         """Wait up to `timeout` for open associations and remote deletes to end; whether
@@ -99,8 +100,7 @@ class Deliverer:
         self.ticking.release()
         while True:
             with self._busy_lock:
-                finishing = self._finishing is not None and not self._finishing.done()
-                if not self._busy and not finishing:
+                if not self._busy and not self._finisher.busy and not self._deleter.busy:
                     return True
             if time.monotonic() >= deadline:
                 return False
@@ -171,25 +171,32 @@ class Deliverer:
         )  # fmt: skip
 
     def finish(self) -> None:
-        """Have the jobs whose deliveries all ended finished on the finishing thread, unless
-        it is at it: a remote delete may wait POST_TIMEOUT, and no delivery waits for it."""
-        with self._busy_lock:
-            if self._finishing is not None and not self._finishing.done():
-                return
-            with contextlib.suppress(RuntimeError):  # shut down: the relay is stopping
-                self._finishing = self._finisher.submit(_guarded, "finish", self._finish_all)
+        """Have the jobs whose deliveries all ended finished, and the due remote deletes
+        made, each on a thread of its own: no delivery waits for a slow server."""
+        self._finisher.start("finish", self._finish_all)
+        self._deleter.start("remote deletes", self._delete_due)
 
     def _finish_all(self) -> None:
-        """Jobs whose deliveries all ended: delivered (and cleaned up), or failed; then
-        the remote deletes that are due."""
+        """Jobs whose deliveries all ended: delivered (and cleaned up), or failed."""
         for done in queue.finished_jobs(self.engine):
             if self.stopping.is_set():
                 return
             _guarded(f"finishing job {done.job_id}", self._finish_one, done)
+
+    def _delete_due(self) -> None:
+        """The remote deletes that are due; a server in trouble is skipped for the rest of
+        the round, so that it costs one timeout per round, not one per task."""
+        troubled: set[str] = set()
         for due in queue.due_remote_deletes(self.engine, self.clock()):
             if self.stopping.is_set():
                 return
-            _guarded(f"deleting the task of job {due.job_id}", self._delete_remotely, due)
+            try:
+                answer = self._delete_remotely(due, troubled)
+            except Exception:  # noqa: BLE001 (per task: recorded as a failed attempt)
+                log_exception(logger, f"deleting the task of job {due.job_id} failed")
+                answer = Answer(Outcome.RETRY, "unexpected error (see the log)")
+            if answer is not None:
+                self._record_delete(due, answer)
 
     def _finish_one(self, done: queue.Finished) -> None:
         if done.failures:
@@ -203,17 +210,24 @@ class Deliverer:
             self.engine, done.job_id, message, self.clock(), delete_remotely=delete
         )
 
-    def _delete_remotely(self, due: queue.RemoteDelete) -> None:
-        """One attempt at deleting a job's task on its server; retried with a backoff
-        (a task left there holds patient-derived outputs)."""
-        now = self.clock()
+    def _delete_remotely(self, due: queue.RemoteDelete, troubled: set[str]) -> Answer | None:
+        """One attempt at deleting a job's task on its server (None: its server is in
+        trouble this round)."""
         try:
             target = target_of(Fingerprint.model_validate(due.fingerprint))
         except TokenUnavailable as exc:
-            answer = Answer(Outcome.RETRY, f"no token ({exc})")
-        else:
-            answer = self.client.delete(target, due.task_uid)
-        retry_at = None
+            return Answer(Outcome.RETRY, f"no token ({exc})")
+        if target.server in troubled:
+            return None
+        answer = self.client.delete(target, due.task_uid)
+        if answer.outcome is Outcome.RETRY:
+            troubled.add(target.server)
+        return answer
+
+    def _record_delete(self, due: queue.RemoteDelete, answer: Answer) -> None:
+        """Write the attempt to the timeline; retried with a backoff (a task left on the
+        server holds patient-derived outputs), REMOTE_DELETE_ATTEMPTS times at most."""
+        now, retry_at = self.clock(), None
         if answer.outcome is Outcome.DONE:
             message = f"remote clean-up: {answer.detail}"
         elif answer.outcome is Outcome.FAILED:
@@ -254,6 +268,34 @@ class Deliverer:
     def _remove_folder(self, job_id: int) -> None:
         shutil.rmtree(self.settings.jobs_dir / str(job_id), ignore_errors=True)
         queue.mark_files_removed(self.engine, job_id, self.clock())
+
+
+class _Rounds:
+    """A thread of its own for a step: one round at a time; a round asked for while one
+    runs is skipped (the next tick asks again)."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._last: Future[None] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a round is running."""
+        with self._lock:
+            return self._last is not None and not self._last.done()
+
+    def start(self, what: str, action: Callable[[], None]) -> None:
+        """Start a round of `action` unless one is running."""
+        with self._lock:
+            if self._last is not None and not self._last.done():
+                return
+            with contextlib.suppress(RuntimeError):  # shut down: the relay is stopping
+                self._last = self._pool.submit(_guarded, what, action)
+
+    def shutdown(self) -> None:
+        """No more rounds; a running one finishes on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:

@@ -270,9 +270,10 @@ class Poller:
         now = self.clock()
         if now - item.job.submitted_at <= timedelta(seconds=self.settings.timeout):
             return False
-        self._fail(item, f"timed out: no output within GET_TIMEOUT ({self.settings.timeout:.0f} s)")
-        if deletes_remotely(item.fingerprint, self.settings.delete_remotely):
-            queue.schedule_remote_delete(self.engine, item.job_id, self.clock())
+        self._fail(
+            item, f"timed out: no output within GET_TIMEOUT ({self.settings.timeout:.0f} s)",
+            delete_remotely=deletes_remotely(item.fingerprint, self.settings.delete_remotely),
+        )  # fmt: skip
         return True
 
     def _track_outage(self, target: Target, verdict: Verdict, answer: PollAnswer) -> None:
@@ -291,8 +292,11 @@ class Poller:
                 self._down.discard(server)
                 logger.info("InferenceServer %s answers again", server)
 
-    def _fail(self, item: _Item, reason: str) -> bool:
-        queue.fail(self.engine, item.job_id, Step.POLL, reason, self.clock())
+    def _fail(self, item: _Item, reason: str, *, delete_remotely: bool = False) -> bool:
+        queue.fail(
+            self.engine, item.job_id, Step.POLL, reason, self.clock(),
+            delete_remotely=delete_remotely,
+        )  # fmt: skip
         return False
 
     def _take_output(self, item: _Item, archive: Path) -> bool:

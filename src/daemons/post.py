@@ -84,14 +84,15 @@ class PostDaemon:
 
     def recover(self) -> None:
         """After a stop: a submit cut before its last bytes is sent again, a later one fails."""
-        for cut in jobs.interrupted_submits(self.engine, self.clock()):
-            if cut.sent_again:
+        cuts = jobs.interrupted_submits(self.engine, self.clock(), self.settings.max_attempts)
+        for cut in cuts:
+            if cut.failed:
+                logger.error("job %d failed: %s", cut.job_id, cut.failed)
+            else:
                 logger.warning(
                     "job %d: the relay stopped before the whole archive was sent; the server "
                     "cannot have it, so it is sent again", cut.job_id,
                 )  # fmt: skip
-            else:
-                logger.error("job %d failed: %s", cut.job_id, jobs.AMBIGUOUS_MESSAGE)
 
     def route_tick(self) -> None:
         """Route quiet series, then remove the files of series that are done with."""
@@ -213,7 +214,7 @@ class PostDaemon:
     def _record(
         self, job_id: int, answer: Answer, archive: Path, target: Target, unreachable: set[str]
     ) -> None:
-        if self.stopping.is_set() and answer.outcome is not Outcome.DONE:
+        if self.stopping.is_set() and answer.outcome is Outcome.RETRY and answer.reached:
             # Cut by the stop. The job stays `submitting`: the next start sends it again
             # if its last bytes had not gone, else fails it (never sent twice on its own).
             return

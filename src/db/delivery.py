@@ -56,12 +56,21 @@ def polled_jobs(engine: Engine) -> list[PolledJob]:
         return [PolledJob(r[0], r[1], r[2], r[3] or r[4]) for r in rows]
 
 
-def fail(engine: Engine, job_id: int, step: Step, reason: str, now: datetime) -> bool:
-    """Fail a job that is submitted or delivering, at `step`."""
+def fail(
+    engine: Engine, job_id: int, step: Step, reason: str, now: datetime,
+    *, delete_remotely: bool = False,
+) -> bool:  # fmt: skip
+    """Fail a job that is submitted or delivering, at `step` (and, in the same
+    transaction, have its remote task deleted)."""
+    due = _delete_due(now) if delete_remotely else {}
     return move(
         engine, job_id, JobState.FAILED, reason, now,
-        source=SUBMITTED | DELIVERING, last_error=reason, failed_step=step,
+        source=SUBMITTED | DELIVERING, last_error=reason, failed_step=step, **due,
     )  # fmt: skip
+
+
+def _delete_due(now: datetime) -> dict[str, Any]:
+    return {"remote_delete_due_at": now, "remote_delete_attempts": 0}
 
 
 @dataclass(frozen=True)
@@ -335,7 +344,7 @@ def mark_delivered(
 ) -> bool:
     """The job is done: every destination confirmed every file (and its remote task is
     to be deleted, by the deliverer's finishing thread)."""
-    due = {"remote_delete_due_at": now, "remote_delete_attempts": 0} if delete_remotely else {}
+    due = _delete_due(now) if delete_remotely else {}
     return move(engine, job_id, JobState.DELIVERED, message, now, source=DELIVERING, **due)
 
 
@@ -349,19 +358,15 @@ class RemoteDelete:
     attempts: int  # made so far
 
 
-def schedule_remote_delete(engine: Engine, job_id: int, now: datetime) -> None:
-    """Have the job's remote task deleted (by the deliverer), with retries."""
-    with Session(engine) as session, session.begin():
-        job = session.get_one(Job, job_id)
-        job.remote_delete_due_at, job.remote_delete_attempts = now, 0
-
-
 def due_remote_deletes(engine: Engine, now: datetime, limit: int = 50) -> list[RemoteDelete]:
     """Remote deletes whose time has come, oldest first."""
     with Session(engine) as session:
         rows = session.execute(
             select(Job.id, Job.task_uid, Job.fingerprint, Job.remote_delete_attempts)
-            .where(Job.remote_delete_due_at <= now)
+            .where(
+                Job.remote_delete_due_at <= now,
+                Job.state.in_((JobState.DELIVERED, JobState.FAILED)),
+            )
             .order_by(Job.remote_delete_due_at)
             .limit(limit)
         ).all()
@@ -453,6 +458,7 @@ def retry_failed(engine: Engine, job_id: int, now: datetime) -> str | None:
             return None
         step = job.failed_step or Step.SUBMIT
         job.attempts, job.next_attempt_at = 0, now
+        job.remote_delete_due_at = None  # the task is wanted again: a due delete is off
         if step == Step.SUBMIT:
             change_state(session, job, JobState.PENDING, "retried by hand: submitting again", now)
             return "pending: it will be submitted again"

@@ -43,6 +43,8 @@ def _add_missing_columns(engine: Engine) -> None:
                     connection.exec_driver_sql(
                         f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
                     )
+            for index in table.indexes:  # those of the added columns
+                index.create(connection, checkfirst=True)
 
 
 def _sqlite_engine(url: str, database: str | None, *, durable: bool) -> Engine:

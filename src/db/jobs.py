@@ -235,7 +235,7 @@ class Interrupted:
     """A submit a stop cut short, and what became of it."""
 
     job_id: int
-    sent_again: bool  # False: the whole archive had gone, so the job failed instead
+    failed: str  # why it failed instead of being sent again; "" when sent again
 
 
 UNSENT_MESSAGE = (
@@ -249,23 +249,35 @@ AMBIGUOUS_MESSAGE = (
 )
 
 
-def interrupted_submits(engine: Engine, now: datetime) -> list[Interrupted]:
+def interrupted_submits(engine: Engine, now: datetime, max_attempts: int) -> list[Interrupted]:
     """Settle the jobs a stop caught on the wire; none is ever sent twice on its own.
 
-    A job whose last bytes had not gone is sent again: a server only creates a task from
-    a whole request. One whose whole archive had gone fails with the reason.
+    A job whose last bytes had not gone is sent again (an attempt counted, so a relay
+    killed during every upload gives up after `max_attempts`): a server only creates a
+    task from a whole request. One whose whole archive had gone fails with the reason.
     """
     with Session(engine) as session, session.begin():
         jobs = session.scalars(select(Job).where(Job.state == JobState.SUBMITTING)).all()
         for job in jobs:
-            if job.archive_sent_at is None:
-                job.next_attempt_at = now
-                change_state(session, job, JobState.PENDING, UNSENT_MESSAGE, now)
-            else:
-                job.last_error = AMBIGUOUS_MESSAGE
-                job.failed_step = Step.SUBMIT
-                change_state(session, job, JobState.FAILED, job.last_error, now)
-        return [Interrupted(job.id, job.archive_sent_at is None) for job in jobs]
+            _settle_interrupted(session, job, now, max_attempts)
+        return [
+            Interrupted(job.id, "" if job.state == JobState.PENDING else job.last_error)
+            for job in jobs
+        ]
+
+
+def _settle_interrupted(session: Session, job: Job, now: datetime, max_attempts: int) -> None:
+    if job.archive_sent_at is not None:
+        job.last_error = AMBIGUOUS_MESSAGE
+    else:
+        job.attempts += 1
+        if job.attempts < max_attempts:
+            job.next_attempt_at = now
+            change_state(session, job, JobState.PENDING, UNSENT_MESSAGE, now)
+            return
+        job.last_error = f"the relay stopped while sending this job {job.attempts} times: given up"
+    job.failed_step = Step.SUBMIT
+    change_state(session, job, JobState.FAILED, job.last_error, now)
 
 
 def mark_archive_sent(engine: Engine, job_id: int, now: datetime) -> None:

@@ -47,6 +47,11 @@ class DestinationTls(BaseModel):
     def _cert_with_key(self) -> DestinationTls:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: set both or neither")
+        if not self.check_hostname and self.ca_file is None:
+            raise ValueError(
+                "check_hostname false needs a ca_file: with the system's CAs, any site's "
+                "certificate would be accepted"
+            )
         return self
 
 

@@ -412,9 +412,11 @@ def _tls_context(peer: Peer) -> ssl.SSLContext | None:
 def _why_not_established(
     assoc: Association, peer: Peer, context: ssl.SSLContext | None, timeout: float
 ) -> str:
+    problem = None if context is None else _tls_problem(peer, context, timeout)
+    if problem:  # TLS 1.3: a refused client certificate shows only after the handshake
+        return f"cannot connect to {peer}: {problem}"
     if not getattr(assoc, "isdr_connected", False):
-        problem = None if context is None else _tls_problem(peer, context, timeout)
-        return f"cannot connect to {peer}" + (f": {problem}" if problem else "")
+        return f"cannot connect to {peer}"
     if assoc.is_rejected:
         return f"{peer} rejected the association (is our AE title known to it?)"
     if assoc.is_aborted:
@@ -428,8 +430,10 @@ def _tls_problem(peer: Peer, context: ssl.SSLContext, timeout: float) -> str | N
     try:
         with (
             socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=peer.host),
+            context.wrap_socket(raw, server_hostname=peer.host) as tls,
         ):
+            tls.settimeout(min(timeout, 1.0))
+            tls.recv(1)  # a server's alert about our certificate comes now (TLS 1.3)
             return None
     except ssl.SSLError as exc:
         return f"the TLS handshake failed ({exc.reason or exc})" + (

@@ -3,6 +3,7 @@ delete the server does not answer holds up no delivery (found by bench/flood.py)
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 
 from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.db import delivery as queue
 from isdr.db.engine import make_engine
 from isdr.db.jobs import timeline
-from isdr.db.models import Delivery, Job, JobState, Series, SeriesState
+from isdr.db.models import Delivery, Job, JobState, Series, SeriesState, Step
 from isdr.demo.standin import StandIn, Submission, synthetic_prediction
 from isdr.fingerprints.model import Fingerprint
 from isdr.inference.client import InferenceClient
@@ -180,3 +181,36 @@ def test_a_remote_delete_that_fails_is_tried_again_until_the_task_is_gone(
     assert sum("remote clean-up failed" in line and "next try in" in line for line in lines) == 2
     assert any(line.startswith("remote clean-up: task") for line in lines)
     assert queue.due_remote_deletes(engine, now() + timedelta(days=1)) == []
+
+
+def test_a_due_remote_delete_is_called_off_when_the_job_is_retried(
+    tmp_path: Path, engine: Engine, standin: StandIn, destination: RecordingSCP
+) -> None:
+    job_id = delivering_job(engine, tmp_path / "jobs", standin, destination)
+    queue.fail(engine, job_id, Step.POLL, "timed out", now(), delete_remotely=True)
+    assert [due.job_id for due in queue.due_remote_deletes(engine, now())] == [job_id]
+    assert queue.retry_failed(engine, job_id, now()) is not None
+    assert queue.due_remote_deletes(engine, now() + timedelta(days=1)) == []
+
+
+def test_a_job_that_is_not_finished_gets_no_remote_delete(
+    tmp_path: Path, engine: Engine, standin: StandIn, destination: RecordingSCP
+) -> None:
+    job_id = delivering_job(engine, tmp_path / "jobs", standin, destination)
+    with Session(engine) as session, session.begin():
+        session.get_one(Job, job_id).remote_delete_due_at = now()  # as a stale row could be
+    assert queue.due_remote_deletes(engine, now()) == []
+
+
+def test_a_database_from_before_these_columns_gains_them_and_their_index(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    make_engine(url).dispose()
+    with sqlite3.connect(tmp_path / "old.sqlite3") as old:
+        old.execute("DROP INDEX ix_job_remote_delete_due_at")
+        old.execute("ALTER TABLE job DROP COLUMN remote_delete_due_at")
+    upgraded = make_engine(url)
+    try:
+        names = {index["name"] for index in inspect(upgraded).get_indexes("job")}
+        assert "ix_job_remote_delete_due_at" in names
+    finally:
+        upgraded.dispose()

@@ -243,3 +243,15 @@ def test_a_missing_tls_file_of_a_destination_is_named_in_the_reason(
     receive_ct(relay)
     job = wait_for_state(relay, "failed")
     assert f"cannot read {missing}" in job.last_error
+
+
+def test_a_destination_that_refuses_our_missing_client_certificate_says_so(
+    make_relay: Callable[..., Relay], standin: StandIn, tls_storescp: Storescp, pki: Pki
+) -> None:
+    relay = make_relay(DELIVERY_MAX_ATTEMPTS=1)
+    scu = {**to(tls_storescp.port, "TPS"), "tls": {"ca_file": str(pki.ca)}}  # no certificate
+    fingerprint(relay, standin, 1, [scu])
+    receive_ct(relay)
+    job = wait_for_state(relay, "failed")
+    assert "TLS handshake failed" in job.last_error, job.last_error
+    assert tls_storescp.files() == []

@@ -216,7 +216,7 @@ def test_an_unknown_model_fails_at_once(make_relay: Any, standin: StandIn, api: 
     )
 
 
-def _cut_submit(make_relay: Any, standin: StandIn, *, archive_sent: bool) -> Any:
+def _cut_submit(make_relay: Any, standin: StandIn, *, archive_sent: bool, attempts: int = 0) -> Any:
     """A job left `submitting` as a kill -9 would leave it, and the relay started again."""
     relay = make_relay()
     fingerprint(
@@ -229,6 +229,7 @@ def _cut_submit(make_relay: Any, standin: StandIn, *, archive_sent: bool) -> Any
         cut = session.get_one(Job, job.id)
         cut.state = JobState.SUBMITTING
         cut.archive_sent_at = utcnow() if archive_sent else None
+        cut.attempts = attempts
     restarted = make_relay()
     restarted.post.recover()
     run_steps(restarted, after_seconds=120)
@@ -242,6 +243,15 @@ def test_a_submit_cut_before_its_last_bytes_is_sent_again_once(
     [job] = jobs(restarted)
     assert job.state == JobState.SUBMITTED
     assert len(standin.submissions) == 1
+
+
+def test_a_job_whose_every_upload_a_crash_cut_gives_up_after_post_max_attempts(
+    make_relay: Any, standin: StandIn
+) -> None:
+    restarted = _cut_submit(make_relay, standin, archive_sent=False, attempts=9)
+    [job] = jobs(restarted)
+    assert job.state == JobState.FAILED and "10 times: given up" in job.last_error
+    assert standin.submissions == []
 
 
 def test_a_submit_cut_after_the_whole_archive_went_is_never_sent_again_on_its_own(

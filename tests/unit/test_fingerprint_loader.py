@@ -119,3 +119,9 @@ def test_a_destination_may_ask_for_tls_and_its_mistakes_are_named(tmp_path: Path
     typo = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": {"ca_fiel": "/c.pem"}}]}  # type: ignore[dict-item]
     [error] = errors_of(write(tmp_path, "typo.json", json.dumps(typo, indent=2)))
     assert "ca_fiel" in str(error) and "ca_file" in str(error)
+
+
+def test_no_hostname_check_without_a_ca_file_is_refused(tmp_path: Path) -> None:
+    loose = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": {"check_hostname": False}}]}  # type: ignore[dict-item]
+    [error] = errors_of(write(tmp_path, "loose.json", json.dumps(loose, indent=2)))
+    assert "check_hostname false needs a ca_file" in str(error)
