@@ -325,13 +325,15 @@ def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
         connection.close()
 
 
-def progress(database: Path) -> tuple[int, Counter[str]]:
-    """Series rounds still receiving, and jobs by state."""
+def progress(database: Path) -> tuple[int, Counter[str], int]:
+    """Series rounds (still receiving) and jobs (by state, and "delete due": with a remote
+    delete still to make)."""
     receiving = query(database, "SELECT count(*) FROM series WHERE state = 'receiving'")[0][0]
     states = Counter(
         {s: n for s, n in query(database, "SELECT state, count(*) FROM job GROUP BY state")}
     )
-    return int(receiving), states
+    due = "SELECT count(*) FROM job WHERE remote_delete_due_at IS NOT NULL"
+    return int(receiving), states, int(query(database, due)[0][0])
 
 
 def wait_until_done(
@@ -342,12 +344,13 @@ def wait_until_done(
     deadline = time.monotonic() + plan.deadline
     warm = False
     while time.monotonic() < deadline and relay.poll() is None:
-        receiving, states = progress(database)
+        receiving, states, deletes_due = progress(database)
         if not warm and states["delivered"]:
             warm = True
             on_delivered()
         ended = sum(states[s] for s in TERMINAL)
-        if receiving == 0 and ended >= plan.series and ended == sum(states.values()):
+        all_ended = ended >= plan.series and ended == sum(states.values())
+        if receiving == 0 and all_ended and deletes_due == 0:
             return True
         time.sleep(0.25)
     return False
@@ -363,7 +366,8 @@ RETRY_LINES = (
     ("delivery retried after refusals", r"job \d+: \S+: attempt \d+ failed \(\d+ of \d+ file"),
     ("delivery retried (other)", r"job \d+: \S+: attempt \d+ failed"),
     ("C-STORE resent on a new association", r"opening a new association to send it again"),
-    ("remote delete not done", r"remote clean-up: (?!task \S+ (deleted|was already gone))"),
+    ("remote delete retried", r"remote clean-up failed \(.*; next try in"),
+    ("remote delete given up", r"remote clean-up failed"),
     ("ERROR lines", r" ERROR "),
 )
 
@@ -577,6 +581,9 @@ def _check_tasks(standin: StandIn, database: Path) -> list[str]:
     orphans = set(standin.tasks) - known
     if orphans:
         return [f"{len(orphans)} task(s) on the server that no job knows (duplicate submits)"]
+    left = [uid for uid, task in standin.tasks.items() if not task.deleted]
+    if left:
+        return [f"{len(left)} task(s) left on the server: remote deletes not made"]
     return []
 
 
