@@ -222,8 +222,7 @@ def encode(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
 # --- the relay, its log, and what must hold after every case -----------------------
 
 
-@pytest.fixture
-def relay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
+def _started(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
     caplog.set_level(logging.DEBUG)
     running = build_relay(relay_settings(tmp_path, WATCH_INCOMING=False))
     running.start()
@@ -231,6 +230,11 @@ def relay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
+    yield from _started(tmp_path, caplog)
 
 
 def hostile(relay: Relay, syntax: str = ExplicitVRLittleEndian) -> RawPeer:
@@ -562,13 +566,7 @@ def impatient_relay(
 ) -> Iterator[Relay]:
     """A relay that drops a silent peer after 1 s instead of 120 s."""
     monkeypatch.setattr(isdr.scp.server, "NETWORK_TIMEOUT", 1.0)
-    caplog.set_level(logging.DEBUG)
-    running = build_relay(relay_settings(tmp_path, WATCH_INCOMING=False))
-    running.start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from _started(tmp_path, caplog)
 
 
 @pytest.mark.parametrize(
