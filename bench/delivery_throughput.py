@@ -37,9 +37,10 @@ from sqlalchemy.orm import Session  # noqa: E402
 from isdr.db.delivery import confirm_file  # noqa: E402
 from isdr.db.engine import make_engine  # noqa: E402
 from isdr.db.models import Delivery, Job, Series  # noqa: E402
+from isdr.dicom.files import describe  # noqa: E402
+from isdr.domain.destination import Destination  # noqa: E402
 from isdr.scp.tuning import tune_libraries  # noqa: E402
-from isdr.scu.files import describe  # noqa: E402
-from isdr.scu.sender import FileToSend, Peer, SendOptions, send_files  # noqa: E402
+from isdr.scu.sender import FileToSend, SendOptions, send_files  # noqa: E402
 from isdr.synthetic import SeriesSpec, write_series  # noqa: E402
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -79,7 +80,7 @@ def with_relay(files: list[FileToSend], port: int, database: str, associations: 
     delivery_id = seed_delivery(engine, port)
     began = time.perf_counter()
     report = send_files(
-        Peer("127.0.0.1", port, "DEST"), files, SendOptions("ISDR", 10.0, associations),
+        Destination.at("127.0.0.1", port, "DEST"), files, SendOptions("ISDR", 10.0, associations),
         lambda item, status: confirm_file(
             engine, delivery_id, item.name, status, datetime.now(UTC)
         ),

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy.orm import Session  # noqa: E402
 
 from isdr.db.engine import make_engine  # noqa: E402
-from isdr.db.models import Job, JobState, Series, SeriesState  # noqa: E402
+from isdr.db.models import Job, Series  # noqa: E402
 from isdr.demo.standin import StandIn, Submission  # noqa: E402
+from isdr.domain.states import JobState, SeriesState  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -11,10 +11,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -24,17 +23,30 @@ from isdr.config import Settings
 from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.daemons.poll import Poller, PollSettings
 from isdr.daemons.post import PostDaemon, PostSettings
+from isdr.db.delivery import job_details, retry_failed
 from isdr.db.engine import make_engine
+from isdr.db.jobs import list_jobs, timeline
+from isdr.db.series import list_series
+from isdr.domain.clock import utcnow
 from isdr.errors import IsdrError
+from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
+from isdr.fingerprints.report import check_lines, test_lines
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
+from isdr.logs import configure_logging
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
-from isdr.scp.ingest import Ingestor, utcnow
+from isdr.scp.ingest import Ingestor
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 from isdr.scp.tuning import tune_libraries
+from isdr.scu.echo import EchoAnswer, echo
+from isdr.tls import self_check_context
+
+__all__ = [  # what the commands use, besides serve
+    "Engine", "job_details", "list_jobs", "list_series", "retry_failed", "timeline",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +116,7 @@ class Relay:
     def _run_now(self, tick: str) -> None:
         """Run a tick now rather than at its next interval: work was handed over."""
         with contextlib.suppress(JobLookupError):
-            self.scheduler.modify_job(tick, next_run_time=datetime.now(UTC))
+            self.scheduler.modify_job(tick, next_run_time=utcnow())
 
     def stop(self) -> bool:
         """Stop receiving (C-STOREs in flight finish), then the daemons.
@@ -227,6 +239,7 @@ def serve(settings: Settings) -> None:
     Everything it creates (received instances, the database, job files) is readable by
     its own user only: the files hold patient data.
     """
+    configure_logging(settings)
     os.umask(OWNER_ONLY)
     if not settings.CERT_FILE.is_file():
         logger.warning(
@@ -262,3 +275,46 @@ def single_instance(data_dir: Path) -> Iterator[None]:
         except BlockingIOError as exc:
             raise IsdrError(f"another relay is running with DATA_DIR={data_dir}") from exc
         yield
+
+
+# --- what the other commands ask of a relay's records and configuration ---
+
+
+def open_database(settings: Settings) -> Engine:
+    """The relay's database, for the commands that read it (`isdr jobs`, `series`)."""
+    return make_engine(settings.database_url)
+
+
+def check_fingerprints(folder: Path) -> tuple[list[str], bool]:
+    """`isdr fingerprints check`: a line per file, and whether every file is valid."""
+    loaded = load_folder(folder)
+    return check_lines(folder, loaded), not loaded.errors
+
+
+def test_fingerprints(path: Path, folder: Path) -> list[str]:
+    """`isdr fingerprints test`: the folder's errors, then per series what matches."""
+    loaded = load_folder(folder)
+    return [f"ERROR  {error}" for error in loaded.errors] + test_lines(path, loaded.fingerprints)
+
+
+def echo_relay(settings: Settings) -> EchoAnswer:
+    """`isdr echo`: C-ECHO the relay's own Store SCP (over TLS when it speaks TLS)."""
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL + 1)  # the answer says it all
+    tls = None
+    if settings.SCP_TLS_CERT_FILE:
+        tls = self_check_context(Path(settings.SCP_TLS_CERT_FILE), Path(settings.SCP_TLS_KEY_FILE))
+    return echo(settings.SCP_HOSTNAME, settings.SCP_PORT, settings.SCP_AE_TITLE, tls=tls)
+
+
+def run_demo(out: TextIO) -> int:
+    """`isdr demo`; it needs the `demo` extra (the stand-in's certificates)."""
+    try:
+        from isdr.demo.run import run_demo as demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "trustme":
+            raise
+        raise IsdrError(
+            f"isdr demo needs the demo extra ({exc.name} is missing): "
+            "pip install -c constraints.txt 'isdr[demo]' (or '.[demo]' in a checkout)"
+        ) from exc
+    return demo(out)

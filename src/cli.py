@@ -1,16 +1,17 @@
-"""The `isdr` command: serve, config, series."""
+"""The `isdr` command: parses the arguments, asks `isdr.app` and prints the answer."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from isdr import __version__
+from isdr import __version__, app
 from isdr.config import Settings, describe_settings, load_settings
+from isdr.domain.clock import utcnow
 from isdr.errors import ConfigError, IsdrError
 
 
@@ -74,30 +75,18 @@ def _fingerprint_commands(commands: Any) -> None:
 
 
 def _fingerprints_check(settings: Settings, args: argparse.Namespace) -> int:
-    from isdr.fingerprints.loader import load_folder
-    from isdr.fingerprints.report import check_lines
-
-    folder = args.folder or settings.FINGERPRINT_DIR
-    loaded = load_folder(folder)
-    print("\n".join(check_lines(folder, loaded)))
-    return 1 if loaded.errors else 0
+    lines, ok = app.check_fingerprints(args.folder or settings.FINGERPRINT_DIR)
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def _fingerprints_test(settings: Settings, args: argparse.Namespace) -> int:
-    from isdr.fingerprints.loader import load_folder
-    from isdr.fingerprints.report import test_lines
-
-    loaded = load_folder(args.folder or settings.FINGERPRINT_DIR)
-    for error in loaded.errors:
-        print(f"ERROR  {error}")
-    print("\n".join(test_lines(args.path, loaded.fingerprints)))
+    print("\n".join(app.test_fingerprints(args.path, args.folder or settings.FINGERPRINT_DIR)))
     return 0
 
 
 def _jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from isdr.db.engine import make_engine
-
-    engine = make_engine(settings.database_url)
+    engine = app.open_database(settings)
     if args.action is not None:
         if args.job_id is None:
             print(f"isdr: jobs {args.action} needs a job id", file=sys.stderr)
@@ -110,22 +99,19 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     return _list_jobs(engine, args.limit)
 
 
-def _show_job(engine: Any, job_id: int) -> int:
-    from isdr.db.delivery import job_details
-    from isdr.db.jobs import timeline
-
-    found = timeline(engine, job_id)
+def _show_job(engine: app.Engine, job_id: int) -> int:
+    found = app.timeline(engine, job_id)
     if found is None:
         print(f"isdr: no job {job_id}", file=sys.stderr)
         return 1
     job, events = found
-    model = job.fingerprint.get("model_human_readable_id", "-")
+    model, server = job.model, job.server
     print(f"job {job.id}: {job.state}; series {job.series_id}; fingerprint {job.fingerprint_name}; "
-          f"model {model!r} on {job.fingerprint.get('inference_server_url', '-')}")  # fmt: skip
+          f"model {model!r} on {server}")  # fmt: skip
     failed_at = f" (failed at: {job.failed_step})" if job.failed_step else ""
     print(f"attempts {job.attempts}; task {job.task_uid or '-'}; "
           f"last error{failed_at}: {job.last_error or '-'}")  # fmt: skip
-    deliveries, outputs = job_details(engine, job_id)
+    deliveries, outputs = app.job_details(engine, job_id)
     if job.output_dir:
         print(f"output: {outputs.dicom} DICOM file(s); kept, not DICOM: "
               f"{', '.join(outputs.kept) or '-'}; folder {job.output_dir}"
@@ -138,26 +124,21 @@ def _show_job(engine: Any, job_id: int) -> int:
     return 0
 
 
-def _retry_job(engine: Any, job_id: int) -> int:
-    from isdr.db.delivery import retry_failed
-    from isdr.db.jobs import timeline
-
-    found = timeline(engine, job_id)
-    outcome = retry_failed(engine, job_id, datetime.now(UTC)) if found else None
+def _retry_job(engine: app.Engine, job_id: int) -> int:
+    found = app.timeline(engine, job_id)
+    outcome = app.retry_failed(engine, job_id, utcnow()) if found else None
     if found is None or outcome is None:
         state = found[0].state if found else "missing"
         print(f"isdr: job {job_id} is {state}; only a failed job can be retried", file=sys.stderr)
         return 1
-    if "may" in found[0].last_error:
+    if found[0].ambiguous_submits:
         print(f"note: the server may already hold a task from job {job_id}: {found[0].last_error}")
     print(f"job {job_id} is {outcome}; a running relay takes it up within seconds")
     return 0
 
 
-def _list_jobs(engine: Any, limit: int) -> int:
-    from isdr.db.jobs import list_jobs
-
-    now = datetime.now(UTC)
+def _list_jobs(engine: app.Engine, limit: int) -> int:
+    now = utcnow()
     header = (
         "ID",
         "STATE",
@@ -171,8 +152,8 @@ def _list_jobs(engine: Any, limit: int) -> int:
         "LAST ERROR",
     )
     rows = [header]
-    for job in list_jobs(engine, limit):
-        model = str(job.fingerprint.get("model_human_readable_id", "-"))
+    for job in app.list_jobs(engine, limit):
+        model = job.model
         rows.append((str(job.id), job.state, str(job.series_id), job.fingerprint_name, model,
                      str(job.attempts), _age(now, job.created_at), _age(now, job.updated_at),
                      job.task_uid or "-",
@@ -191,12 +172,8 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
-    from isdr.app import serve
-    from isdr.logs import configure_logging
-
-    configure_logging(settings)
     try:
-        serve(settings)
+        app.serve(settings)
     except IsdrError as exc:
         print(f"isdr: {exc}", file=sys.stderr)
         return 1
@@ -204,23 +181,15 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _demo(_settings: Settings, _args: argparse.Namespace) -> int:
-    from isdr.demo.run import run_demo
-
-    return run_demo(sys.stdout)
+    try:
+        return app.run_demo(sys.stdout)
+    except IsdrError as exc:
+        print(f"isdr: {exc}", file=sys.stderr)
+        return 1
 
 
 def _echo(settings: Settings, _args: argparse.Namespace) -> int:
-    import logging
-
-    from isdr.scu.echo import echo
-
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL + 1)  # the answer says it all
-    tls = None
-    if settings.SCP_TLS_CERT_FILE:
-        from isdr.tls import self_check_context
-
-        tls = self_check_context(Path(settings.SCP_TLS_CERT_FILE), Path(settings.SCP_TLS_KEY_FILE))
-    answer = echo(settings.SCP_HOSTNAME, settings.SCP_PORT, settings.SCP_AE_TITLE, tls=tls)
+    answer = app.echo_relay(settings)
     print(answer.detail, file=sys.stdout if answer.ok else sys.stderr)
     return 0 if answer.ok else 1
 
@@ -234,12 +203,8 @@ def _config(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _series(settings: Settings, args: argparse.Namespace) -> int:
-    from isdr.db.engine import make_engine
-    from isdr.db.series import list_series
-
-    engine = make_engine(settings.database_url)
-    rows = list_series(engine, args.limit)
-    now = datetime.now(UTC)
+    rows = app.list_series(app.open_database(settings), args.limit)
+    now = utcnow()
     header = ("ID", "STATE", "MODALITY", "INSTANCES", "MB", "FIRST", "QUIET FOR", "FROM", "SERIES")
     table = [header]
     for row in rows:

@@ -15,8 +15,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from isdr.domain.access import AccessPolicy, parse_networks, parse_titles
 from isdr.errors import ConfigError
-from isdr.scp.access import AccessPolicy, parse_networks, parse_titles
 from isdr.tls import TlsFilesError, server_context
 
 Seconds = Annotated[float, Field(gt=0)]

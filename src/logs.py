@@ -7,6 +7,7 @@ import logging
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from isdr.config import Settings
@@ -69,3 +70,14 @@ def log_exception(log: logging.Logger, what: str) -> None:
     stack = "".join(traceback.format_tb(error.__traceback__)).rstrip()
     log.error("%s: %s (the message is logged at DEBUG)\n%s", what, type(error).__name__, stack)
     log.debug("%s", what, exc_info=True)
+
+
+def guarded(log: logging.Logger, what: str, action: Callable[..., object], *args: object) -> bool:
+    """Run one step of a daemon, or one item of a step: an unexpected error is logged
+    (`log_exception`) and the rest go on. True when it ran to its end."""
+    try:
+        action(*args)
+    except Exception:  # noqa: BLE001 (the top of a step: one item's trouble never stops others)
+        log_exception(log, f"{what} failed")
+        return False
+    return True

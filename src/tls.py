@@ -7,24 +7,14 @@ the file and what is wrong with it, so a person can fix it.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
+from isdr.domain.destination import DestinationTls
 from isdr.errors import IsdrError
 
 
 class TlsFilesError(IsdrError):
     """A certificate, key or CA file cannot be used."""
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """How the relay speaks TLS to one destination."""
-
-    ca_file: str | None = None  # None: the system's CAs
-    cert_file: str | None = None  # with key_file: a client certificate
-    key_file: str | None = None
-    check_hostname: bool = True
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:
@@ -38,7 +28,7 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None)
     return context
 
 
-def client_context(tls: ClientTls) -> ssl.SSLContext:
+def client_context(tls: DestinationTls) -> ssl.SSLContext:
     """A context that verifies the destination against `tls.ca_file` (else the system's
     CAs) and shows the client certificate when one is configured."""
     context = ssl.create_default_context()

@@ -20,25 +20,24 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from isdr.daemons.retry import doubling
-from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
-from isdr.db.models import Step
-from isdr.fingerprints.model import Fingerprint, TokenUnavailable
-from isdr.inference.client import Answer, InferenceClient, Outcome
-from isdr.logs import log_exception
-from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
+from isdr.domain.backoff import doubling
+from isdr.domain.clock import Clock
+from isdr.domain.fingerprint import TokenUnavailable
+from isdr.domain.output import OutputRecord
+from isdr.domain.states import Step
+from isdr.inference.client import Answer, InferenceClient, Outcome, Target
+from isdr.logs import guarded, log_exception
+from isdr.scu.sender import FileToSend, Report, SendOptions, send_files
 
 logger = logging.getLogger(__name__)
 
 REMOTE_DELETE_ATTEMPTS = 12  # with DELIVERY_RETRY_DELAY's doubling (to 10 min): about an hour
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class Deliverer:
         with self.ticking:
             for step in (self.dispatch, self.finish, self.expire):
                 if not self.stopping.is_set():
-                    _guarded(step.__name__, step)
+                    guarded(logger, f"deliverer: {step.__name__}", step)
 
     def dispatch(self) -> None:
         """Hand each due delivery to the pool, unless its destination is already busy."""
@@ -142,12 +141,13 @@ class Deliverer:
             with self._busy_lock:
                 self._busy.discard(key)
         if not self.stopping.is_set():
-            _guarded("dispatch", self.dispatch)  # the destination's next delivery, now
+            # the destination's next delivery, now
+            guarded(logger, "deliverer: dispatch", self.dispatch)
 
     def deliver(self, work: queue.DeliveryWork) -> None:
         """One attempt at one destination: send what it has not confirmed yet."""
         where = work.destination
-        peer = Peer(where.host, where.port, where.ae_title, where.tls)
+        peer = where
         files = [_to_send(work.output_dir, record) for record in work.files]
         options = SendOptions(
             self.settings.calling_ae_title, self.settings.timeout, self.settings.associations
@@ -181,7 +181,7 @@ class Deliverer:
         for done in queue.finished_jobs(self.engine):
             if self.stopping.is_set():
                 return
-            _guarded(f"finishing job {done.job_id}", self._finish_one, done)
+            guarded(logger, f"deliverer: finishing job {done.job_id}", self._finish_one, done)
 
     def _delete_due(self) -> None:
         """The remote deletes that are due; a server in trouble is skipped for the rest of
@@ -203,9 +203,9 @@ class Deliverer:
             reason = "delivery failed: " + "; ".join(done.failures)
             queue.fail(self.engine, done.job_id, Step.DELIVER, reason, self.clock())
             return
-        fingerprint = Fingerprint.model_validate(done.fingerprint)
+        fingerprint = done.fingerprint
         message = self._clean_up(done, bool(fingerprint.scus))
-        delete = deletes_remotely(fingerprint, self.settings.delete_remotely)
+        delete = fingerprint.deletes_remotely(self.settings.delete_remotely)
         queue.mark_delivered(
             self.engine, done.job_id, message, self.clock(), delete_remotely=delete
         )
@@ -214,7 +214,7 @@ class Deliverer:
         """One attempt at deleting a job's task on its server (None: its server is in
         trouble this round)."""
         try:
-            target = target_of(Fingerprint.model_validate(due.fingerprint))
+            target = Target.of(due.fingerprint)
         except TokenUnavailable as exc:
             return Answer(Outcome.RETRY, f"no token ({exc})")
         if target.server in troubled:
@@ -241,7 +241,10 @@ class Deliverer:
             wait = self.settings.backoff(due.attempts + 1)
             retry_at = now + timedelta(seconds=wait)
             message = f"remote clean-up failed ({answer.detail}); next try in {wait:g} s"
-        queue.remote_delete_done(self.engine, due.job_id, message, now, retry_at=retry_at)
+        done = answer.outcome is Outcome.DONE
+        queue.remote_delete_done(
+            self.engine, due.job_id, message, now, done=done, retry_at=retry_at
+        )
 
     def _clean_up(self, done: queue.Finished, has_destinations: bool) -> str:
         folder = self.settings.jobs_dir / str(done.job_id)
@@ -276,7 +279,7 @@ class _Rounds:
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._last: Future[None] | None = None
+        self._last: Future[bool] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -291,14 +294,14 @@ class _Rounds:
             if self._last is not None and not self._last.done():
                 return
             with contextlib.suppress(RuntimeError):  # shut down: the relay is stopping
-                self._last = self._pool.submit(_guarded, what, action)
+                self._last = self._pool.submit(guarded, logger, f"deliverer: {what}", action)
 
     def shutdown(self) -> None:
         """No more rounds; a running one finishes on its own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:
+def _to_send(output_dir: str, record: OutputRecord) -> FileToSend:
     return FileToSend(
         record.name, Path(output_dir) / record.name, record.sop_class_uid,
         record.sop_instance_uid, record.transfer_syntax_uid,
@@ -310,10 +313,3 @@ def _reason(report: Report, total: int) -> str:
         return f"{report.error} ({report.confirmed} of {total} file(s) confirmed)"
     first, why = next(iter(report.refused.items()))
     return f"{len(report.refused)} of {total} file(s) refused, e.g. {first}: {why}"
-
-
-def _guarded(what: str, action: Callable[..., None], *args: object) -> None:
-    try:
-        action(*args)
-    except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
-        log_exception(logger, f"deliverer: {what} failed")

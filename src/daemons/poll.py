@@ -20,27 +20,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
-from isdr.db.models import Step
-from isdr.fingerprints.model import Destination as FingerprintDestination
-from isdr.fingerprints.model import Fingerprint, TokenUnavailable
+from isdr.dicom.files import describe
+from isdr.domain.clock import Clock
+from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
+from isdr.domain.output import OutputRecord
+from isdr.domain.states import Step
 from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
 from isdr.inference.unpack import HostileArchive, Limits, unpack
-from isdr.logs import log_exception
-from isdr.scu.files import OutputInfo, describe
-from isdr.tls import ClientTls
+from isdr.logs import guarded
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 REFRESH_SECONDS = 5.0  # how often the database is read for jobs handed over by others
 UNKNOWN_LIMIT = 3  # consecutive "no such task" answers (API 2's 500) before failing
 SLACK = 0.05  # a job due this soon is polled now (GET_INTERVAL is a pace, not a deadline)
@@ -198,10 +195,7 @@ class Poller:
             if time.monotonic() < self._refresh_due:
                 return  # another thread is at it
             self._refresh_due = time.monotonic() + REFRESH_SECONDS
-        try:
-            self._refresh()
-        except Exception:  # noqa: BLE001 (the top of the poller's loop)
-            log_exception(logger, "poller: reading the submitted jobs failed")
+        guarded(logger, "poller: reading the submitted jobs", self._refresh)
 
     def _refresh(self) -> None:
         found = queue.polled_jobs(self.engine)
@@ -213,20 +207,21 @@ class Poller:
 
     def _adopt(self, job: queue.PolledJob) -> None:
         try:
-            fingerprint = Fingerprint.model_validate(job.fingerprint)
-            target = target_of(fingerprint)
-        except (ValidationError, TokenUnavailable) as exc:
+            fingerprint = job.fingerprint
+            target = Target.of(fingerprint)
+        except TokenUnavailable as exc:
             queue.fail(self.engine, job.job_id, Step.POLL, f"cannot poll: {exc}", self.clock())
             return
         self._known.add(job.job_id)
         heapq.heappush(self._heap, _Item(time.monotonic(), job.job_id, job, target, fingerprint))
 
     def _guarded_poll(self, item: _Item) -> bool:
-        try:
-            return self._poll(item)
-        except Exception:  # noqa: BLE001 (per job: one job's trouble never stops the others)
-            log_exception(logger, f"poller: polling job {item.job_id} failed")
-            return True
+        """Poll one job; whether to poll it again (also after an unexpected error)."""
+        again: list[bool] = []
+        guarded(
+            logger, f"poller: polling job {item.job_id}", lambda: again.append(self._poll(item))
+        )
+        return again[0] if again else True
 
     def _finish(self, item: _Item, again: bool) -> None:
         with self._condition:
@@ -272,7 +267,7 @@ class Poller:
             return False
         self._fail(
             item, f"timed out: no output within GET_TIMEOUT ({self.settings.timeout:.0f} s)",
-            delete_remotely=deletes_remotely(item.fingerprint, self.settings.delete_remotely),
+            delete_remotely=item.fingerprint.deletes_remotely(self.settings.delete_remotely),
         )  # fmt: skip
         return True
 
@@ -306,11 +301,10 @@ class Poller:
             written = unpack(archive, target, self.settings.limits)
         except HostileArchive as exc:
             return self._fail(item, f"the output archive was refused: {exc}")
-        infos = [describe(target, path) for path in written]
+        records = [describe(target, path) for path in written]
         archive.unlink(missing_ok=True)
-        destinations = [_destination(d) for d in item.fingerprint.scus]
-        note = _summary(infos, len(destinations))
-        records = [queue.OutputRecord(**vars(info)) for info in infos]
+        destinations = item.fingerprint.scus
+        note = _summary(records, len(destinations))
         if queue.record_output(
             self.engine, item.job_id, str(target), records, destinations, note, self.clock()
         ):
@@ -318,7 +312,7 @@ class Poller:
         return False
 
 
-def _summary(infos: list[OutputInfo], destinations: int) -> str:
+def _summary(infos: list[OutputRecord], destinations: int) -> str:
     dicom = sum(1 for info in infos if info.is_dicom)
     kept = sorted(info.name for info in infos if not info.is_dicom)
     text = f"output unpacked: {dicom} DICOM file(s) for {destinations} destination(s)"
@@ -326,8 +320,3 @@ def _summary(infos: list[OutputInfo], destinations: int) -> str:
         shown = ", ".join(kept[:20]) + (f" and {len(kept) - 20} more" if len(kept) > 20 else "")
         text += f"; kept in the job folder, not DICOM: {shown}"
     return text
-
-
-def _destination(scu: FingerprintDestination) -> queue.Destination:
-    tls = None if scu.tls is None else ClientTls(**scu.tls.model_dump())
-    return queue.Destination(scu.scu_ip, scu.scu_port, scu.scu_ae_title, tls)

@@ -16,25 +16,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from isdr.daemons.retry import doubling
-from isdr.daemons.targets import target_of
 from isdr.db import jobs
-from isdr.db.models import Instance, JobState, Step
+from isdr.db.models import InvalidSnapshot
+from isdr.db.views import InstanceView
+from isdr.domain.backoff import doubling
+from isdr.domain.clock import Clock
+from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
+from isdr.domain.states import JobState, Step
 from isdr.fingerprints.match import SeriesFacts, matching
-from isdr.fingerprints.model import Fingerprint, TokenUnavailable
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
 from isdr.locks import SharedLock
-from isdr.logs import log_exception
+from isdr.logs import guarded
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -99,12 +97,12 @@ class PostDaemon:
         with self.routing:
             for step in (self.route, self.remove_files):
                 if not self.stopping.is_set():
-                    self._guarded(step.__name__, step)
+                    guarded(logger, f"post daemon: {step.__name__}", step)
 
     def submit_tick(self) -> None:
         """Submit the due jobs."""
         with self.submitting:
-            self._guarded("submit", self.submit)
+            guarded(logger, "post daemon: submit", self.submit)
 
     def idle(self, timeout: float) -> bool:
         """Wait up to `timeout` for both ticks to finish; whether they did."""
@@ -125,8 +123,8 @@ class PostDaemon:
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.post_after)
         for quiet in jobs.quiet_series(self.engine, cutoff):
-            what = f"routing series {quiet.id}"
-            self._guarded(what, self._route_one, quiet, fingerprints, cutoff, now)
+            what = f"post daemon: routing series {quiet.id}"
+            guarded(logger, what, self._route_one, quiet, fingerprints, cutoff, now)
 
     def _warn_held(self) -> None:
         if not self._held_warned:
@@ -148,8 +146,9 @@ class PostDaemon:
             quiet.sop_class_uids, quiet.calling_ae_title,
         )  # fmt: skip
         names = matching(facts, fingerprints)
-        snapshots = {name: fingerprints[name].snapshot() for name in names}
-        route = jobs.Route(quiet.id, snapshots, len(fingerprints))
+        route = jobs.Route(
+            quiet.id, {name: fingerprints[name] for name in names}, len(fingerprints)
+        )
         if jobs.apply_route(self.engine, route, cutoff, now):
             self.on_new_jobs()
 
@@ -163,19 +162,20 @@ class PostDaemon:
         for job_id in jobs.due_jobs(self.engine, self.clock()):
             if self.stopping.is_set():
                 return
-            if not self._guarded(f"submitting job {job_id}", self.submit_one, job_id, unreachable):
+            what = f"post daemon: submitting job {job_id}"
+            if not guarded(logger, what, self.submit_one, job_id, unreachable):
                 self._fail(job_id, "unexpected error while submitting (see the log)")
 
     def submit_one(self, job_id: int, unreachable: set[str]) -> None:
         """Build the job's archive and submit it; record what happened."""
-        work = jobs.job_input(self.engine, job_id)
         try:
-            fingerprint = Fingerprint.model_validate(work.fingerprint)
-        except ValidationError as exc:
-            self._fail(job_id, f"the job's copy of its fingerprint is not valid: {exc}")
+            work = jobs.job_input(self.engine, job_id)
+        except InvalidSnapshot as exc:
+            self._fail(job_id, str(exc))
             return
+        fingerprint = work.fingerprint
         try:
-            target = target_of(fingerprint)
+            target = Target.of(fingerprint)
         except TokenUnavailable as exc:
             self._fail(job_id, str(exc))
             return
@@ -240,9 +240,8 @@ class PostDaemon:
         if not self.settings.delete_on_post:
             return
         for series_id in jobs.series_ready_for_removal(self.engine):
-            self._guarded(
-                f"removing the files of series {series_id}", self._remove_series, series_id
-            )
+            what = f"post daemon: removing the files of series {series_id}"
+            guarded(logger, what, self._remove_series, series_id)
 
     def _remove_series(self, series_id: int) -> None:
         # Under the tree lock: the Store SCP cannot rename a resent instance into one of
@@ -254,16 +253,7 @@ class PostDaemon:
             jobs.mark_files_removed(self.engine, series_id, self.clock())
         logger.info("series %d: removed its %d file(s) (DELETE_ON_POST)", series_id, len(paths))
 
-    def _guarded(self, what: str, action: Callable[..., None], *args: Any) -> bool:
-        """Run one step, or one item of a step; a failure is logged and the rest go on."""
-        try:
-            action(*args)
-        except Exception:  # noqa: BLE001 (the top of a daemon step, per item)
-            log_exception(logger, f"post daemon: {what} failed")
-            return False
-        return True
-
-    def _member(self, instance: Instance, series_instance_uid: str) -> Member:
+    def _member(self, instance: InstanceView, series_instance_uid: str) -> Member:
         return Member(
             path=self.settings.incoming_dir / instance.path,
             sop_instance_uid=instance.sop_instance_uid,

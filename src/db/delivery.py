@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,17 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from isdr.db.jobs import change_state, move
-from isdr.db.models import (
-    DeliveredFile,
-    Delivery,
-    DeliveryState,
-    Job,
-    JobEvent,
-    JobState,
-    OutputFile,
-    Step,
-)
-from isdr.tls import ClientTls
+from isdr.db.models import DeliveredFile, Delivery, Job, JobEvent, OutputFile
+from isdr.domain.destination import Destination, DestinationTls
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.output import OutputRecord
+from isdr.domain.states import DeliveryState, JobState, Step
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +35,7 @@ class PolledJob:
 
     job_id: int
     task_uid: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     submitted_at: datetime
 
 
@@ -71,32 +65,6 @@ def fail(
 
 def _delete_due(now: datetime) -> dict[str, Any]:
     return {"remote_delete_due_at": now, "remote_delete_attempts": 0}
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    """One file of an unpacked output, as recorded."""
-
-    name: str
-    size: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class Destination:
-    """One of the fingerprint's `scus`."""
-
-    host: str
-    port: int
-    ae_title: str
-    tls: ClientTls | None = None
-
-    @property
-    def tls_json(self) -> dict[str, Any] | None:
-        """The TLS settings as the delivery row keeps them."""
-        return None if self.tls is None else asdict(self.tls)
 
 
 def record_output(
@@ -136,7 +104,7 @@ def _open_deliveries(
         if delivery is None:
             session.add(Delivery(
                 job_id=job_id, position=position, host=where.host, port=where.port,
-                ae_title=where.ae_title, tls=where.tls_json, state=DeliveryState.PENDING,
+                ae_title=where.ae_title, tls=_tls_json(where), state=DeliveryState.PENDING,
                 attempts=0,
                 next_attempt_at=now, last_error="", updated_at=now,
             ))  # fmt: skip
@@ -177,7 +145,7 @@ def due_deliveries(engine: Engine, now: datetime, limit: int = 50) -> list[tuple
             .order_by(Delivery.next_attempt_at)
             .limit(limit)
         ).all()
-        return [(row[0], Destination(row[1], row[2], row[3])) for row in rows]
+        return [(row[0], Destination.at(row[1], row[2], row[3])) for row in rows]
 
 
 def claim_delivery(engine: Engine, delivery_id: int, now: datetime) -> DeliveryWork | None:
@@ -199,9 +167,18 @@ def claim_delivery(engine: Engine, delivery_id: int, now: datetime) -> DeliveryW
             .order_by(OutputFile.name)
         ).all()
         files = [_record(row) for row in rows]
-        tls = None if delivery.tls is None else ClientTls(**delivery.tls)
-        where = Destination(delivery.host, delivery.port, delivery.ae_title, tls)
+        where = _destination(delivery)
         return DeliveryWork(delivery.id, delivery.job_id, where, job.output_dir or "", files)
+
+
+def _destination(row: Delivery) -> Destination:
+    tls = None if row.tls is None else DestinationTls.model_validate(row.tls)
+    return Destination.at(row.host, row.port, row.ae_title, tls)
+
+
+def _tls_json(where: Destination) -> dict[str, Any] | None:
+    """The TLS settings as the delivery row keeps them."""
+    return None if where.tls is None else where.tls.model_dump(mode="json")
 
 
 def _record(row: OutputFile) -> OutputRecord:
@@ -298,7 +275,7 @@ class Finished:
 
     job_id: int
     task_uid: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     output_dir: str
     failures: list[str]  # "AE@host:port: reason" of the deliveries that gave up
     sent: list[str]  # the DICOM files, relative to output_dir
@@ -354,7 +331,7 @@ class RemoteDelete:
 
     job_id: int
     task_uid: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     attempts: int  # made so far
 
 
@@ -374,15 +351,16 @@ def due_remote_deletes(engine: Engine, now: datetime, limit: int = 50) -> list[R
 
 
 def remote_delete_done(
-    engine: Engine, job_id: int, message: str, now: datetime, *, retry_at: datetime | None
-) -> None:
-    """Record an attempt at a remote delete in the timeline; `retry_at` schedules another
-    (None: nothing more to do)."""
+    engine: Engine, job_id: int, message: str, now: datetime, *, done: bool,
+    retry_at: datetime | None,
+) -> None:  # fmt: skip
+    """Record an attempt at a remote delete in the timeline (a WARNING unless `done`);
+    `retry_at` schedules another (None: nothing more to do)."""
     with Session(engine) as session, session.begin():
         job = session.get_one(Job, job_id)
         job.remote_delete_attempts = (job.remote_delete_attempts or 0) + 1
         job.remote_delete_due_at = retry_at
-        level = logging.INFO if message.startswith("remote clean-up: ") else logging.WARNING
+        level = logging.INFO if done else logging.WARNING
         _note(session, job_id, message, now, level)
 
 

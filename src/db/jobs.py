@@ -15,7 +15,10 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from isdr.db.models import Instance, Job, JobEvent, JobState, Series, SeriesState, Step
+from isdr.db.models import Instance, Job, JobEvent, Series
+from isdr.db.views import EventView, InstanceView, JobView, job_view, view_of
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.states import JobState, SeriesState, Step
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class Route:
     """The routing decision for one quiet series: fingerprint name -> snapshot."""
 
     series_id: int
-    fingerprints: dict[str, dict[str, Any]]
+    fingerprints: dict[str, Fingerprint]
     checked: int
 
 
@@ -83,7 +86,7 @@ def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -
         series.state = SeriesState.MATCHED
         series.state_reason = "matched " + ", ".join(sorted(route.fingerprints))
         models = ", ".join(
-            f"{name} -> model {snap.get('model_human_readable_id', '?')}"
+            f"{name} -> model {snap.model_human_readable_id}"
             for name, snap in sorted(route.fingerprints.items())
         )
         logger.info("series %d went quiet and matched: %s", series.id, models)
@@ -104,7 +107,7 @@ def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -
         return [job.id for job in jobs]
 
 
-def _new_job(series_id: int, name: str, snapshot: dict[str, Any], now: datetime) -> Job:
+def _new_job(series_id: int, name: str, snapshot: Fingerprint, now: datetime) -> Job:
     return Job(
         series_id=series_id,
         fingerprint_name=name,
@@ -145,22 +148,20 @@ class JobInput:
     """What submitting a job needs."""
 
     job_id: int
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     series_instance_uid: str
-    instances: list[Instance]
+    instances: list[InstanceView]
 
 
 def job_input(engine: Engine, job_id: int) -> JobInput:
     """The job's fingerprint snapshot and the instances of its series round."""
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(engine) as session:
         job = session.get_one(Job, job_id)
-        instances = list(
-            session.scalars(
-                select(Instance).where(Instance.series_id == job.series_id).order_by(Instance.id)
-            )
+        rows = session.scalars(
+            select(Instance).where(Instance.series_id == job.series_id).order_by(Instance.id)
         )
+        instances = [view_of(InstanceView, row) for row in rows]
         uid = session.get_one(Series, job.series_id).series_instance_uid
-        session.expunge_all()
         return JobInput(job.id, job.fingerprint, uid, instances)
 
 
@@ -269,6 +270,7 @@ def interrupted_submits(engine: Engine, now: datetime, max_attempts: int) -> lis
 def _settle_interrupted(session: Session, job: Job, now: datetime, max_attempts: int) -> None:
     if job.archive_sent_at is not None:
         job.last_error = AMBIGUOUS_MESSAGE
+        job.ambiguous_submits = (job.ambiguous_submits or 0) + 1
     else:
         job.attempts += 1
         if job.attempts < max_attempts:
@@ -349,20 +351,17 @@ def mark_files_removed(engine: Engine, series_id: int, now: datetime) -> None:
         session.get_one(Series, series_id).files_removed_at = now
 
 
-def list_jobs(engine: Engine, limit: int = 200) -> list[Job]:
+def list_jobs(engine: Engine, limit: int = 200) -> list[JobView]:
     """The newest jobs first."""
-    with Session(engine, expire_on_commit=False) as session:
-        rows = list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
-        session.expunge_all()
-        return rows
+    with Session(engine) as session:
+        rows = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))
+        return [job_view(row) for row in rows]
 
 
-def timeline(engine: Engine, job_id: int) -> tuple[Job, list[JobEvent]] | None:
+def timeline(engine: Engine, job_id: int) -> tuple[JobView, list[EventView]] | None:
     """A job and every line of its timeline, oldest first; None if there is no such job."""
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
             return None
-        events = list(job.events)
-        session.expunge_all()
-        return job, events
+        return job_view(job), [view_of(EventView, event) for event in job.events]

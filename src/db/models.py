@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -19,6 +19,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.states import SeriesState
+from isdr.errors import IsdrError
+
+
+class InvalidSnapshot(IsdrError):
+    """A job's copy of its fingerprint no longer validates (a stricter later version)."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -39,16 +47,29 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class FingerprintJSON(TypeDecorator[Fingerprint]):
+    """A job's own copy of its fingerprint: stored as JSON, read back as a validated model.
+
+    New fingerprint keys must have defaults, so that older copies keep validating.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Fingerprint | None, dialect: Dialect) -> Any:
+        return None if value is None else value.model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Fingerprint | None:
+        if value is None:
+            return None
+        try:
+            return Fingerprint.model_validate(value)
+        except ValidationError as exc:
+            raise InvalidSnapshot(f"the job's copy of its fingerprint is not valid: {exc}") from exc
+
+
 class Base(DeclarativeBase):
     """Base of all tables."""
-
-
-class SeriesState(StrEnum):
-    """Where a series round stands."""
-
-    RECEIVING = "receiving"  # instances are arriving; not quiet for POST_AFTER yet
-    MATCHED = "matched"  # quiet, and one job per matching fingerprint was created
-    UNMATCHED = "unmatched"  # quiet, and no fingerprint matched
 
 
 class Series(Base):
@@ -97,25 +118,6 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
-class JobState(StrEnum):
-    """Where a job stands; see docs/architecture.md for the drawing."""
-
-    PENDING = "pending"  # waiting to be submitted (again) at next_attempt_at
-    SUBMITTING = "submitting"  # a submit is on the wire
-    SUBMITTED = "submitted"  # the InferenceServer has it under task_uid: polled
-    DELIVERING = "delivering"  # its output is unpacked; deliveries to destinations run
-    DELIVERED = "delivered"  # every destination confirmed every DICOM file
-    FAILED = "failed"  # given up at failed_step; last_error says why
-
-
-class Step(StrEnum):
-    """The step a failed job failed at, where `isdr jobs retry` restarts it."""
-
-    SUBMIT = "submit"
-    POLL = "poll"  # polling, downloading and unpacking the output
-    DELIVER = "deliver"
-
-
 class Job(Base):
     """One series round sent to one model: the queue of the post daemon (and later ones)."""
 
@@ -124,7 +126,8 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     fingerprint_name: Mapped[str] = mapped_column(Text)
-    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Deferred: read (and validated) only where it is used, not by every state change.
+    fingerprint: Mapped[Fingerprint] = mapped_column(FingerprintJSON, deferred=True)
     state: Mapped[str] = mapped_column(String(32), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -146,6 +149,9 @@ class Job(Base):
         UTCDateTime, nullable=True, index=True
     )
     remote_delete_attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Submits whose whole archive went but whose answer was never recorded: each may have
+    # left a task on the server that the relay does not know of.
+    ambiguous_submits: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 
@@ -177,15 +183,6 @@ class OutputFile(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(128), default="")  # "" if not DICOM
     sop_instance_uid: Mapped[str] = mapped_column(String(128), default="")
     transfer_syntax_uid: Mapped[str] = mapped_column(String(128), default="")
-
-
-class DeliveryState(StrEnum):
-    """Where the delivery of one job's output to one destination stands."""
-
-    PENDING = "pending"  # (re)try at next_attempt_at
-    SENDING = "sending"  # an association is open
-    DELIVERED = "delivered"  # every DICOM file confirmed
-    FAILED = "failed"  # given up after the attempts; last_error says why
 
 
 class Delivery(Base):

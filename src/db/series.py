@@ -11,7 +11,9 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from isdr.db.models import Instance, Series, SeriesState, UTCDateTime
+from isdr.db.models import Instance, Series, UTCDateTime
+from isdr.db.views import SeriesView, view_of
+from isdr.domain.states import SeriesState
 
 SERIES = cast(Table, Series.__table__)
 INSTANCE = cast(Table, Instance.__table__)
@@ -174,11 +176,14 @@ def is_recorded(engine: Engine, path: str) -> bool:
         return session.scalar(select(Instance.id).where(Instance.path == path).limit(1)) is not None
 
 
-def list_series(engine: Engine, limit: int = 200) -> list[Series]:
+def list_series(engine: Engine, limit: int = 200) -> list[SeriesView]:
     """The most recently active series rounds, newest first."""
-    with Session(engine, expire_on_commit=False) as session:
-        rows = session.scalars(
-            select(Series).order_by(Series.last_received_at.desc()).limit(limit)
-        ).all()
-        session.expunge_all()
-        return list(rows)
+    with Session(engine) as session:
+        rows = session.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit))
+        return [view_of(SeriesView, row) for row in rows]
+
+
+def recorded_paths(engine: Engine) -> set[str]:
+    """The path (relative to INCOMING_DIR) of every recorded instance."""
+    with Session(engine) as session:
+        return set(session.scalars(select(Instance.path)))

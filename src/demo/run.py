@@ -24,7 +24,7 @@ from isdr.app import Relay, build_relay
 from isdr.config import Settings
 from isdr.db.delivery import job_details
 from isdr.db.jobs import list_jobs, timeline
-from isdr.db.models import Job
+from isdr.db.views import JobView
 from isdr.demo.standin import StandIn
 from isdr.logs import configure_logging
 from isdr.synthetic import SeriesSpec, make_instance
@@ -146,7 +146,7 @@ def _show(out: TextIO, relay: Relay, destination: Destination, sent_in: float) -
     return 0 if job.state == "delivered" and landed else 1
 
 
-def _wait_for_job(relay: Relay) -> Job | None:
+def _wait_for_job(relay: Relay) -> JobView | None:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         jobs = list_jobs(relay.engine)
@@ -156,7 +156,7 @@ def _wait_for_job(relay: Relay) -> Job | None:
     return None
 
 
-def _delete_tried(job: Job) -> bool:
+def _delete_tried(job: JobView) -> bool:
     """Whether the remote delete (when one is due) has had its first try."""
     return job.remote_delete_due_at is None or bool(job.remote_delete_attempts)
 

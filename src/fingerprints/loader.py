@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from isdr.fingerprints.model import DESTINATION_KEYS, KNOWN_KEYS, TLS_KEYS, Fingerprint
+from isdr.domain.fingerprint import DESTINATION_KEYS, KNOWN_KEYS, TLS_KEYS, Fingerprint
 from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 
 SUFFIX = ".json"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from isdr.fingerprints.model import Fingerprint
+from isdr.domain.fingerprint import Fingerprint
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import Loaded, load_folder
-from isdr.fingerprints.model import Fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from isdr.dicom.headers import read_file_sort_keys
+from isdr.domain.fingerprint import Fingerprint
 from isdr.errors import InstanceRejected
 from isdr.fingerprints.loader import Loaded
 from isdr.fingerprints.match import SeriesFacts, judge
-from isdr.fingerprints.model import Fingerprint
-from isdr.scp.headers import read_file_sort_keys
 
 
 def check_lines(folder: Path, loaded: Loaded) -> list[str]:

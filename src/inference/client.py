@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import httpx
 
+from isdr.domain.fingerprint import Fingerprint
 from isdr.errors import IsdrError
 from isdr.inference.transport import KeepAliveTransport
 
@@ -55,6 +56,17 @@ class Target:
     api: int
     model: str
     token: str | None = None
+
+    @classmethod
+    def of(cls, fingerprint: Fingerprint) -> Target:
+        """The fingerprint's model on its server; TokenUnavailable when its token's
+        variable or file is missing."""
+        return cls(
+            url=str(fingerprint.inference_server_url),
+            api=fingerprint.inference_server_api,
+            model=fingerprint.model_human_readable_id,
+            token=fingerprint.token(),
+        )
 
     @functools.cached_property
     def server(self) -> str:
@@ -311,8 +323,6 @@ def _is_certificate_error(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
@@ -29,11 +28,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from isdr.db.models import Instance
-from isdr.db.series import is_recorded
+from isdr.db.series import is_recorded, recorded_paths
+from isdr.dicom.headers import file_is_complete
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
-from isdr.scp.headers import file_is_complete
 from isdr.scp.ingest import Ingestor
 from isdr.scp.paths import loggable
 from isdr.scp.storage import is_temporary
@@ -90,8 +88,7 @@ class Inbox:
 
     def reconcile(self) -> int:
         """Adopt every complete, unrecorded file under the tree; returns how many."""
-        with Session(self.engine) as session:
-            known = set(session.scalars(select(Instance.path)))
+        known = recorded_paths(self.engine)
         adopted = 0
         for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
             if path.relative_to(self.root).as_posix() in known or is_temporary(path):

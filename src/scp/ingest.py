@@ -8,27 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from isdr.db.series import NewInstance, Recorded, record_instance
+from isdr.dicom.headers import read_file_sort_keys, read_sort_keys
+from isdr.domain.clock import Clock, utcnow
+from isdr.domain.keys import SortKeys
 from isdr.locks import SharedLock
-from isdr.scp.headers import read_file_sort_keys, read_sort_keys
-from isdr.scp.paths import SortKeys, instance_relpath, resolve_inside
+from isdr.scp.paths import instance_relpath, resolve_inside
 from isdr.scp.storage import AtomicWriter, file_meta_bytes
 from isdr.scp.wellformed import check_matches_command, check_received
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware."""
-    return datetime.now(UTC)
 
 
 class Ingestor:

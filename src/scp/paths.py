@@ -11,28 +11,15 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from isdr.domain.keys import SortKeys
 
 MAX_COMPONENT_LENGTH = 64
 MAX_COMPONENT_BYTES = 128  # file systems limit a name to 255 bytes, not characters
 UID_HASH_LENGTH = 12
 _UNSAFE = re.compile(r"[^\w.+-]+")
 _VALID_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-@dataclass(frozen=True)
-class SortKeys:
-    """The tags an instance is sorted by; strings, empty when the tag is absent."""
-
-    patient_id: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str
-    study_description: str
-    series_description: str
 
 
 def sanitize_component(value: str, placeholder: str) -> str:

@@ -29,9 +29,9 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from isdr.domain.access import AccessPolicy
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
-from isdr.scp.access import AccessPolicy
 from isdr.scp.guard import how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.tuning import tune_connection

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from isdr.dicom.headers import STATUS_CANNOT_UNDERSTAND
+from isdr.domain.keys import SortKeys
 from isdr.errors import InstanceRejected
-from isdr.scp.headers import STATUS_CANNOT_UNDERSTAND
-from isdr.scp.paths import SortKeys
 
 MAX_DEPTH = 32  # nested sequences; real data rarely goes beyond 5
 UNDEFINED = 0xFFFFFFFF

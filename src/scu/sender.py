@@ -39,8 +39,9 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from isdr.domain.destination import Destination
 from isdr.scu.dimse import C_STORE_RSP, BadResponse, c_store_rq, c_store_rsp_fields
-from isdr.tls import ClientTls, TlsFilesError, client_context
+from isdr.tls import TlsFilesError, client_context
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ LOOP_DELAY = 0.0002  # pynetdicom's DUL idle sleep while it negotiates and relea
 IDLE_LOOP_DELAY = 0.005  # ... and while the sending thread has the socket
 Buffer = bytes | memoryview
 IOV_MAX = 1024  # buffers one sendmsg may take
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A destination."""
-
-    host: str
-    port: int
-    ae_title: str
-    tls: ClientTls | None = None
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}{'' if self.tls is None else ' (TLS)'}"
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,7 @@ class SendFailed(Exception):
 
 
 def send_files(
-    peer: Peer,
+    peer: Destination,
     files: Sequence[FileToSend],
     options: SendOptions,
     on_confirmed: Callable[[FileToSend, int], None],
@@ -137,7 +125,7 @@ def send_files(
 
 
 def _send_share(
-    peer: Peer,
+    peer: Destination,
     files: list[FileToSend],
     options: SendOptions,
     on_confirmed: Callable[[FileToSend, int], None],
@@ -176,7 +164,7 @@ def _batches(files: Sequence[FileToSend]) -> Iterator[list[FileToSend]]:
 
 
 def _send_batch(
-    peer: Peer,
+    peer: Destination,
     batch: list[FileToSend],
     options: SendOptions,
     on_confirmed: Callable[[FileToSend, int], None],
@@ -358,7 +346,9 @@ def _send_all(sock: socket.socket, parts: list[Buffer]) -> None:
 
 
 @contextmanager
-def _session(peer: Peer, batch: list[FileToSend], options: SendOptions) -> Iterator[_Session]:
+def _session(
+    peer: Destination, batch: list[FileToSend], options: SendOptions
+) -> Iterator[_Session]:
     """An association proposing every file's SOP class and transfer syntax, tuned."""
     ae = AE(ae_title=options.calling_ae_title)
     ae.requested_contexts = _contexts(batch)
@@ -400,7 +390,7 @@ def _contexts(batch: list[FileToSend]) -> list[PresentationContext]:
     return contexts
 
 
-def _tls_context(peer: Peer) -> ssl.SSLContext | None:
+def _tls_context(peer: Destination) -> ssl.SSLContext | None:
     if peer.tls is None:
         return None
     try:
@@ -410,7 +400,7 @@ def _tls_context(peer: Peer) -> ssl.SSLContext | None:
 
 
 def _why_not_established(
-    assoc: Association, peer: Peer, context: ssl.SSLContext | None, timeout: float
+    assoc: Association, peer: Destination, context: ssl.SSLContext | None, timeout: float
 ) -> str:
     problem = None if context is None else _tls_problem(peer, context, timeout)
     if problem:  # TLS 1.3: a refused client certificate shows only after the handshake
@@ -424,7 +414,7 @@ def _why_not_established(
     return f"{peer} did not accept the association"
 
 
-def _tls_problem(peer: Peer, context: ssl.SSLContext, timeout: float) -> str | None:
+def _tls_problem(peer: Destination, context: ssl.SSLContext, timeout: float) -> str | None:
     """Why a TLS connection to `peer` fails, tried again on its own (pynetdicom logs the
     reason only in its own log)."""
     try:

@@ -17,7 +17,7 @@ from pynetdicom import AE
 from isdr.config import Settings
 from isdr.db.engine import make_engine
 from isdr.db.series import list_series
-from isdr.scp.headers import file_is_complete
+from isdr.dicom.headers import file_is_complete
 from isdr.synthetic import SeriesSpec, make_instance
 from tests.helpers import relay_env, relay_settings, send_datasets, stored_files
 

@@ -18,11 +18,13 @@ from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.db import delivery as queue
 from isdr.db.engine import make_engine
 from isdr.db.jobs import timeline
-from isdr.db.models import Delivery, Job, JobState, Series, SeriesState, Step
+from isdr.db.models import Delivery, Job, Series
 from isdr.demo.standin import StandIn, Submission, synthetic_prediction
-from isdr.fingerprints.model import Fingerprint
+from isdr.dicom.files import describe
+from isdr.domain.destination import Destination
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.states import JobState, SeriesState, Step
 from isdr.inference.client import InferenceClient
-from isdr.scu.files import describe
 from tests.peers import RecordingSCP
 
 CLIENT_TIMEOUT = 3.0  # POST_TIMEOUT: how long a remote delete may go unanswered
@@ -77,8 +79,8 @@ def delivering_job(
     output.mkdir(parents=True)
     for sop_uid, data in synthetic_prediction(2, (16, 16)):
         (output / f"{sop_uid}.dcm").write_bytes(data)
-    records = [queue.OutputRecord(**vars(describe(output, p))) for p in sorted(output.iterdir())]
-    where = [queue.Destination("127.0.0.1", destination.port, "PACE")]
+    records = [describe(output, p) for p in sorted(output.iterdir())]
+    where = [Destination.at("127.0.0.1", destination.port, "PACE")]
     assert queue.record_output(engine, job_id, str(output), records, where, "unpacked", now())
     return job_id
 
@@ -94,7 +96,7 @@ def _submitted_job(engine: Engine, fingerprint: Fingerprint, task_uid: str) -> i
         session.add(series)
         session.flush()
         job = Job(
-            series_id=series.id, fingerprint_name="pace.json", fingerprint=fingerprint.snapshot(),
+            series_id=series.id, fingerprint_name="pace.json", fingerprint=fingerprint,
             state=JobState.SUBMITTED, attempts=0, next_attempt_at=at, last_error="",
             task_uid=task_uid, created_at=at, updated_at=at, submitted_at=at,
         )  # fmt: skip

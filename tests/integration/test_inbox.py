@@ -87,7 +87,7 @@ def test_files_written_by_dcmtk_storescp_into_incoming_are_recorded(
 
 @pytest.mark.usefixtures("dcmtk")
 def test_a_compressed_file_cut_inside_its_last_delimiter_is_incomplete(tmp_path: Path) -> None:
-    from isdr.scp.headers import file_is_complete
+    from isdr.dicom.headers import file_is_complete
 
     [plain] = write_series(tmp_path, SeriesSpec(count=1))
     rle = tmp_path / "rle.dcm"

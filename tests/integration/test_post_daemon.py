@@ -15,14 +15,16 @@ from typing import Any
 
 import pytest
 import trustme
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from isdr.app import Relay, build_relay
 from isdr.db.jobs import list_jobs
-from isdr.db.models import Job, JobState
+from isdr.db.models import Job
 from isdr.db.series import list_series
 from isdr.demo.standin import StandIn
-from isdr.scp.ingest import utcnow
+from isdr.domain.clock import utcnow
+from isdr.domain.states import JobState
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import free_port, relay_settings, stored_files
 
@@ -288,8 +290,11 @@ def test_one_broken_job_does_not_stop_the_others(make_relay: Any, standin: Stand
     receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
     route_now(relay)
     first, second = jobs(relay)
-    with Session(relay.engine) as session, session.begin():
-        session.get_one(Job, first.id).fingerprint = {"inference_server_url": "not a url"}
+    with relay.engine.begin() as connection:  # as a later, stricter version would find it
+        connection.execute(
+            text("UPDATE job SET fingerprint = :bad WHERE id = :id"),
+            {"bad": '{"inference_server_url": "not a url"}', "id": first.id},
+        )
     relay.post.submit()
     first, second = jobs(relay)
     assert first.state == JobState.FAILED and "not valid" in first.last_error

@@ -11,8 +11,9 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom.presentation import build_context
 
-from isdr.scu.files import describe
-from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
+from isdr.dicom.files import describe
+from isdr.domain.destination import Destination
+from isdr.scu.sender import FileToSend, Report, SendOptions, send_files
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import free_port
 from tests.peers import RecordingSCP, Storescp
@@ -45,7 +46,7 @@ def recorder() -> Iterator[RecordingSCP]:
     scp.stop()
 
 
-def send(peer: Peer, files: list[FileToSend]) -> tuple[list[str], Report]:
+def send(peer: Destination, files: list[FileToSend]) -> tuple[list[str], Report]:
     confirmed: list[str] = []
     report = send_files(
         peer, files, OPTIONS, lambda item, _status: confirmed.append(item.name), threading.Event()
@@ -59,7 +60,7 @@ def test_every_file_reaches_storescp_with_its_data_set_unchanged(
 ) -> None:
     destination = Storescp(tmp_path / "dest").start()
     try:
-        confirmed, report = send(Peer("127.0.0.1", destination.port, "DEST"), ct)
+        confirmed, report = send(Destination.at("127.0.0.1", destination.port, "DEST"), ct)
     finally:
         destination.stop()
     assert report.complete and sorted(confirmed) == sorted(f.name for f in ct)
@@ -72,7 +73,7 @@ def test_a_send_without_an_answer_is_sent_again_on_a_new_association(
     recorder: RecordingSCP, ct: list[FileToSend]
 ) -> None:
     recorder.answers.append("silent")
-    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    confirmed, report = send(Destination.at("127.0.0.1", recorder.port, recorder.ae_title), ct)
     assert report.complete
     assert sorted(confirmed) == sorted(f.name for f in ct)
     assert sorted(set(recorder.received)) == sorted(dcmread(f.path).SOPInstanceUID for f in ct)
@@ -82,7 +83,7 @@ def test_an_abort_instead_of_a_response_is_sent_again_on_a_new_association(
     recorder: RecordingSCP, ct: list[FileToSend]
 ) -> None:
     recorder.answers.extend([0, "abort"])
-    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    confirmed, report = send(Destination.at("127.0.0.1", recorder.port, recorder.ae_title), ct)
     assert report.complete and sorted(confirmed) == sorted(f.name for f in ct)
     assert len(recorder.received) == len(ct)  # the aborted one was not recorded, then resent
 
@@ -91,7 +92,7 @@ def test_a_refused_file_is_reported_and_the_others_are_confirmed(
     recorder: RecordingSCP, ct: list[FileToSend]
 ) -> None:
     recorder.answers.extend([0, 0xA700])
-    confirmed, report = send(Peer("127.0.0.1", recorder.port, recorder.ae_title), ct)
+    confirmed, report = send(Destination.at("127.0.0.1", recorder.port, recorder.ae_title), ct)
     assert len(confirmed) == 4
     assert list(report.refused.values()) == ["refused with status 0xA700"]
 
@@ -103,7 +104,7 @@ def test_a_sop_class_the_destination_does_not_take_is_refused_for_those_files(
     scp = RecordingSCP(contexts=[build_context(CTImageStorage, ExplicitVRLittleEndian)]).start()
     try:
         confirmed, report = send(
-            Peer("127.0.0.1", scp.port, scp.ae_title), ct + files_of(tmp_path / "mr")
+            Destination.at("127.0.0.1", scp.port, scp.ae_title), ct + files_of(tmp_path / "mr")
         )
     finally:
         scp.stop()
@@ -114,14 +115,14 @@ def test_a_sop_class_the_destination_does_not_take_is_refused_for_those_files(
 def test_a_destination_that_is_down_ends_the_session_with_the_reason(
     ct: list[FileToSend],
 ) -> None:
-    confirmed, report = send(Peer("127.0.0.1", free_port(), "NOBODY"), ct)
+    confirmed, report = send(Destination.at("127.0.0.1", free_port(), "NOBODY"), ct)
     assert confirmed == [] and "cannot connect" in report.error
 
 
 def test_a_wrong_ae_title_is_reported_as_a_rejected_association(
     recorder: RecordingSCP, ct: list[FileToSend]
 ) -> None:
-    confirmed, report = send(Peer("127.0.0.1", recorder.port, "WRONG"), ct)
+    confirmed, report = send(Destination.at("127.0.0.1", recorder.port, "WRONG"), ct)
     assert confirmed == [] and "rejected" in report.error
 
 
@@ -133,7 +134,7 @@ def test_files_shared_over_two_associations_all_arrive_once(tmp_path: Path) -> N
     confirmed: list[str] = []
     try:
         report = send_files(
-            Peer("127.0.0.1", destination.port, "DEST"),
+            Destination.at("127.0.0.1", destination.port, "DEST"),
             files,
             SendOptions("ISDR_TEST", timeout=5.0, associations=2),
             lambda item, _status: confirmed.append(item.name),

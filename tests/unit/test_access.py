@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from isdr.scp.access import AccessPolicy, parse_networks, parse_titles
+from isdr.domain.access import AccessPolicy, parse_networks, parse_titles
 
 
 def test_an_open_policy_lets_anyone_in() -> None:

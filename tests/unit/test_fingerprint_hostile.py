@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import MAX_BYTES, FingerprintError, load_file, load_folder
-from isdr.fingerprints.model import Fingerprint
 from tests.unit.test_fingerprint_loader import ORIGINAL, errors_of, write
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import FingerprintError, load_file, load_folder
-from isdr.fingerprints.model import Fingerprint
 
 ORIGINAL = {
     "modality_regex": "CT",

@@ -14,8 +14,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from isdr.dicom.headers import file_is_complete, read_file_sort_keys, read_sort_keys
 from isdr.errors import InstanceRejected
-from isdr.scp.headers import file_is_complete, read_file_sort_keys, read_sort_keys
 from isdr.synthetic import SeriesSpec, make_instance, write_series
 
 SPEC = SeriesSpec(modality="MR", patient_id="PID-7", series_description="T1 axial")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.match import SeriesFacts, judge, matching
-from isdr.fingerprints.model import Fingerprint
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from isdr.config import Settings, describe_settings
-from isdr.fingerprints.model import Fingerprint, TokenUnavailable
+from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 
 BASE = {"inference_server_url": "https://s", "model_human_readable_id": "m"}
 

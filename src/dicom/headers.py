@@ -18,8 +18,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator, read_dataset, read_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from isdr.domain.keys import SortKeys
 from isdr.errors import InstanceRejected
-from isdr.scp.paths import SortKeys
 
 LAST_SORT_TAG = 0x0020000E
 _HEAD_BYTES = 64 * 1024

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from isdr.domain.destination import Destination, DestinationTls
 from isdr.errors import IsdrError
 
 
@@ -31,39 +32,6 @@ class TokenUnavailable(IsdrError):
 
 
 Regex = Annotated[str, Field(description="a regular expression, searched case-insensitively")]
-
-
-class DestinationTls(BaseModel):
-    """TLS to a destination that requires it; `{}` means TLS, verified by the system's CAs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ca_file: str | None = Field(None, min_length=1, description="CA bundle to verify it with")
-    cert_file: str | None = Field(None, min_length=1, description="our client certificate")
-    key_file: str | None = Field(None, min_length=1, description="the key of cert_file")
-    check_hostname: bool = Field(True, description="the certificate must name scu_ip")
-
-    @model_validator(mode="after")
-    def _cert_with_key(self) -> DestinationTls:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both or neither")
-        if not self.check_hostname and self.ca_file is None:
-            raise ValueError(
-                "check_hostname false needs a ca_file: with the system's CAs, any site's "
-                "certificate would be accepted"
-            )
-        return self
-
-
-class Destination(BaseModel):
-    """A DICOM node the predictions are sent to (C-STORE)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    scu_ip: str = Field(min_length=1, description="host name or address of the destination")
-    scu_port: int = Field(ge=1, le=65535, description="its DICOM port")
-    scu_ae_title: str = Field(min_length=1, max_length=16, description="its AE title")
-    tls: DestinationTls | None = Field(None, description="present: the destination speaks TLS")
 
 
 class Fingerprint(BaseModel):
@@ -144,6 +112,11 @@ class Fingerprint(BaseModel):
                     f"{self.inference_server_token_file}: {exc.strerror}"
                 ) from exc
         return None
+
+    def deletes_remotely(self, default: bool) -> bool:
+        """Whether the remote task is deleted: `delete_remotely`, else the default
+        (ASK_INFERENCE_SERVER_TO_DELETE_TASK)."""
+        return default if self.delete_remotely is None else self.delete_remotely
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data of this fingerprint, stored with each job created from it."""

@@ -1,0 +1,19 @@
+"""The tags an instance is sorted, grouped and matched by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SortKeys:
+    """The tags an instance is sorted by; strings, empty when the tag is absent."""
+
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    study_description: str
+    series_description: str
