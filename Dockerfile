@@ -1,7 +1,7 @@
 # ISDR, the InferenceServer DICOM Relay. Build with ./build.sh, run as in run.sh.example.
 FROM python:3.11-slim
 
-# Defaults that work in a container; every variable is described in the README.
+# Defaults that work in a container; every variable is described in docs/configuration.md.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SCP_HOSTNAME=0.0.0.0 \
