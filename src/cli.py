@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isdr",
         description="InferenceServer DICOM Relay. Configured by environment variables "
-        "(see `isdr config` and the README).",
+        "(see `isdr config` and docs/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"isdr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

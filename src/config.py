@@ -1,7 +1,7 @@
 """Every setting of the relay, read once from the environment and validated.
 
 The variable names of the original relay keep their meaning; the new ones are documented
-in the README's configuration table. Times are seconds and accept fractions.
+in docs/configuration.md, which is generated from this class. Times are seconds and accept fractions.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     RECEIVER: Literal["pynetdicom", "dcmtk"] = Field(
         "pynetdicom",
         description="pynetdicom: the relay's own Store SCP, Success once recorded; dcmtk: "
-        "fast-ingest, dcmtk's storescp writes and the inbox records (see README)",
+        "fast-ingest, dcmtk's storescp writes and the inbox records",
     )
     WATCH_INCOMING: bool = Field(
         True, description="record files that appear under INCOMING_DIR by other means"

@@ -17,7 +17,7 @@ class SeriesState(StrEnum):
 
 
 class JobState(StrEnum):
-    """Where a job stands; see docs/architecture.md for the drawing."""
+    """Where a job stands; see docs/architecture/jobs.md for the drawing."""
 
     PENDING = "pending"  # waiting to be submitted (again) at next_attempt_at
     SUBMITTING = "submitting"  # a submit is on the wire

@@ -3,7 +3,7 @@
 pynetdicom opens, negotiates, releases and aborts the association. The C-STOREs
 themselves are done by the sending thread (command sets in scu/dimse.py), because
 pynetdicom's own path reached only 0.21-0.26x the rate of dcmtk's storescu here
-(bench/delivery_throughput.py; docs/architecture.md, "Decisions"):
+(bench/delivery_throughput.py; docs/architecture/decisions/sender-writes-pdus.md):
 
 - Its association reactor, a second thread that polls every millisecond, is kept paused
   for the session. `send_c_store` otherwise waits for it to pause before every message,
