@@ -196,6 +196,7 @@ def _post_settings(settings: Settings) -> PostSettings:
         delete_on_post=settings.DELETE_ON_POST,
         max_attempts=settings.POST_MAX_ATTEMPTS,
         retry_delay=settings.POST_RETRY_DELAY,
+        ambiguous_resends=settings.POST_AMBIGUOUS_RESENDS,
     )
 
 

@@ -1,7 +1,8 @@
 """Every setting of the relay, read once from the environment and validated.
 
-The variable names of the original relay keep their meaning; the new ones are documented
-in docs/configuration.md, which is generated from this class. Times are seconds and accept fractions.
+The variable names of the original relay keep their meaning; every variable is documented
+in docs/configuration.md, which is generated from this class. Times are seconds and accept
+fractions.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class Settings(BaseSettings):
     )
     POST_RETRY_DELAY: Seconds = Field(
         5.0, description="wait before the second submit attempt; doubles each time, up to 600 s"
+    )
+    POST_AMBIGUOUS_RESENDS: int = Field(
+        2,
+        ge=0,
+        description="times a job is sent again after a submit that got no answer once the "
+        "whole archive had gone (each may leave a task on the server); then it fails",
     )
     ASK_INFERENCE_SERVER_TO_DELETE_TASK: bool = Field(
         True, description="delete the remote task once its predictions are delivered"

@@ -201,6 +201,8 @@ class Deliverer:
     def _finish_one(self, done: queue.Finished) -> None:
         if done.failures:
             reason = "delivery failed: " + "; ".join(done.failures)
+            if done.delivered_to:  # partly delivered: say where it did arrive
+                reason += f" (delivered to {', '.join(done.delivered_to)})"
             queue.fail(self.engine, done.job_id, Step.DELIVER, reason, self.clock())
             return
         fingerprint = done.fingerprint
@@ -250,6 +252,10 @@ class Deliverer:
         folder = self.settings.jobs_dir / str(done.job_id)
         if not has_destinations:
             return f"no destinations in the fingerprint: the output is kept in {folder}"
+        if not done.sent:
+            return (
+                f"no DICOM file to deliver (dicom_output optional): the output is kept in {folder}"
+            )
         if not done.kept:
             self._remove_folder(done.job_id)
             return f"delivered {len(done.sent)} file(s); local files removed"

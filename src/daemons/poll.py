@@ -30,9 +30,9 @@ from isdr.db import delivery as queue
 from isdr.dicom.files import describe
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
-from isdr.domain.output import OutputRecord
 from isdr.domain.states import Step
 from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
+from isdr.inference.outputs import judge_output
 from isdr.inference.unpack import HostileArchive, Limits, unpack
 from isdr.logs import guarded
 
@@ -54,8 +54,9 @@ class Verdict(StrEnum):
     TROUBLE = "trouble"  # no answer, or a server error: poll again, log once per outage
 
 
-def judge(api: int, status: int | None) -> tuple[Verdict, str]:
-    """The meaning of a poll's HTTP status, per API generation."""
+def judge(api: int, status: int | None, *, seen: bool = False) -> tuple[Verdict, str]:
+    """The meaning of a poll's HTTP status, per API generation; `seen` when an earlier
+    poll showed the server had the task (then generation 1's 554 means it is gone)."""
     if status is None:
         return Verdict.TROUBLE, "no answer"
     if status == 200:
@@ -66,9 +67,16 @@ def judge(api: int, status: int | None) -> tuple[Verdict, str]:
         return Verdict.FAILED, "the server reports that the task failed (552)"
     if status == 553:
         return Verdict.FAILED, "the task finished but its output is missing on the server (553)"
+    if status == 554 and api == 1 and seen:
+        return Verdict.UNKNOWN, "the task is gone from the server (554 after it was known)"
     if status == 554 and api == 1:
         return Verdict.WAIT, "not known yet (normal right after a submit on API 1)"
-    if (status == 500 and api == 2) or 400 <= status < 500 or status == 554:
+    if status == 500 and api == 2:
+        return Verdict.UNKNOWN, (
+            "the task is gone from the server (generation 2 answers 500 to a deleted or "
+            "unknown task)"
+        )
+    if 400 <= status < 500 or status == 554:
         return Verdict.UNKNOWN, f"the server does not know the task ({status})"
     return Verdict.TROUBLE, f"server error {status}"
 
@@ -93,6 +101,7 @@ class _Item:
     target: Target = field(compare=False)
     fingerprint: Fingerprint = field(compare=False)
     unknown: int = field(default=0, compare=False)
+    seen: bool = field(default=False, compare=False)  # a poll answered 551: it had the task
 
 
 class Poller:
@@ -250,12 +259,14 @@ class Poller:
             )  # fmt: skip
         except OutputTooLarge as exc:
             return self._fail(item, str(exc))
-        verdict, detail = judge(item.target.api, answer.status)
+        verdict, detail = judge(item.target.api, answer.status, seen=item.seen)
         self._track_outage(item.target, verdict, answer)
+        item.seen = item.seen or (verdict is Verdict.WAIT and answer.status == 551)
         if verdict is Verdict.READY and answer.output is not None:
             return self._take_output(item, answer.output)
-        if verdict is Verdict.FAILED:
-            return self._fail(item, detail)
+        if verdict is Verdict.FAILED:  # its upload holds patient data: deleted if asked
+            delete = item.fingerprint.deletes_remotely(self.settings.delete_remotely)
+            return self._fail(item, detail, delete_remotely=delete)
         item.unknown = item.unknown + 1 if verdict is Verdict.UNKNOWN else 0
         if item.unknown >= UNKNOWN_LIMIT:
             return self._fail(item, f"{detail}, {item.unknown} times in a row")
@@ -297,26 +308,27 @@ class Poller:
     def _take_output(self, item: _Item, archive: Path) -> bool:
         target = archive.parent / "output"
         shutil.rmtree(target, ignore_errors=True)  # from an attempt a crash cut short
+        fingerprint = item.fingerprint
+        delete = fingerprint.deletes_remotely(self.settings.delete_remotely)
         try:
-            written = unpack(archive, target, self.settings.limits)
+            unpacked = unpack(archive, target, self.settings.limits)
         except HostileArchive as exc:
-            return self._fail(item, f"the output archive was refused: {exc}")
-        records = [describe(target, path) for path in written]
+            return self._fail(
+                item, f"the output archive was refused: {exc}", delete_remotely=delete
+            )
+        records = [describe(target, path) for path in unpacked.files]
         archive.unlink(missing_ok=True)
-        destinations = item.fingerprint.scus
-        note = _summary(records, len(destinations))
+        verdict = judge_output(
+            records, unpacked.renamed, unpacked.empty_folders, len(fingerprint.scus),
+            dicom_required=fingerprint.dicom_output == "required",
+        )  # fmt: skip
+        if not verdict.usable:
+            return self._fail(item, verdict.text, delete_remotely=delete)
+        # An output with no DICOM file (and a fingerprint that allows it) has nothing to send.
+        destinations = fingerprint.scus if any(r.is_dicom for r in records) else []
         if queue.record_output(
-            self.engine, item.job_id, str(target), records, destinations, note, self.clock()
-        ):
+            self.engine, item.job_id, str(target), records, destinations, verdict.text,
+            self.clock(),
+        ):  # fmt: skip
             self.on_output()
         return False
-
-
-def _summary(infos: list[OutputRecord], destinations: int) -> str:
-    dicom = sum(1 for info in infos if info.is_dicom)
-    kept = sorted(info.name for info in infos if not info.is_dicom)
-    text = f"output unpacked: {dicom} DICOM file(s) for {destinations} destination(s)"
-    if kept:
-        shown = ", ".join(kept[:20]) + (f" and {len(kept) - 20} more" if len(kept) > 20 else "")
-        text += f"; kept in the job folder, not DICOM: {shown}"
-    return text

@@ -26,6 +26,7 @@ from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.states import JobState, Step
+from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
@@ -45,10 +46,40 @@ class PostSettings:
     delete_on_post: bool
     max_attempts: int
     retry_delay: float
+    ambiguous_resends: int = 2  # POST_AMBIGUOUS_RESENDS
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
         return doubling(self.retry_delay, attempts)
+
+
+SUSPECT_LIMIT = 3  # bare 500s in a row before "the model is unknown" is the verdict
+SUSPECT_DELAY = 10.0  # between them: the job fails within about half a minute
+
+
+def submit_retry(
+    counts: SubmitCounts, failure: SubmitFailure, settings: PostSettings, model: str
+) -> RetryDecision:
+    """What to do after a failed submit: wait and send again, or give up, in words."""
+    if failure.suspect_model and counts.suspect_answers >= SUSPECT_LIMIT:
+        return RetryDecision(None, (
+            f"{failure.reason}, {counts.suspect_answers} times in a row: most likely the "
+            f"server does not know the model {model!r} (generation 2 answers an unknown model "
+            "with a bare 500): check model_human_readable_id in the fingerprint"
+        ))  # fmt: skip
+    if failure.maybe_held and counts.ambiguous_submits > settings.ambiguous_resends:
+        return RetryDecision(None, (
+            f"{failure.reason}; given up after {counts.ambiguous_submits} submits that got no "
+            f"answer once the whole archive had gone: the server may hold up to "
+            f"{counts.ambiguous_submits} task(s) of this job that the relay cannot see or "
+            "delete (see isdr jobs show); `isdr jobs retry` sends it again"
+        ))  # fmt: skip
+    if counts.attempts >= settings.max_attempts:
+        return RetryDecision(None, f"gave up after {counts.attempts} attempts: {failure.reason}")
+    wait = SUSPECT_DELAY if failure.suspect_model else settings.backoff(counts.attempts)
+    return RetryDecision(
+        wait, f"attempt {counts.attempts} failed ({failure.reason}); next in {wait:g} s"
+    )
 
 
 class PostDaemon:
@@ -208,7 +239,7 @@ class PostDaemon:
             missing = Path(str(exc.filename)).name
             self._fail(job_id, f"an instance file of the series is missing: {missing}")
         except OSError as exc:
-            self._retry(job_id, f"cannot build the archive: {exc.strerror}")
+            self._retry(job_id, SubmitFailure(f"cannot build the archive: {exc.strerror}"))
         return None
 
     def _record(
@@ -231,7 +262,10 @@ class PostDaemon:
             if not answer.reached:
                 unreachable.add(target.server)
             _discard(archive)
-            self._retry(job_id, answer.detail)
+            if answer.maybe_held:
+                self._warn_possible_orphan(job_id, target)
+            failure = SubmitFailure(answer.detail, answer.suspect_model, answer.maybe_held)
+            self._retry(job_id, failure, target.model)
         else:
             self._fail(job_id, answer.detail)
 
@@ -261,10 +295,21 @@ class PostDaemon:
             series_instance_uid=series_instance_uid,
         )
 
-    def _retry(self, job_id: int, reason: str) -> None:
-        jobs.retry_later(
-            self.engine, job_id, reason, self.clock(), self.settings.backoff,
-            self.settings.max_attempts,
+    def _retry(self, job_id: int, failure: SubmitFailure, model: str = "") -> None:
+        settings = self.settings
+
+        def decide(counts: SubmitCounts, failure: SubmitFailure) -> RetryDecision:
+            return submit_retry(counts, failure, settings, model)
+
+        jobs.retry_later(self.engine, job_id, failure, self.clock(), decide)
+
+    def _warn_possible_orphan(self, job_id: int, target: Target) -> None:
+        logger.warning(
+            "job %d: no answer from %s after the whole archive was sent: the server may hold "
+            "a task from it (model %s) that will run unseen and never be deleted; if it "
+            "does, ask the server's administrator to delete it (the job's timeline has the "
+            "time). The job is sent again at most %d time(s) in all after such submits",
+            job_id, target.server, target.model, self.settings.ambiguous_resends,
         )  # fmt: skip
 
     def _fail(self, job_id: int, reason: str) -> None:

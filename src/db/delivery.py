@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -280,6 +280,7 @@ class Finished:
     failures: list[str]  # "AE@host:port: reason" of the deliveries that gave up
     sent: list[str]  # the DICOM files, relative to output_dir
     kept: list[str]  # the other files
+    delivered_to: list[str] = field(default_factory=list)  # AE@host:port that confirmed all
 
 
 def finished_jobs(engine: Engine, limit: int = 50) -> list[Finished]:
@@ -298,16 +299,18 @@ def finished_jobs(engine: Engine, limit: int = 50) -> list[Finished]:
 
 
 def _finished(session: Session, job: Job) -> Finished:
-    failed = session.scalars(
-        select(Delivery).where(Delivery.job_id == job.id, Delivery.state == DeliveryState.FAILED)
-    ).all()
-    failures = [f"{d.destination}: {d.last_error}" for d in failed]
+    deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job.id)).all()
+    failures = [
+        f"{d.destination}: {d.last_error}" for d in deliveries if d.state == DeliveryState.FAILED
+    ]
+    delivered_to = [d.destination for d in deliveries if d.state == DeliveryState.DELIVERED]
     files = session.scalars(select(OutputFile).where(OutputFile.job_id == job.id)).all()
     sent = sorted(f.name for f in files if f.sop_class_uid)
     kept = sorted(f.name for f in files if not f.sop_class_uid)
     return Finished(
-        job.id, job.task_uid, job.fingerprint, job.output_dir or "", failures, sent, kept
-    )
+        job.id, job.task_uid, job.fingerprint, job.output_dir or "", failures, sent, kept,
+        delivered_to,
+    )  # fmt: skip
 
 
 def note(engine: Engine, job_id: int, message: str, now: datetime) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from isdr.db.models import Instance, Job, JobEvent, Series
+from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series
 from isdr.db.views import EventView, InstanceView, JobView, job_view, view_of
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.states import JobState, SeriesState, Step
+from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,35 @@ def change_state(session: Session, job: Job, state: JobState, message: str, now:
     job.state = state
     job.updated_at = now
     session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
-    logger.info("job %d %s: %s", job.id, state, message)
+    if state in (JobState.DELIVERED, JobState.FAILED):
+        _log_end(job, message)
+    else:
+        logger.info("job %d %s: %s", job.id, state, message)
+
+
+def _log_end(job: Job, message: str) -> None:
+    """The one line that ends a job: INFO when delivered, WARNING otherwise (alerting on
+    WARNING catches every job that did not deliver), with the model and the server."""
+    where = _model_and_server(job)
+    orphans = job.ambiguous_submits or 0
+    if job.state == JobState.DELIVERED and not orphans:
+        logger.info("job %d delivered (%s): %s", job.id, where, message)
+        return
+    step = f" at {job.failed_step}" if job.state == JobState.FAILED and job.failed_step else ""
+    extra = (
+        f"; {orphans} earlier submit(s) may have left a task on the server (isdr jobs show)"
+        if orphans
+        else ""
+    )
+    logger.warning("job %d %s%s (%s): %s%s", job.id, job.state, step, where, message, extra)
+
+
+def _model_and_server(job: Job) -> str:
+    try:
+        fingerprint = job.fingerprint
+    except InvalidSnapshot:
+        return "its fingerprint copy is not valid"
+    return f"model {fingerprint.model_human_readable_id} on {fingerprint.inference_server_url}"
 
 
 def due_jobs(engine: Engine, now: datetime, limit: int = 20) -> list[int]:
@@ -198,37 +227,28 @@ SUBMITTING = frozenset({JobState.SUBMITTING})
 def retry_later(
     engine: Engine,
     job_id: int,
-    reason: str,
+    failure: SubmitFailure,
     now: datetime,
-    delay: Callable[[int], float],
-    limit: int,
+    decide: Callable[[SubmitCounts, SubmitFailure], RetryDecision],
 ) -> None:
-    """Count a failed attempt: try again after `delay(attempts)` seconds, or give up."""
+    """Count a failed submit: try again when `decide` says, or fail with its reason."""
     with Session(engine) as session, session.begin():
         job = session.get_one(Job, job_id, with_for_update=True)
         if job.state not in IN_HAND:
             return
         job.attempts += 1
-        job.last_error = reason
-        if job.attempts >= limit:
-            job.failed_step = Step.SUBMIT
-            change_state(
-                session,
-                job,
-                JobState.FAILED,
-                f"gave up after {job.attempts} attempts: {reason}",
-                now,
-            )
-            return
-        wait = delay(job.attempts)
-        job.next_attempt_at = now + timedelta(seconds=wait)
-        change_state(
-            session,
-            job,
-            JobState.PENDING,
-            f"attempt {job.attempts} failed ({reason}); next in {wait:g} s",
-            now,
+        job.suspect_answers = (job.suspect_answers or 0) + 1 if failure.suspect_model else 0
+        job.ambiguous_submits = (job.ambiguous_submits or 0) + failure.maybe_held
+        job.last_error = failure.reason
+        decision = decide(
+            SubmitCounts(job.attempts, job.suspect_answers, job.ambiguous_submits), failure
         )
+        if decision.wait is None:
+            job.failed_step, job.last_error = Step.SUBMIT, decision.message
+            change_state(session, job, JobState.FAILED, decision.message, now)
+            return
+        job.next_attempt_at = now + timedelta(seconds=decision.wait)
+        change_state(session, job, JobState.PENDING, decision.message, now)
 
 
 @dataclass(frozen=True)

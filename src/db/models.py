@@ -152,6 +152,8 @@ class Job(Base):
     # Submits whose whole archive went but whose answer was never recorded: each may have
     # left a task on the server that the relay does not know of.
     ambiguous_submits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Bare 500s in a row from a generation-2 submit: an unknown model answers so.
+    suspect_answers: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

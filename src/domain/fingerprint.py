@@ -50,6 +50,8 @@ class Fingerprint(BaseModel):
     scus: list[Destination] = Field(default_factory=list)
     inference_server_api: Literal[1, 2] = 1
     description: str = ""
+    # "optional": a model that writes no DICOM (a report only) succeeds without one.
+    dicom_output: Literal["required", "optional"] = "required"
     delete_remotely: bool | None = None
     inference_server_token: SecretStr | None = None
     # Or, kept out of the fingerprint file and out of the database's job copies:

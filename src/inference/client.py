@@ -13,7 +13,7 @@ import logging
 import secrets
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -46,6 +46,8 @@ class Answer:
     detail: str
     task_uid: str = ""
     reached: bool = True  # False: the request surely never reached the server
+    maybe_held: bool = False  # the whole request went, no answer came: maybe a task
+    suspect_model: bool = False  # generation 2's bare 500: maybe an unknown model
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,47 @@ class InferenceClient:
                 )
         except httpx.HTTPError as exc:
             answer = self._transport_error(exc, url)
-            if answer.outcome is Outcome.RETRY and answer.reached and not body.all_sent:
+            if answer.outcome is not Outcome.RETRY or not answer.reached:
+                return answer
+            if not body.all_sent:
                 return Answer(
                     Outcome.RETRY,
                     f"the upload to {url} was cut before its end ({exc!r}); the server "
                     "cannot hold a task from it",
                 )
+            return replace(answer, maybe_held=True)
+        answer = _submit_answer(target, response)
+        if answer.suspect_model:
+            return self._check_model(target, answer)
+        return answer
+
+    def models(self, target: Target) -> list[str] | None:
+        """The models a generation-2 server lists, when its token lets us ask (else None)."""
+        if target.api != 2:
+            return None
+        url = f"{target.url.rstrip('/')}/api/models/"
+        try:
+            response = self._http.get(url, headers=target.headers)
+            listed = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, json.JSONDecodeError):
+            return None
+        if not isinstance(listed, list):
+            return None
+        return sorted(str(m.get("human_readable_id")) for m in listed if isinstance(m, dict))
+
+    def _check_model(self, target: Target, answer: Answer) -> Answer:
+        """A bare 500 to a submit: ask the server for its models where the token allows."""
+        listed = self.models(target)
+        if listed is None:
             return answer
-        return _submit_answer(target, response)
+        if target.model in listed:
+            real = f"{answer.detail}; but the server lists the model: a real server error"
+            return replace(answer, suspect_model=False, detail=real)
+        return Answer(
+            Outcome.FAILED,
+            f"the server does not know the model {target.model!r} (it answered a bare 500; "
+            f"its models: {', '.join(listed) or 'none'}): check model_human_readable_id",
+        )
 
     def poll(self, target: Target, uid: str, output: Path, max_bytes: int) -> PollAnswer:
         """GET the task's state; on 200 its output is streamed to `output`.
@@ -238,6 +273,8 @@ class InferenceClient:
             return Answer(Outcome.DONE, f"task {uid} deleted on the server")
         if status == 554:
             return Answer(Outcome.DONE, f"task {uid} was already gone from the server (554)")
+        if status == 500 and target.api == 1:
+            return self._confirm_gone(target, uid)
         if status == 500 and target.api == 2:
             return Answer(Outcome.RETRY, f"the server cannot delete task {uid} yet (500: running)")
         if status >= 500 or status == 429:
@@ -245,6 +282,24 @@ class InferenceClient:
         return Answer(
             Outcome.FAILED, f"deleting task {uid} answered {status}: {response.text[:200]!r}"
         )
+
+    def _confirm_gone(self, target: Target, uid: str) -> Answer:
+        """Generation 1 answers 500 to every DELETE, and deletes the task all the same: a
+        poll tells whether it is gone (554) or still there."""
+        url, params = target.task_request(uid, outputs=True)
+        try:
+            with self._polls.stream("GET", url, params=params, headers=target.headers) as poll:
+                status = poll.status_code  # the body (an output, maybe large) is not read
+        except httpx.HTTPError as exc:
+            return Answer(Outcome.RETRY, f"deleting task {uid} answered 500; no poll: {exc!r}")
+        if status == 554:
+            return Answer(
+                Outcome.DONE,
+                f"task {uid} deleted on the server (it answered 500, as generation 1 does to "
+                "every delete; a poll confirmed the task is gone)",
+            )
+        state = "still running" if status == 551 else f"still there (a poll answered {status})"
+        return Answer(Outcome.RETRY, f"deleting task {uid} answered 500 and the task is {state}")
 
     def _transport_error(self, exc: httpx.HTTPError, url: str) -> Answer:
         if _is_certificate_error(exc):
@@ -285,14 +340,14 @@ def _submit_answer(target: Target, response: httpx.Response) -> Answer:
             f"the server does not know the model {target.model!r} ({status}): check "
             "model_human_readable_id and inference_server_api in the fingerprint",
         )
-    if status >= 500:
-        hint = (
-            " (an API 2 server also answers 500 to an unknown model: check "
-            "model_human_readable_id if this persists)"
-            if target.api == 2
-            else ""
+    if status == 500 and target.api == 2 and _is_bare(response):
+        return Answer(
+            Outcome.RETRY,
+            f"server error 500 {body!r} (generation 2 answers an unknown model so)",
+            suspect_model=True,
         )
-        return Answer(Outcome.RETRY, f"server error {status}: {body!r}{hint}")
+    if status >= 500:
+        return Answer(Outcome.RETRY, f"server error {status}: {body!r}")
     if 300 <= status < 400:
         where = response.headers.get("Location", "?")
         return Answer(
@@ -300,7 +355,18 @@ def _submit_answer(target: Target, response: httpx.Response) -> Answer:
             f"redirected ({status}) to {where}: for API 1 inference_server_url is the full "
             "tasks URL with its trailing slash, for API 2 the base URL",
         )
+    if status == 422:
+        return Answer(
+            Outcome.FAILED,
+            f"refused with 422 {body!r}: the server did not understand the request; is "
+            f"inference_server_api ({target.api}) the generation the server speaks?",
+        )
     return Answer(Outcome.FAILED, f"refused with {status}: {body!r}")
+
+
+def _is_bare(response: httpx.Response) -> bool:
+    """A 500 with no JSON: what the server's framework says for an uncaught error."""
+    return "json" not in response.headers.get("Content-Type", "")
 
 
 def _is_unknown_model(api: int, status: int, body: str) -> bool:

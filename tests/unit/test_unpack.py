@@ -36,14 +36,14 @@ def file_info(name: str) -> tarfile.TarInfo:
 
 def test_a_zip_and_a_tar_of_predictions_unpack(tmp_path: Path) -> None:
     zipped = make_zip(tmp_path / "out.zip", {"rtstruct.dcm": b"RT", "masks/lung.nii.gz": b"NII"})
-    written = unpack(zipped, tmp_path / "z", LIMITS)
+    written = unpack(zipped, tmp_path / "z", LIMITS).files
     assert sorted(p.relative_to(tmp_path / "z").as_posix() for p in written) == [
         "masks/lung.nii.gz",
         "rtstruct.dcm",
     ]
     tarred = make_tar(tmp_path / "out.tar", [file_info("seg.dcm"), file_info("container.log")],
                       {"seg.dcm": b"SEG"})  # fmt: skip
-    written = unpack(tarred, tmp_path / "t", LIMITS)
+    written = unpack(tarred, tmp_path / "t", LIMITS).files
     assert sorted(p.name for p in written) == ["container.log", "seg.dcm"]
     assert (tmp_path / "t" / "seg.dcm").read_bytes() == b"SEG"
 
@@ -103,9 +103,66 @@ def test_something_that_is_not_an_archive_is_refused(tmp_path: Path, content: by
         unpack(tmp_path / "junk", tmp_path / "out", LIMITS)
 
 
-def test_a_member_twice_is_refused(tmp_path: Path) -> None:
-    archive = make_tar(
-        tmp_path / "twice.tar", [file_info("a.dcm"), file_info("a.dcm")], {"a.dcm": b"1"}
-    )
-    with pytest.raises(HostileArchive, match="clashes"):
+def flattened_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar as generation 2 makes it: sub-folders flattened, so names can repeat."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_two_members_with_one_name_are_both_kept_under_a_deterministic_suffix(
+    tmp_path: Path,
+) -> None:
+    members = [("mask.nii.gz", b"a"), ("mask.nii.gz", b"b"), ("mask.nii.gz", b"c"), ("x", b"1")]
+    archive = flattened_tar(tmp_path / "twice.tar", members)
+    result = unpack(archive, tmp_path / "out", LIMITS)
+    contents = {p.name: p.read_bytes() for p in result.files}
+    assert contents == {
+        "mask.nii.gz": b"a",
+        "mask~2.nii.gz": b"b",
+        "mask~3.nii.gz": b"c",
+        "x": b"1",
+    }
+    assert result.renamed == [("mask.nii.gz", "mask~2.nii.gz"), ("mask.nii.gz", "mask~3.nii.gz")]
+    again = unpack(archive, tmp_path / "again", LIMITS)
+    assert [p.name for p in again.files] == [p.name for p in result.files]
+
+
+def test_a_file_and_a_folder_of_the_same_name_are_both_kept(tmp_path: Path) -> None:
+    archive = flattened_tar(tmp_path / "clash.tar", [("a", b"file"), ("a/b.dcm", b"inside")])
+    result = unpack(archive, tmp_path / "out", LIMITS)
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in result.files)
+    assert names == ["a", "a~2/b.dcm"] and result.renamed == [("a/b.dcm", "a~2/b.dcm")]
+
+
+def test_folder_entries_with_nothing_inside_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "v1.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("seg.dcm", b"SEG")
+        archive.writestr(zipfile.ZipInfo("masks/"), b"")
+        archive.writestr(zipfile.ZipInfo("notes/"), b"")
+        archive.writestr("notes/read.me", b"kept")
+    result = unpack(path, tmp_path / "out", LIMITS)
+    assert result.empty_folders == ["masks/"]
+
+
+def test_a_tar_made_of_a_folder_with_its_dot_member_unpacks(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "seg.dcm").write_bytes(b"SEG")
+    path = tmp_path / "dot.tar"
+    with tarfile.open(path, "w") as archive:  # as `tar -C src -cf dot.tar .` makes it
+        archive.add(source, arcname=".")
+    result = unpack(path, tmp_path / "out", LIMITS)
+    assert [p.name for p in result.files] == ["seg.dcm"] and result.empty_folders == []
+
+
+def test_a_member_with_a_name_too_long_for_the_file_system_is_refused_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    archive = make_zip(tmp_path / "long.zip", {"a" * 300 + ".dcm": b"x"})
+    with pytest.raises(HostileArchive, match="longer than 255 bytes"):
         unpack(archive, tmp_path / "out", LIMITS)
