@@ -1,7 +1,8 @@
 """Every setting of the relay, read once from the environment and validated.
 
-The variable names of the original relay keep their meaning; the new ones are documented
-in docs/configuration.md, which is generated from this class. Times are seconds and accept fractions.
+The variable names of the original relay keep their meaning; every variable is documented
+in docs/configuration.md, which is generated from this class. Times are seconds and accept
+fractions.
 """
 
 from __future__ import annotations
