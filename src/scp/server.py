@@ -31,7 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
-from isdr.scp.access import AccessPolicy
+from isdr.scp.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.scp.guard import how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.tuning import tune_connection
@@ -67,6 +67,7 @@ class AssociationStats:
     duplicates: int = 0
     refused: int = 0
     bytes: int = 0
+    echo_only: bool = False  # Verification alone (health checks): logged at DEBUG
 
 
 class StoreSCP:
@@ -147,7 +148,10 @@ class StoreSCP:
         """Who may send: a refused association gets an A-ASSOCIATE-RJ with the reason."""
         request = event.assoc.requestor.primitive
         address = str(event.assoc.requestor.address)
-        refusal = self.policy.refusal(
+        policy = self.policy
+        if _is_health_check(event.assoc, address):
+            policy = policy.for_health_check()
+        refusal = policy.refusal(
             str(request.calling_ae_title), str(request.called_ae_title), address
         )
         if refusal is not None:
@@ -157,12 +161,22 @@ class StoreSCP:
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
-        stats = AssociationStats(requestor.ae_title, f"{requestor.address}:{requestor.port}")
+        accepted = event.assoc.accepted_contexts
+        stats = AssociationStats(
+            requestor.ae_title,
+            f"{requestor.address}:{requestor.port}",
+            echo_only=bool(accepted) and all(c.abstract_syntax == VERIFICATION for c in accepted),
+        )
         with self._lock:
             self._stats[id(event.assoc)] = stats
         refused = _refused_contexts(event.assoc.rejected_contexts)
-        if event.assoc.accepted_contexts:
-            logger.info("association from %s at %s accepted", stats.calling_ae_title, stats.peer)
+        if accepted:
+            logger.log(
+                logging.DEBUG if stats.echo_only else logging.INFO,
+                "association from %s at %s accepted",
+                stats.calling_ae_title,
+                stats.peer,
+            )
             if refused:  # senders often propose every storage class they know
                 logger.debug("presentation contexts refused to %s: %s", stats.peer, refused)
         else:
@@ -307,6 +321,23 @@ def _make_ae(ae_title: str, max_pdu: int) -> AE:
     return ae
 
 
+def _is_health_check(assoc: Any, address: str) -> bool:
+    """The relay's own `isdr echo` (see isdr.scp.access.is_health_check)."""
+    request = assoc.requestor.primitive
+    proposed = [str(c.abstract_syntax) for c in request.presentation_context_definition_list]
+    calling = str(request.calling_ae_title)
+    return is_health_check(calling, address, _local_address(assoc), proposed)
+
+
+def _local_address(assoc: Any) -> str:
+    """The address of ours the peer connected to."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    try:
+        return str(sock.getsockname()[0]) if sock is not None else ""
+    except OSError:
+        return ""
+
+
 def _on_echo(event: Any) -> int:
     return STATUS_SUCCESS
 
@@ -328,10 +359,12 @@ def _refused_contexts(contexts: list[Any]) -> str:
 
 
 def _log_summary(stats: AssociationStats, ending: str | None) -> None:
-    """The association's one closing line: a warning when it ended abnormally."""
+    """The association's one closing line: a warning when it ended abnormally; at DEBUG
+    for a C-ECHO alone (a health check every 30 s is not news)."""
     seconds = max(time.monotonic() - stats.started, 1e-6)
+    quiet = logging.DEBUG if stats.echo_only else logging.INFO
     logger.log(
-        logging.WARNING if ending else logging.INFO,
+        logging.WARNING if ending else quiet,
         "association from %s at %s %s: %d stored, %d duplicate, %d refused, "
         "%.1f MB in %.1f s (%.1f MB/s)",
         stats.calling_ae_title,
