@@ -32,6 +32,7 @@ from isdr.inference.unpack import Limits
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor, utcnow
+from isdr.scp.listen import check_can_listen
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 from isdr.scp.tuning import tune_libraries
@@ -244,6 +245,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     with single_instance(settings.DATA_DIR):
+        check_can_listen(_listen_host(settings), settings.SCP_PORT)  # one clear line if not
         relay.start()
         logger.info("relay running; stop it with SIGTERM or Ctrl-C")
         stop.wait()
@@ -251,6 +253,11 @@ def serve(settings: Settings) -> None:
     if not idle:
         logging.shutdown()
         os._exit(0)  # do not wait for the submit's thread: the stop must stay within 10 s
+
+
+def _listen_host(settings: Settings) -> str:
+    """Where the receiver binds: dcmtk's storescp on every address, whatever SCP_HOSTNAME."""
+    return "" if settings.RECEIVER == "dcmtk" else settings.SCP_HOSTNAME
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from isdr.logs import log_exception
 from isdr.scp.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.scp.guard import how_it_ended
 from isdr.scp.ingest import Ingestor
+from isdr.scp.listen import CannotListen, cannot_listen
 from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,12 @@ class StoreSCP:
             (evt.EVT_C_ECHO, _on_echo),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_Acceptor)
+        try:
+            server = self.ae.make_server(
+                self.address, evt_handlers=handlers, server_class=_Acceptor
+            )
+        except OSError as exc:
+            raise CannotListen(cannot_listen(*self.address, exc)) from exc
         assert isinstance(server, _Acceptor)
         server.tls = self.tls
         self.ae._servers.append(server)  # as start_server does: its shutdown removes it
