@@ -29,7 +29,7 @@ from isdr.daemons.retry import doubling
 from isdr.daemons.targets import deletes_remotely, target_of
 from isdr.db import delivery as queue
 from isdr.db.models import Step
-from isdr.fingerprints.model import Fingerprint, TokenUnavailable
+from isdr.fingerprints.model import AE_TITLE_MAX, Fingerprint, TokenUnavailable
 from isdr.inference.client import Answer, InferenceClient, Outcome
 from isdr.logs import log_exception
 from isdr.scu.sender import FileToSend, Peer, Report, SendOptions, send_files
@@ -147,6 +147,12 @@ class Deliverer:
     def deliver(self, work: queue.DeliveryWork) -> None:
         """One attempt at one destination: send what it has not confirmed yet."""
         where = work.destination
+        problem = _uncallable(where)
+        if problem is not None:  # no attempt will ever work: this destination fails now
+            queue.delivery_retry(
+                self.engine, work.delivery_id, problem, self.clock(), self.settings.backoff, 1
+            )
+            return
         peer = Peer(where.host, where.port, where.ae_title, where.tls)
         files = [_to_send(work.output_dir, record) for record in work.files]
         options = SendOptions(
@@ -303,6 +309,16 @@ def _to_send(output_dir: str, record: queue.OutputRecord) -> FileToSend:
         record.name, Path(output_dir) / record.name, record.sop_class_uid,
         record.sop_instance_uid, record.transfer_syntax_uid,
     )  # fmt: skip
+
+
+def _uncallable(where: queue.Destination) -> str | None:
+    """Why a destination can never be called, as its delivery's error (None: it can)."""
+    if len(where.ae_title.strip()) > AE_TITLE_MAX:
+        return (
+            f"AE title {where.ae_title!r} longer than {AE_TITLE_MAX} characters: DICOM allows "
+            f"{AE_TITLE_MAX}; shorten scu_ae_title in the fingerprint (new jobs use it)"
+        )
+    return None
 
 
 def _reason(report: Report, total: int) -> str:

@@ -50,6 +50,8 @@ class FingerprintRegistry:
         self._loaded = loaded
         log = logger.warning if loaded.errors else logger.info
         log("fingerprints in %s: %s", self.folder, loaded.summary())
+        for warning in loaded.warnings:
+            logger.warning("fingerprint %s", warning)
         if kept:
             logger.warning(
                 "fingerprints: keeping the last good version of %s", ", ".join(sorted(kept))
