@@ -7,11 +7,14 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isdr import __version__
 from isdr.config import Settings, describe_settings, load_settings
 from isdr.errors import ConfigError, IsdrError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,10 +97,43 @@ def _fingerprints_test(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+def _relay_engine(settings: Settings) -> Engine | None:
+    """The relay's database; None, said in one line, when there is none where it is looked
+    for: a command run in another folder must not make itself a new, empty one."""
     from isdr.db.engine import make_engine
 
-    engine = make_engine(settings.database_url)
+    missing = missing_database(settings, Path.cwd())
+    if missing is not None:
+        print(f"isdr: {missing}", file=sys.stderr)
+        return None
+    return make_engine(settings.database_url)
+
+
+def missing_database(settings: Settings, cwd: Path) -> str | None:
+    """Where the relay's SQLite file was looked for and why there, if it is not there."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = cwd / str(url.database)  # an absolute database path stays as it is
+    if path.is_file():
+        return None
+    variable = "DATABASE_URL" if settings.DATABASE_URL else "DATA_DIR"
+    value = str(url.database) if settings.DATABASE_URL else str(settings.DATA_DIR)
+    relative = (
+        "" if Path(str(url.database)).is_absolute() else f", relative to the current folder {cwd}"
+    )
+    return (
+        f"no relay database at {path} ({variable}={value}{relative}): run this in the "
+        f"relay's folder or set {variable}"
+    )
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    engine = _relay_engine(settings)
+    if engine is None:
+        return 1
     if args.action is not None:
         if args.job_id is None:
             print(f"isdr: jobs {args.action} needs a job id", file=sys.stderr)
@@ -234,10 +270,11 @@ def _config(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _series(settings: Settings, args: argparse.Namespace) -> int:
-    from isdr.db.engine import make_engine
     from isdr.db.series import list_series
 
-    engine = make_engine(settings.database_url)
+    engine = _relay_engine(settings)
+    if engine is None:
+        return 1
     rows = list_series(engine, args.limit)
     now = datetime.now(UTC)
     header = ("ID", "STATE", "MODALITY", "INSTANCES", "MB", "FIRST", "QUIET FOR", "FROM", "SERIES")
