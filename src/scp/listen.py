@@ -17,12 +17,13 @@ class CannotListen(IsdrError):
 
 
 def check_can_listen(host: str, port: int) -> None:
-    """Bind host:port as the Store SCP will (SO_REUSEADDR), then let it go; CannotListen
-    saying why and what to do when that fails."""
+    """Bind host:port as the Store SCP will (an IPv4 address first, as pynetdicom picks;
+    SO_REUSEADDR), then let it go; CannotListen saying why and what to do if that fails."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
+        entries = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        )
+        family, kind, proto, _, address = min(entries, key=lambda e: e[0] != socket.AF_INET)
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
