@@ -141,8 +141,8 @@ class Relay:
 def build_relay(settings: Settings) -> Relay:
     """Create folders, the database and the receiving side from the settings."""
     tune_libraries(pynetdicom_logging=settings.pynetdicom_level != "NONE")
-    settings.INCOMING_DIR.mkdir(parents=True, exist_ok=True)
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    make_folder("INCOMING_DIR", settings.INCOMING_DIR)
+    make_folder("DATA_DIR", settings.DATA_DIR)
     engine = make_engine(settings.database_url, durable=settings.FSYNC_WRITES)
     writer = AtomicWriter(
         settings.INCOMING_DIR,
@@ -175,6 +175,18 @@ def build_relay(settings: Settings) -> Relay:
     return Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
+
+
+def make_folder(variable: str, folder: Path) -> None:
+    """Create one of the folders the relay writes to; IsdrError, in one line, if it cannot
+    (a path from the original relay, such as /INCOMING, is not writable in the image)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IsdrError(
+            f"cannot create {variable}={folder} ({exc.strerror or exc}): it must be a folder "
+            f"the relay's user (uid {os.getuid()}) may write to"
+        ) from exc
 
 
 def _post_settings(settings: Settings) -> PostSettings:

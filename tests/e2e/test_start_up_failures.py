@@ -40,3 +40,14 @@ def test_an_address_that_is_not_this_machines_is_one_line(tmp_path: Path) -> Non
 def test_an_unknown_host_name_is_one_line(tmp_path: Path) -> None:
     result = serve(tmp_path, "no-such-host.invalid", free_port())  # .invalid: never resolves
     one_line_saying(result, "is not a known host name or address")
+
+
+def test_a_folder_the_relay_cannot_create_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, **relay_env(relay_settings(tmp_path))}
+    env["INCOMING_DIR"] = str(tmp_path / "a-file" / "incoming")
+    result = subprocess.run([*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"isdr: cannot create INCOMING_DIR={tmp_path / 'a-file' / 'incoming'}")
+    assert "may write to" in line
