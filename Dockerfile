@@ -56,9 +56,23 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && mkdir -p /data/incoming \
     && chown -R isdr:isdr /data
 
+# Port 104, as the original relay listened, works as user 10001: the Python that runs
+# the relay may bind ports below 1024 (cap_net_bind_service, a file capability; no other
+# privilege). setcap comes from libcap2-bin, installed for this step only. Not pinned:
+# the package is gone again at the end of the step.
+# hadolint ignore=DL3008
+RUN python="$(readlink -f /usr/local/bin/python3)" \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends libcap2-bin \
+    && setcap cap_net_bind_service=+ep "$python" \
+    && [ -n "$(getcap "$python")" ] \
+    && apt-get purge -y --auto-remove libcap2-bin \
+    && rm -rf /var/lib/apt/lists/*
+
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
+# The default SCP_PORT; with SCP_PORT=104 the relay listens there (see above).
 EXPOSE 11112
 
 # A real C-ECHO against the relay's own Store SCP.

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TextIO
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from isdr.config import Settings
 from isdr.daemons.deliver import Deliverer, DeliverSettings
@@ -38,6 +39,7 @@ from isdr.logs import configure_logging
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
+from isdr.scp.listen import check_can_listen
 from isdr.scp.server import StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 from isdr.scp.tuning import tune_libraries
@@ -152,8 +154,8 @@ class Relay:
 def build_relay(settings: Settings) -> Relay:
     """Create folders, the database and the receiving side from the settings."""
     tune_libraries(pynetdicom_logging=settings.pynetdicom_level != "NONE")
-    settings.INCOMING_DIR.mkdir(parents=True, exist_ok=True)
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    make_folder("INCOMING_DIR", settings.INCOMING_DIR)
+    make_folder("DATA_DIR", settings.DATA_DIR)
     engine = make_engine(settings.database_url, durable=settings.FSYNC_WRITES)
     writer = AtomicWriter(
         settings.INCOMING_DIR,
@@ -186,6 +188,18 @@ def build_relay(settings: Settings) -> Relay:
     return Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
+
+
+def make_folder(variable: str, folder: Path) -> None:
+    """Create one of the folders the relay writes to; IsdrError, in one line, if it cannot
+    (a path from the original relay, such as /INCOMING, is not writable in the image)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IsdrError(
+            f"cannot create {variable}={folder} ({exc.strerror or exc}): it must be a folder "
+            f"the relay's user (uid {os.getuid()}) may write to"
+        ) from exc
 
 
 def _post_settings(settings: Settings) -> PostSettings:
@@ -258,6 +272,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     with single_instance(settings.DATA_DIR):
+        check_can_listen(_listen_host(settings), settings.SCP_PORT)  # one clear line if not
         relay.start()
         logger.info("relay running; stop it with SIGTERM or Ctrl-C")
         stop.wait()
@@ -265,6 +280,11 @@ def serve(settings: Settings) -> None:
     if not idle:
         logging.shutdown()
         os._exit(0)  # do not wait for the submit's thread: the stop must stay within 10 s
+
+
+def _listen_host(settings: Settings) -> str:
+    """Where the receiver binds: dcmtk's storescp on every address, whatever SCP_HOSTNAME."""
+    return "" if settings.RECEIVER == "dcmtk" else settings.SCP_HOSTNAME
 
 
 @contextlib.contextmanager
@@ -281,9 +301,35 @@ def single_instance(data_dir: Path) -> Iterator[None]:
 # --- what the other commands ask of a relay's records and configuration ---
 
 
-def open_database(settings: Settings) -> Engine:
-    """The relay's database, for the commands that read it (`isdr jobs`, `series`)."""
+def open_database(settings: Settings, cwd: Path | None = None) -> Engine:
+    """The relay's database, for the commands that read it (`isdr jobs`, `series`).
+
+    A command run in another folder must not make itself a new, empty database: when the
+    SQLite file is not where the relay would have it, IsdrError says where it looked.
+    """
+    missing = missing_database(settings, cwd or Path.cwd())
+    if missing is not None:
+        raise IsdrError(missing)
     return make_engine(settings.database_url)
+
+
+def missing_database(settings: Settings, cwd: Path) -> str | None:
+    """Where the relay's SQLite file was looked for and why there, if it is not there."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = cwd / str(url.database)  # an absolute database path stays as it is
+    if path.is_file():
+        return None
+    variable = "DATABASE_URL" if settings.DATABASE_URL else "DATA_DIR"
+    value = str(url.database) if settings.DATABASE_URL else str(settings.DATA_DIR)
+    relative = (
+        "" if Path(str(url.database)).is_absolute() else f", relative to the current folder {cwd}"
+    )
+    return (
+        f"no relay database at {path} ({variable}={value}{relative}): run this in the "
+        f"relay's folder or set {variable}"
+    )
 
 
 def check_fingerprints(folder: Path) -> tuple[list[str], bool]:

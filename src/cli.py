@@ -24,7 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"isdr: {exc}", file=sys.stderr)
         return 2
-    result: int = args.func(settings, args)
+    try:
+        result: int = args.func(settings, args)
+    except IsdrError as exc:  # what a command could not do, in one line
+        print(f"isdr: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

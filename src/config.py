@@ -21,6 +21,9 @@ from isdr.errors import ConfigError
 from isdr.tls import TlsFilesError, server_context
 
 Seconds = Annotated[float, Field(gt=0)]
+# The original relay read these with bool(os.environ.get(...)): its README said to set
+# ASK_INFERENCE_SERVER_TO_DELETE_TASK="" for no. Empty still means false here.
+ORIGINAL_BOOLEANS = ("DELETE_ON_POST", "ASK_INFERENCE_SERVER_TO_DELETE_TASK")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -146,6 +149,11 @@ class Settings(BaseSettings):
     JOB_FILES_RETENTION_HOURS: float = Field(
         168.0, ge=0, description="how long failed jobs' files and non-DICOM outputs are kept"
     )
+
+    @field_validator(*ORIGINAL_BOOLEANS, mode="before")
+    @classmethod
+    def _empty_means_false(cls, value: object) -> object:
+        return False if isinstance(value, str) and not value.strip() else value
 
     @field_validator("ALLOWED_CALLING_AE_TITLES")
     @classmethod

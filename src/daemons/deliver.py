@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from isdr.db import delivery as queue
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
+from isdr.domain.destination import AE_TITLE_MAX, Destination
 from isdr.domain.fingerprint import TokenUnavailable
 from isdr.domain.output import OutputRecord
 from isdr.domain.states import Step
@@ -147,6 +148,12 @@ class Deliverer:
     def deliver(self, work: queue.DeliveryWork) -> None:
         """One attempt at one destination: send what it has not confirmed yet."""
         where = work.destination
+        problem = _uncallable(where)
+        if problem is not None:  # no attempt will ever work: this destination fails now
+            queue.delivery_retry(
+                self.engine, work.delivery_id, problem, self.clock(), self.settings.backoff, 1
+            )
+            return
         peer = where
         files = [_to_send(work.output_dir, record) for record in work.files]
         options = SendOptions(
@@ -312,6 +319,16 @@ def _to_send(output_dir: str, record: OutputRecord) -> FileToSend:
         record.name, Path(output_dir) / record.name, record.sop_class_uid,
         record.sop_instance_uid, record.transfer_syntax_uid,
     )  # fmt: skip
+
+
+def _uncallable(where: Destination) -> str | None:
+    """Why a destination can never be called, as its delivery's error (None: it can)."""
+    if where.ae_title_too_long:
+        return (
+            f"AE title {where.ae_title!r} longer than {AE_TITLE_MAX} characters: DICOM allows "
+            f"{AE_TITLE_MAX}; shorten scu_ae_title in the fingerprint (new jobs use it)"
+        )
+    return None
 
 
 def _reason(report: Report, total: int) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+AE_TITLE_MAX = 16  # characters, PS3.5 6.2 (AE)
+
 
 class DestinationTls(BaseModel):
     """TLS to a destination that requires it; `{}` means TLS, verified by the system's CAs."""
@@ -38,8 +40,15 @@ class Destination(BaseModel):
 
     scu_ip: str = Field(min_length=1, description="host name or address of the destination")
     scu_port: int = Field(ge=1, le=65535, description="its DICOM port")
-    scu_ae_title: str = Field(min_length=1, max_length=16, description="its AE title")
+    # Not refused when longer than 16: the original relay loaded such files. The loader
+    # warns, and this destination alone fails at delivery (see ae_title_too_long).
+    scu_ae_title: str = Field(min_length=1, description="its AE title (at most 16 characters)")
     tls: DestinationTls | None = Field(None, description="present: the destination speaks TLS")
+
+    @property
+    def ae_title_too_long(self) -> bool:
+        """Whether scu_ae_title is longer than DICOM allows: it cannot be called."""
+        return len(self.scu_ae_title.strip()) > AE_TITLE_MAX
 
     @property
     def host(self) -> str:

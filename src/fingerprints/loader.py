@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from isdr.domain.destination import AE_TITLE_MAX
 from isdr.domain.fingerprint import DESTINATION_KEYS, KNOWN_KEYS, TLS_KEYS, Fingerprint
 from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 
@@ -43,10 +44,12 @@ class FingerprintError:
 
 @dataclass(frozen=True)
 class Loaded:
-    """The usable fingerprints of a folder, by file name, and the errors of the others."""
+    """The usable fingerprints of a folder, by file name, and the errors of the others;
+    `warnings`: what in a usable one will not work (it loads all the same)."""
 
     fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
     errors: list[FingerprintError] = field(default_factory=list)
+    warnings: list[FingerprintError] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the log."""
@@ -71,9 +74,25 @@ def load_folder(folder: Path) -> Loaded:
         result = load_file(path)
         if isinstance(result, Fingerprint):
             loaded.fingerprints[path.name] = result
+            loaded.warnings.extend(warnings_of(path.name, result))
         else:
             loaded.errors.extend(result)
     return loaded
+
+
+def warnings_of(file: str, fingerprint: Fingerprint) -> list[FingerprintError]:
+    """What loads but will not work: a destination whose AE title is too long (the
+    original relay took it; that destination alone fails at delivery)."""
+    return [
+        FingerprintError(
+            file,
+            f"AE title {destination.scu_ae_title!r} is longer than {AE_TITLE_MAX} characters: "
+            "this destination will fail at delivery (the others are served); shorten it",
+            field=f"scus.{index}.scu_ae_title",
+        )
+        for index, destination in enumerate(fingerprint.scus)
+        if destination.ae_title_too_long
+    ]
 
 
 def load_file(path: Path) -> Fingerprint | list[FingerprintError]:

@@ -1,4 +1,9 @@
-"""The fingerprints in force, reloaded within moments of a change to FINGERPRINT_DIR."""
+"""The fingerprints in force, reloaded within moments of a change to FINGERPRINT_DIR.
+
+A FINGERPRINT_DIR that does not exist is not created (a misspelt path would silently
+become an empty folder): it is a warning, looked for every second, and watched from
+the moment it appears.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from isdr.fingerprints.loader import Loaded, load_folder
 logger = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.3
+APPEAR_POLL_SECONDS = 1.0  # how often a missing FINGERPRINT_DIR is looked for
 
 
 class FingerprintRegistry:
@@ -27,6 +33,7 @@ class FingerprintRegistry:
         self._changed = threading.Event()
         self._stopping = threading.Event()
         self._observer: Any = None
+        self._watching = False
 
     def current(self) -> dict[str, Fingerprint]:
         """The usable fingerprints, by file name (a snapshot: never changes under you)."""
@@ -50,6 +57,8 @@ class FingerprintRegistry:
         self._loaded = loaded
         log = logger.warning if loaded.errors else logger.info
         log("fingerprints in %s: %s", self.folder, loaded.summary())
+        for warning in loaded.warnings:
+            logger.warning("fingerprint %s", warning)
         if kept:
             logger.warning(
                 "fingerprints: keeping the last good version of %s", ", ".join(sorted(kept))
@@ -57,13 +66,17 @@ class FingerprintRegistry:
         return loaded
 
     def start(self) -> None:
-        """Load now, then reload after every change to the folder."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Load now, then reload after every change to the folder (once it exists)."""
+        if not self.folder.is_dir():
+            logger.warning(
+                "FINGERPRINT_DIR=%s does not exist: no fingerprint will match until it is created",
+                self.folder,
+            )
         self.reload()
         self._observer = Observer()
-        self._observer.schedule(_Changed(self._changed), str(self.folder), recursive=False)
         self._observer.daemon = True
         self._observer.start()
+        self._watch()
         threading.Thread(target=self._reload_on_change, daemon=True, name="fingerprints").start()
 
     def stop(self) -> None:
@@ -74,11 +87,22 @@ class FingerprintRegistry:
             self._observer.stop()
             self._observer.join(timeout=5)
 
+    def _watch(self) -> bool:
+        """Watch the folder if it exists now; whether it is watched."""
+        if not self._watching and self.folder.is_dir():
+            self._observer.schedule(_Changed(self._changed), str(self.folder), recursive=False)
+            self._watching = True
+        return self._watching
+
     def _reload_on_change(self) -> None:
         while True:
-            self._changed.wait()
+            self._changed.wait(None if self._watching else APPEAR_POLL_SECONDS)
             if self._stopping.is_set():
                 return
+            if not self._watching:
+                if not self._watch():
+                    continue
+                logger.info("FINGERPRINT_DIR=%s now exists: loading and watching it", self.folder)
             self._stopping.wait(DEBOUNCE_SECONDS)  # let an editor finish writing
             self._changed.clear()
             try:

@@ -21,6 +21,7 @@ def check_lines(folder: Path, loaded: Loaded) -> list[str]:
         f"(API {fp.inference_server_api}), {len(fp.scus)} destination(s)"
         for name, fp in sorted(loaded.fingerprints.items())
     ]
+    lines += [f"WARN   {warning}" for warning in loaded.warnings]
     lines += [f"ERROR  {error}" for error in loaded.errors]
     if not lines:
         lines.append(f"no fingerprint files (*.json) in {folder}")

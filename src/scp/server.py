@@ -29,11 +29,12 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from isdr.domain.access import AccessPolicy
+from isdr.domain.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
 from isdr.scp.guard import how_it_ended
 from isdr.scp.ingest import Ingestor
+from isdr.scp.listen import CannotListen, cannot_listen
 from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class AssociationStats:
     duplicates: int = 0
     refused: int = 0
     bytes: int = 0
+    echo_only: bool = False  # Verification alone (health checks): logged at DEBUG
 
 
 class StoreSCP:
@@ -109,7 +111,12 @@ class StoreSCP:
             (evt.EVT_C_ECHO, _on_echo),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
-        server = self.ae.make_server(self.address, evt_handlers=handlers, server_class=_Acceptor)
+        try:
+            server = self.ae.make_server(
+                self.address, evt_handlers=handlers, server_class=_Acceptor
+            )
+        except OSError as exc:
+            raise CannotListen(cannot_listen(*self.address, exc)) from exc
         assert isinstance(server, _Acceptor)
         server.tls = self.tls
         self.ae._servers.append(server)  # as start_server does: its shutdown removes it
@@ -147,7 +154,10 @@ class StoreSCP:
         """Who may send: a refused association gets an A-ASSOCIATE-RJ with the reason."""
         request = event.assoc.requestor.primitive
         address = str(event.assoc.requestor.address)
-        refusal = self.policy.refusal(
+        policy = self.policy
+        if _is_health_check(event.assoc, address):
+            policy = policy.for_health_check()
+        refusal = policy.refusal(
             str(request.calling_ae_title), str(request.called_ae_title), address
         )
         if refusal is not None:
@@ -157,12 +167,22 @@ class StoreSCP:
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
-        stats = AssociationStats(requestor.ae_title, f"{requestor.address}:{requestor.port}")
+        accepted = event.assoc.accepted_contexts
+        stats = AssociationStats(
+            requestor.ae_title,
+            f"{requestor.address}:{requestor.port}",
+            echo_only=bool(accepted) and all(c.abstract_syntax == VERIFICATION for c in accepted),
+        )
         with self._lock:
             self._stats[id(event.assoc)] = stats
         refused = _refused_contexts(event.assoc.rejected_contexts)
-        if event.assoc.accepted_contexts:
-            logger.info("association from %s at %s accepted", stats.calling_ae_title, stats.peer)
+        if accepted:
+            logger.log(
+                logging.DEBUG if stats.echo_only else logging.INFO,
+                "association from %s at %s accepted",
+                stats.calling_ae_title,
+                stats.peer,
+            )
             if refused:  # senders often propose every storage class they know
                 logger.debug("presentation contexts refused to %s: %s", stats.peer, refused)
         else:
@@ -307,6 +327,23 @@ def _make_ae(ae_title: str, max_pdu: int) -> AE:
     return ae
 
 
+def _is_health_check(assoc: Any, address: str) -> bool:
+    """The relay's own `isdr echo` (see isdr.domain.access.is_health_check)."""
+    request = assoc.requestor.primitive
+    proposed = [str(c.abstract_syntax) for c in request.presentation_context_definition_list]
+    calling = str(request.calling_ae_title)
+    return is_health_check(calling, address, _local_address(assoc), proposed)
+
+
+def _local_address(assoc: Any) -> str:
+    """The address of ours the peer connected to."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    try:
+        return str(sock.getsockname()[0]) if sock is not None else ""
+    except OSError:
+        return ""
+
+
 def _on_echo(event: Any) -> int:
     return STATUS_SUCCESS
 
@@ -328,10 +365,12 @@ def _refused_contexts(contexts: list[Any]) -> str:
 
 
 def _log_summary(stats: AssociationStats, ending: str | None) -> None:
-    """The association's one closing line: a warning when it ended abnormally."""
+    """The association's one closing line: a warning when it ended abnormally; at DEBUG
+    for a C-ECHO alone (a health check every 30 s is not news)."""
     seconds = max(time.monotonic() - stats.started, 1e-6)
+    quiet = logging.DEBUG if stats.echo_only else logging.INFO
     logger.log(
-        logging.WARNING if ending else logging.INFO,
+        logging.WARNING if ending else quiet,
         "association from %s at %s %s: %d stored, %d duplicate, %d refused, "
         "%.1f MB in %.1f s (%.1f MB/s)",
         stats.calling_ae_title,

@@ -362,3 +362,17 @@ def test_the_files_of_a_failed_job_are_removed_after_the_retention(
         assert time.monotonic() < deadline, "the job's files were not removed"
         time.sleep(0.1)
     assert the_job(relay).files_removed_at is not None
+
+
+def test_a_destination_with_an_ae_title_over_16_characters_alone_fails_and_says_why(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp
+) -> None:
+    relay = make_relay()  # the original relay's example fingerprint had one of 17
+    fingerprint(relay, standin, 1, [to(storescp.port, "DEST"), to(1, "DICOM_ENDPOINT_AE")])
+    receive_ct(relay)
+    job = wait_for_state(relay, "delivered", "failed")
+    assert len(storescp.files()) == standin.output_count  # the other one was served
+    good, long = job_details(relay.engine, job.id)[0]
+    assert (good.state, long.state, long.attempts) == ("delivered", "failed", 1)
+    assert "AE title 'DICOM_ENDPOINT_AE' longer than 16 characters" in long.last_error
+    assert job.state == "failed" and "longer than 16 characters" in job.last_error

@@ -167,7 +167,7 @@ def test_the_health_check_echo_works_over_tls_with_client_certificates_required(
     answer = echo("127.0.0.1", tls_relay.scp.port, tls_relay.settings.SCP_AE_TITLE, tls=context)
     assert answer.ok, answer.detail
     plain = echo("127.0.0.1", tls_relay.scp.port, tls_relay.settings.SCP_AE_TITLE, timeout=2)
-    assert not plain.ok
+    assert not plain.ok and "does the relay expect TLS" in plain.detail, plain.detail
 
 
 # --- deliveries to destinations that require TLS -------------------------------------

@@ -92,3 +92,19 @@ def test_a_key_that_does_not_match_its_certificate_is_named(
     monkeypatch.setenv("SCP_TLS_KEY_FILE", str(tmp_path / "b.key"))
     with pytest.raises(ConfigError, match="cannot be used together"):
         load_settings().scp_tls_context()
+
+
+@pytest.mark.parametrize("name", ["DELETE_ON_POST", "ASK_INFERENCE_SERVER_TO_DELETE_TASK"])
+def test_an_empty_boolean_of_the_original_relay_means_false(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "")  # the original README: set to "" if you don't want it
+    assert getattr(load_settings(), name) is False
+
+
+def test_an_invalid_boolean_of_the_original_relay_still_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASK_INFERENCE_SERVER_TO_DELETE_TASK", "sometimes")
+    with pytest.raises(ConfigError, match="ASK_INFERENCE_SERVER_TO_DELETE_TASK='sometimes'"):
+        load_settings()

@@ -36,6 +36,16 @@ def test_the_image_runs_as_a_numeric_user_that_is_not_root() -> None:
     assert uid.isdigit() and int(uid) != 0
 
 
+def test_the_image_may_listen_on_port_104_as_its_user() -> None:
+    [step] = [run for run in instructions("RUN") if "setcap" in run]
+    assert 'setcap cap_net_bind_service=+ep "$python"' in step
+    assert 'python="$(readlink -f /usr/local/bin/python3)"' in step  # the file, not a link
+    assert "apt-get install -y --no-install-recommends libcap2-bin" in step
+    assert step.index("setcap") < step.index("apt-get purge -y --auto-remove libcap2-bin")
+    assert step.endswith("rm -rf /var/lib/apt/lists/*")
+    assert DOCKERFILE.index("setcap") < DOCKERFILE.index("\nUSER ")  # as root, before USER
+
+
 def test_the_health_check_is_a_real_c_echo_by_the_installed_isdr() -> None:
     [check] = instructions("HEALTHCHECK")
     assert check.endswith('CMD ["isdr", "echo"]')

@@ -35,6 +35,9 @@ NOT_SETTINGS = {
     "NO_PATIENT_ID",  # placeholders of the sorted tree's folder names
     "NO_MODALITY",
     "CERTIFICATE_VERIFY_FAILED",  # OpenSSL's reason, quoted from a log line
+    "NET_BIND_SERVICE",  # a Linux capability (docker run --cap-add)
+    "ISDR_ECHO",  # the health check's calling AE title
+    "DICOM_ENDPOINT_AE",  # an AE title of the original relay's example fingerprint
 }
 # Subcommands the docs may name before the parser has them.
 NOT_YET_PARSED = {

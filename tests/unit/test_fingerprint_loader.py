@@ -7,6 +7,7 @@ from pathlib import Path
 
 from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import FingerprintError, load_file, load_folder
+from isdr.fingerprints.report import check_lines
 
 ORIGINAL = {
     "modality_regex": "CT",
@@ -125,3 +126,23 @@ def test_no_hostname_check_without_a_ca_file_is_refused(tmp_path: Path) -> None:
     loose = {**ORIGINAL, "scus": [{**ORIGINAL["scus"][0], "tls": {"check_hostname": False}}]}  # type: ignore[dict-item]
     [error] = errors_of(write(tmp_path, "loose.json", json.dumps(loose, indent=2)))
     assert "check_hostname false needs a ca_file" in str(error)
+
+
+def test_a_destination_ae_title_over_16_characters_loads_with_a_warning_naming_it(
+    tmp_path: Path,
+) -> None:
+    scus = [ORIGINAL["scus"][0], {"scu_ip": "h", "scu_port": "11111", "scu_ae_title": "A" * 17}]
+    write(tmp_path, "long.json", json.dumps({**ORIGINAL, "scus": scus}))
+    loaded = load_folder(tmp_path)
+    assert list(loaded.fingerprints) == ["long.json"] and loaded.errors == []
+    [warning] = loaded.warnings
+    assert (warning.file, warning.field) == ("long.json", "scus.1.scu_ae_title")
+    assert "longer than 16 characters" in str(warning) and "fail at delivery" in str(warning)
+
+
+def test_isdr_fingerprints_check_shows_the_warning_and_the_file_as_ok(tmp_path: Path) -> None:
+    scus = [{"scu_ip": "h", "scu_port": 104, "scu_ae_title": "A" * 17}]
+    write(tmp_path, "long.json", json.dumps({**ORIGINAL, "scus": scus}))
+    lines = check_lines(tmp_path, load_folder(tmp_path))
+    assert lines[0].startswith("OK     long.json")
+    assert lines[1].startswith("WARN   long.json: field 'scus.0.scu_ae_title'")
