@@ -36,6 +36,7 @@ from isdr.fingerprints.report import check_lines, test_lines
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
 from isdr.logs import configure_logging
+from isdr.preflight import check_online
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 STOP_MARGIN = 1.5  # on top of STOP_TIMEOUT, for aborting associations and closing up
 OWNER_ONLY = 0o077  # umask: no permission for group or others
+ONLINE_TIMEOUT = 10.0  # seconds a server may take to answer `fingerprints check --online`
 DELIVERY_TICK = 1.0  # seconds between looks for due deliveries and finished jobs
 
 
@@ -332,10 +334,20 @@ def missing_database(settings: Settings, cwd: Path) -> str | None:
     )
 
 
-def check_fingerprints(folder: Path) -> tuple[list[str], bool]:
-    """`isdr fingerprints check`: a line per file, and whether every file is valid."""
+def check_fingerprints(folder: Path, online: Settings | None = None) -> tuple[list[str], bool]:
+    """`isdr fingerprints check` (`--online` with the settings): a line per file (and per
+    server and destination reached), and whether all is well."""
     loaded = load_folder(folder)
-    return check_lines(folder, loaded), not loaded.errors
+    lines = check_lines(folder, loaded)
+    ok = not any(line.startswith("ERROR") for line in lines)
+    if online is None:
+        return lines, ok
+    client = InferenceClient(online.CERT_FILE, min(online.POST_TIMEOUT, ONLINE_TIMEOUT))
+    try:
+        findings = check_online(loaded.fingerprints, client, online.SCP_AE_TITLE)
+    finally:
+        client.close()
+    return lines + [f.line() for f in findings], ok and all(f.ok for f in findings)
 
 
 def test_fingerprints(path: Path, folder: Path) -> list[str]:

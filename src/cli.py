@@ -71,6 +71,10 @@ def _fingerprint_commands(commands: Any) -> None:
     actions = group.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="validate a folder; exit 1 on any error")
     check.add_argument("folder", nargs="?", type=Path, help="default: FINGERPRINT_DIR")
+    check.add_argument(
+        "--online", action="store_true",
+        help="also reach every server (TLS, API generation, model) and C-ECHO every destination",
+    )  # fmt: skip
     check.set_defaults(func=_fingerprints_check)
     test = actions.add_parser("test", help="tell per series which fingerprints match, and why not")
     test.add_argument("path", type=Path, help="a DICOM file or a folder of them")
@@ -79,7 +83,8 @@ def _fingerprint_commands(commands: Any) -> None:
 
 
 def _fingerprints_check(settings: Settings, args: argparse.Namespace) -> int:
-    lines, ok = app.check_fingerprints(args.folder or settings.FINGERPRINT_DIR)
+    online = settings if args.online else None
+    lines, ok = app.check_fingerprints(args.folder or settings.FINGERPRINT_DIR, online)
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -115,6 +120,10 @@ def _show_job(engine: app.Engine, job_id: int) -> int:
     failed_at = f" (failed at: {job.failed_step})" if job.failed_step else ""
     print(f"attempts {job.attempts}; task {job.task_uid or '-'}; "
           f"last error{failed_at}: {job.last_error or '-'}")  # fmt: skip
+    if job.ambiguous_submits:
+        print(f"possible orphan tasks on the server: {job.ambiguous_submits} (submits that got "
+              "no answer once the whole archive had gone; their times are in the timeline): "
+              "ask the server's administrator to delete them")  # fmt: skip
     deliveries, outputs = app.job_details(engine, job_id)
     if job.output_dir:
         print(f"output: {outputs.dicom} DICOM file(s); kept, not DICOM: "

@@ -211,6 +211,16 @@ class InferenceClient:
             return self._check_model(target, answer)
         return answer
 
+    def probe(self, target: Target, uid: str) -> PollAnswer:
+        """A poll of a task that does not exist (the body is not read): what the server
+        answers shows its generation; a failed TLS handshake is named."""
+        url, params = target.task_request(uid, outputs=True)
+        try:
+            with self._http.stream("GET", url, params=params, headers=target.headers) as answer:
+                return PollAnswer(answer.status_code, f"answered {answer.status_code}")
+        except httpx.HTTPError as exc:
+            return PollAnswer(None, self._transport_error(exc, url).detail)
+
     def models(self, target: Target) -> list[str] | None:
         """The models a generation-2 server lists, when its token lets us ask (else None)."""
         if target.api != 2:

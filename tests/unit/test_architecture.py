@@ -42,10 +42,11 @@ ALLOWED: dict[str, set[str]] = {
     # the entrances
     "app": STAGES
     | {"config", "db", "demo", "domain", "errors", "fingerprints", "inference"}
-    | {"logs", "scu", "tls"},
+    | {"logs", "preflight", "scu", "tls"},
     "demo": {"app", "config", "db", "domain", "errors", "logs", "synthetic"},
     "cli": {"isdr", "app", "config", "domain", "errors"},
     "__main__": {"cli"},
+    "preflight": {"domain", "errors", "inference", "scu", "tls"},
 }
 
 
