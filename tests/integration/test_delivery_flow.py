@@ -11,7 +11,7 @@ import sys
 import tarfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +25,8 @@ from isdr.db.models import Job
 from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import relay_env, relay_settings
+from tests.integration.conftest import FAST
 from tests.peers import RecordingSCP, Storescp
-
-FAST = {
-    "POST_AFTER": 0.3,
-    "POST_INTERVAL": 0.1,
-    "GET_INTERVAL": 0.1,
-    "DELIVERY_RETRY_DELAY": 0.5,
-    "DELIVERY_TIMEOUT": 3,
-}
-
-
-@pytest.fixture
-def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., Relay]]:
-    started: list[Relay] = []
-
-    def make(**overrides: Any) -> Relay:
-        settings = relay_settings(tmp_path, CERT_FILE=standin.ca_file, **{**FAST, **overrides})
-        relay = build_relay(settings)
-        relay.start()
-        started.append(relay)
-        return relay
-
-    yield make
-    for relay in started:
-        relay.stop()
-
-
-@pytest.fixture
-def storescp(tmp_path: Path, dcmtk: None) -> Iterator[Storescp]:
-    destination = Storescp(tmp_path / "pacs").start()
-    yield destination
-    destination.stop()
 
 
 def fingerprint(relay: Relay, standin: StandIn, api: int, scus: list[dict[str, Any]]) -> None:

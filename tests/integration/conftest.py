@@ -1,0 +1,45 @@
+"""Fixtures of the flow tests: a relay in this process, with fast timers, and storescp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isdr.app import Relay, build_relay
+from isdr.demo.standin import StandIn
+from tests.helpers import relay_settings
+from tests.peers import Storescp
+
+FAST = {
+    "POST_AFTER": 0.3,
+    "POST_INTERVAL": 0.1,
+    "GET_INTERVAL": 0.1,
+    "DELIVERY_RETRY_DELAY": 0.5,
+    "DELIVERY_TIMEOUT": 3,
+}
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., Relay]]:
+    started: list[Relay] = []
+
+    def make(**overrides: Any) -> Relay:
+        settings = relay_settings(tmp_path, CERT_FILE=standin.ca_file, **{**FAST, **overrides})
+        relay = build_relay(settings)
+        relay.start()
+        started.append(relay)
+        return relay
+
+    yield make
+    for relay in started:
+        relay.stop()
+
+
+@pytest.fixture
+def storescp(tmp_path: Path, dcmtk: None) -> Iterator[Storescp]:
+    destination = Storescp(tmp_path / "pacs").start()
+    yield destination
+    destination.stop()
