@@ -54,7 +54,6 @@ class PostSettings:
 
 
 SUSPECT_LIMIT = 3  # bare 500s in a row before "the model is unknown" is the verdict
-SUSPECT_DELAY = 10.0  # between them: the job fails within about half a minute
 
 
 def submit_retry(
@@ -76,7 +75,8 @@ def submit_retry(
         ))  # fmt: skip
     if counts.attempts >= settings.max_attempts:
         return RetryDecision(None, f"gave up after {counts.attempts} attempts: {failure.reason}")
-    wait = SUSPECT_DELAY if failure.suspect_model else settings.backoff(counts.attempts)
+    # Bare 500s are tried again POST_RETRY_DELAY apart, not doubling: a verdict within a minute.
+    wait = settings.retry_delay if failure.suspect_model else settings.backoff(counts.attempts)
     return RetryDecision(
         wait, f"attempt {counts.attempts} failed ({failure.reason}); next in {wait:g} s"
     )
