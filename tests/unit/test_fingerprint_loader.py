@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import FingerprintError, load_file, load_folder
 from isdr.fingerprints.report import check_lines
@@ -146,3 +148,24 @@ def test_isdr_fingerprints_check_shows_the_warning_and_the_file_as_ok(tmp_path: 
     lines = check_lines(tmp_path, load_folder(tmp_path))
     assert lines[0].startswith("OK     long.json")
     assert lines[1].startswith("WARN   long.json: field 'scus.0.scu_ae_title'")
+
+
+def test_check_names_what_a_valid_fingerprint_still_gets_wrong_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ISDR_TEST_NO_SUCH_TOKEN", raising=False)
+    (tmp_path / "a.json").write_text(json.dumps({
+        "inference_server_url": "https://inference.example.org/api/tasks",
+        "model_human_readable_id": "m",
+        "scus": [{"scu_ip": "pacs", "scu_port": 104, "scu_ae_title": "PACS",
+                  "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}}],
+    }))  # fmt: skip
+    (tmp_path / "b.json").write_text(json.dumps({
+        "inference_server_url": "https://inference.example.org", "inference_server_api": 2,
+        "model_human_readable_id": "m", "inference_server_token_env": "ISDR_TEST_NO_SUCH_TOKEN",
+    }))  # fmt: skip
+    text = "\n".join(check_lines(tmp_path, load_folder(tmp_path)))
+    assert "a.json: inference_server_url https://inference.example.org/api/tasks lacks its" in text
+    assert "a.json: scus.0.tls: ca_file" in text and "is not a readable file" in text
+    assert "b.json: the variable ISDR_TEST_NO_SUCH_TOKEN" in text
+    assert "OK " not in text

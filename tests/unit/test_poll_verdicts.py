@@ -39,3 +39,8 @@ def test_500_on_api_1_is_a_server_error_to_wait_out() -> None:
 def test_no_answer_is_trouble_to_wait_out(api: int) -> None:
     assert judge(api, None)[0] is Verdict.TROUBLE
     assert judge(api, 503)[0] is Verdict.TROUBLE
+
+
+def test_554_on_api_1_after_the_task_was_seen_means_it_is_gone() -> None:
+    verdict, reason = judge(1, 554, seen=True)
+    assert verdict is Verdict.UNKNOWN and "gone from the server" in reason
