@@ -26,6 +26,7 @@ from pynetdicom.presentation import StoragePresentationContexts
 
 from isdr.demo.serve_standin import READY, serve_standin
 from isdr.demo.standin import PREDICTION, Flaky, StandIn
+from isdr.domain.fingerprint import Fingerprint
 from isdr.synthetic import SeriesSpec, make_instance
 
 
@@ -540,6 +541,7 @@ def test_serve_standin_prints_where_to_submit_and_stops_when_told(tmp_path: Path
         assert ca_file is not None
         v1, v2 = printed_fingerprints(printed)
         assert (v1["inference_server_api"], v2["inference_server_api"]) == (1, 2)
+        assert all(Fingerprint.model_validate(printed) for printed in (v1, v2))
         with httpx.Client(verify=ssl.create_default_context(cafile=ca_file[1])) as client:
             answer = client.post(
                 f"{v2['inference_server_url']}/api/tasks/",
