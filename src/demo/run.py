@@ -9,22 +9,21 @@ be delivered, and prints the job's timeline and where the predictions landed.
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE
+from pynetdicom.presentation import StoragePresentationContexts
 
 from isdr.app import Relay, build_relay
 from isdr.config import Settings
 from isdr.db.delivery import job_details
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.views import JobView
+from isdr.demo.destination import DESTINATION_AE, Destination, free_port
 from isdr.demo.standin import StandIn
 from isdr.logs import configure_logging
 from isdr.synthetic import SeriesSpec, make_instance
@@ -32,35 +31,6 @@ from isdr.synthetic import SeriesSpec, make_instance
 MODEL = "demo-model"
 INSTANCES = 10
 DEADLINE = 60.0
-DESTINATION_AE = "DEMO_PACS"
-
-
-class Destination:
-    """A Store SCP standing in for the PACS: it writes what it receives to `folder`."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = _free_port()
-        self._server: ThreadedAssociationServer | None = None
-
-    def start(self) -> Destination:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        ae = AE(ae_title=DESTINATION_AE)
-        ae.supported_contexts = AllStoragePresentationContexts
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-
-    def _store(self, event: Any) -> int:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        dataset.save_as(self.folder / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
-        return 0x0000
 
 
 def run_demo(out: TextIO) -> int:
@@ -85,7 +55,7 @@ def run_demo(out: TextIO) -> int:
 
 def _settings(work: Path, standin: StandIn) -> Settings:
     return Settings(
-        SCP_HOSTNAME="127.0.0.1", SCP_PORT=_free_port(), SCP_AE_TITLE="ISDR_DEMO",
+        SCP_HOSTNAME="127.0.0.1", SCP_PORT=free_port(), SCP_AE_TITLE="ISDR_DEMO",
         DATA_DIR=work / "data", INCOMING_DIR=work / "data" / "incoming",
         FINGERPRINT_DIR=work / "fingerprints", CERT_FILE=standin.ca_file,
         POST_AFTER=2, POST_INTERVAL=0.5, GET_INTERVAL=1, MIN_FREE_DISK_MB=0,
@@ -159,9 +129,3 @@ def _wait_for_job(relay: Relay) -> JobView | None:
 def _delete_tried(job: JobView) -> bool:
     """Whether the remote delete (when one is due) has had its first try."""
     return job.remote_delete_due_at is None or bool(job.remote_delete_attempts)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -1,46 +1,123 @@
-"""A stand-in InferenceServer speaking both API generations over real HTTPS.
+"""A stand-in InferenceServer: the real server's twin, one generation per HTTPS port.
 
-It records every submission (API generation, model, archive members, headers) and makes a
-`Task` of each; tasks are polled and deleted through the routes of their generation.
-It can be told to answer the next requests with an error, to hang, to drop the connection,
-or to forget models; and how many polls a task stays pending and how it ends. `flaky`
-makes it misbehave at random instead: a seeded share of every kind of request gets a 503
-or a stall (no answer for a while, then the connection closed, nothing kept).
-Certificates come from trustme; `ca_file` is what the relay's CERT_FILE should hold.
+`url_v1` (port `port_v1`) serves only generation 1's routes (`v1.2`), `url_v2` (port
+`port_v2`) only generation 2's (`2.0`), so a fingerprint naming the wrong generation fails
+here as it would in a hospital (see standin_http for what each port answers to the other
+generation's requests). Every behaviour in the table "How the real server behaves" of the
+InferenceServer API reference is modelled, per generation:
+
+- DELETE of a finished task: generation 1 answers 500 `Internal Server Error` (text/plain)
+  yet deletes it; generation 2 answers 200 with the task as JSON. DELETE of a task not
+  finished (its next poll would answer 551, or 554 before generation 1 "inserted" it):
+  500 on both, nothing deleted. DELETE of an unknown or deleted task: 554.
+- Unknown model on submit: generation 1 550; generation 2 500 `Internal Server Error`.
+- Polls: 551 pending or running, 552 failed, 553 output missing; generation 1 answers its
+  errors as `{"detail": {"detail": ...}}`, and 554 to the first poll of a task and to a
+  deleted or unknown task; generation 2 answers 500 `Internal Server Error` to a deleted
+  (by anyone) or unknown task.
+- Outputs: generation 1 a stored zip of the top level of /output, chunked, without a
+  Content-Type (`no_output_files_found.error` when the model wrote nothing); generation 2
+  an uncompressed tar of every file under its base name plus an empty `container.log`,
+  `application/x-tar`, with Content-Length, ETag and Last-Modified (see model_output).
+- Generation 2's submit answers the whole task as JSON (status -1) and its task uids are
+  43 characters; generation 1's are too (`secrets.token_urlsafe(32)`, as in its public
+  source), answered as a JSON string.
+
+Knobs (attributes; set them before or between requests):
+
+- `models`: the model ids the server knows (a set). `internal_token`: the X-Token that
+  generation 2's `GET /api/models/` and `GET /api/tasks/` need (random, settable).
+- `outcome`: how every task ends: "ok" (the outputs), "552" (failed), "553" (output
+  missing), "never" (551 for ever), "empty" (the model wrote nothing), "crash" (the
+  model's process exits non-zero: generation 1 552, generation 2 a finished task whose tar
+  holds only `container.log`).
+- `polls_before_ready` (1): 551 answers before a task ends. `v1_unknown_first` (True):
+  generation 1 answers 554 to the first poll of each task (its insert is asynchronous).
+- `output_count` (2) DICOM instances of `output_instance_rows` x `output_instance_columns`
+  per output, or with `output_per_input` one per instance submitted; `nested_outputs`: the
+  model also writes `masks/a/mask.nii.gz` and `masks/b/mask.nii.gz` (instead of a top-level
+  `mask.nii.gz`); `raw_output`: when set, the 200 body of every task, as it is.
+- `queue_down` (generation 2): while True, a submit is read whole and its task made
+  (`Task.queued_while_down`), then nothing is answered for `hang_seconds` and the
+  connection is closed; such a task stays pending (551, its polls not counted) until
+  `queue_down` is False again, then runs like any other.
+- `behaviours`, `poll_behaviours`, `delete_behaviours`: queues of what the next submits,
+  polls (every GET) and deletes get before the normal logic: "400", "500", "503", "552"
+  (that status, body "temporarily broken"), "hang" (`hang_seconds` of silence, then 503;
+  a hung submit counts in `hung`), "stall" (`hang_seconds` of silence, then the connection
+  closed, nothing kept), "drop" (the connection closed at once), "nouid" (200 `{}`), "ok".
+- `flaky`: a Flaky; when a queue is empty it draws what the request gets (503 or stall).
+- `hang_seconds` (5): the silence of "hang", "stall" and `queue_down`.
+- `discard`: read archives and count their bytes but keep nothing (benchmarks).
+
+Records: `submissions` (every accepted archive), `tasks` (uid -> Task), `deleted` (uids
+deleted through a DELETE, in order; `delete_behind_back(uid)` deletes as another client
+would, without listing it), `gets` (every GET), `hung`; `live_tasks()` lists the tasks
+not deleted. `lock` guards them all. Certificates come from trustme; `ca_file` is what the
+relay's CERT_FILE should hold.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-import gzip
-import io
-import json
+import hashlib
 import random
 import secrets
 import ssl
-import sys
-import tarfile
 import threading
 import time
-import zipfile
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import datetime
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import trustme
-from pydicom import dcmwrite
-from pydicom.uid import generate_uid
 
-from isdr.synthetic import SeriesSpec, make_instance
+from isdr.demo.model_output import (
+    PREDICTION,
+    build_output,
+    model_files,
+    pack,
+    synthetic_prediction,
+)
+from isdr.demo.standin_http import (
+    NO_ANSWER,
+    SERVER_ERROR,
+    Answer,
+    Reply,
+    Request,
+    Route,
+    archive_members,
+    file_part,
+    handler_for,
+    json_reply,
+    listen,
+    missing,
+    resolve,
+    validation_error,
+)
 
-PREDICTION = "ISDR stand-in prediction"
-ARCHIVE_TYPE = {1: "application/zip", 2: "application/x-tar"}
-OUTCOME_STATUS = {"ok": 200, "552": 552, "553": 553}  # "never" keeps a task at 551
-NOT_FOUND = b'{"detail": "Task not found"}'
+__all__ = [
+    "PREDICTION",
+    "Flaky",
+    "Reply",
+    "StandIn",
+    "Submission",
+    "Task",
+    "build_output",
+    "poll_status",
+    "synthetic_prediction",
+]
+
+OUTCOME_STATUS = {"ok": 200, "empty": 200, "552": 552, "553": 553}  # and "never", "crash"
+DETAILS = {
+    551: "Job status is 'pending' or 'running'",
+    552: "Job status is 'failed'",
+    553: "Job status is 'finished', but output tar does not exist",
+    554: "Task not found",
+}
+LOOPBACK = ("", "localhost", "127.0.0.1", "0.0.0.0", "::", "::1")
 
 
 @dataclass
@@ -63,9 +140,10 @@ class Submission:
 class Task:
     """What the stand-in made of one accepted submission.
 
-    `polls` counts the polls that reached the task (not those a poll behaviour answered).
-    `output` is the archive, built at the first 200 and served again on every later one;
-    a delete drops it (the task is unknown from then on) but keeps `instance_uids`.
+    `polls` counts the polls that reached the task (not those a poll behaviour answered,
+    nor those answered 551 while its queue was down). `output` is the archive, built at
+    the first 200 and served again on every later one; a delete drops it (the task is
+    unknown from then on) but keeps `instance_uids`.
     """
 
     uid: str
@@ -77,6 +155,9 @@ class Task:
     deleted: bool = False
     output: bytes | None = None
     instance_uids: list[str] = field(default_factory=list)  # SOP Instance UIDs in output
+    queued_while_down: bool = False  # submitted while generation 2's queue was down
+    created: datetime = field(default_factory=datetime.now)
+    finished_at: float | None = None  # time.time() when its output was made
     building: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -111,77 +192,101 @@ class Flaky:
         return trouble
 
 
-@dataclass(frozen=True)
-class Reply:
-    """An answer to a poll or a delete, before it is written to the socket."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-
-
 class StandIn:
-    """The server; `behaviours`, `poll_behaviours` and `delete_behaviours` are queues of
-    what the next submits, polls and deletes get before the normal logic ("stall" in any
-    of them: no answer for `hang_seconds`, then the connection closed). When a queue is
-    empty and `flaky` is set, it draws what the request gets."""
+    """The server (see the module's docstring for its knobs)."""
 
-    def __init__(self, folder: Path, models: tuple[str, ...] = ("ct-model", "mr-model")) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        models: tuple[str, ...] = ("ct-model", "mr-model"),
+        *,
+        host: str = "127.0.0.1",
+        port_v1: int = 0,
+        port_v2: int = 0,
+    ) -> None:
         self.models = set(models)
+        self._model_ids = {name: number for number, name in enumerate(models, 1)}
+        self.internal_token = secrets.token_urlsafe(32)
         self.submissions: list[Submission] = []
-        self.behaviours: deque[str] = deque()  # "503", "500", "hang", "stall", "ok"
-        self.hang_seconds = 5.0
-        self.hung = 0  # submissions taken by the "hang" behaviour: the server may hold them
-        self.discard = False  # read archives and count their bytes, but keep nothing (benchmarks)
         self.tasks: dict[str, Task] = {}
-        self.gets = 0  # every GET, whatever it was answered
-        self.deleted: list[str] = []  # uids of the tasks deleted, in order
-        self.polls_before_ready = 1  # 551 answers before a task is ready
-        self.v1_unknown_first = True  # API 1: the first poll of a task answers 554
-        self.outcome = "ok"  # how every task ends: "ok", "552", "553" or "never" (551)
-        self.poll_behaviours: deque[str] = deque()  # "500", "503", "552", "hang", "drop",
-        # "stall"
-        self.delete_behaviours: deque[str] = deque()  # "500", "503", "hang", "drop", "stall"
-        self.flaky: Flaky | None = None  # random trouble when the queues are empty
-        self.output_count = 2  # DICOM instances in each task's output
-        self.output_per_input = False  # instead: one per instance submitted (the toy model)
+        self.deleted: list[str] = []
+        self.gets = 0
+        self.hung = 0
+        self.behaviours: deque[str] = deque()
+        self.poll_behaviours: deque[str] = deque()
+        self.delete_behaviours: deque[str] = deque()
+        self.flaky: Flaky | None = None
+        self.hang_seconds = 5.0
+        self.discard = False
+        self.polls_before_ready = 1
+        self.v1_unknown_first = True
+        self.outcome = "ok"
+        self.output_count = 2
+        self.output_per_input = False
         self.output_instance_rows = 16
         self.output_instance_columns = 16
-        self.raw_output: bytes | None = None  # when set, the 200 body of every task
+        self.nested_outputs = False
+        self.raw_output: bytes | None = None
+        self.queue_down = False
         self.lock = threading.Lock()
-        ca = trustme.CA()
-        self.ca_file = folder / "ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(self._context)
         self.stopping = threading.Event()  # cuts hangs and stalls short
-        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.hostname = "localhost" if host in LOOPBACK else host
+        self.ca_file = folder / "ca.pem"
+        context = self._tls(host)
+        self._servers = [self._listen(api, (host, port), context) for api, port in
+                         ((1, port_v1), (2, port_v2))]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+            for server in self._servers
+        ]  # fmt: skip
+
+    def _tls(self, host: str) -> ssl.SSLContext:
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        names = ["localhost", "127.0.0.1"] + ([] if host in LOOPBACK else [host])
+        ca.issue_cert(*names).configure_cert(context)
+        return context
+
+    def _listen(self, api: int, address: tuple[str, int], context: ssl.SSLContext) -> Any:
+        answers = Endpoint(self, api).answers()
+        handler = handler_for(answers, keep_bodies=lambda: not self.discard,
+                              stopping=self.stopping)  # fmt: skip
+        return listen(address, handler, context)
+
+    @property
+    def port_v1(self) -> int:
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def port_v2(self) -> int:
+        return int(self._servers[1].server_address[1])
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        """Generation 1's port (kept for older callers)."""
+        return self.port_v1
 
     @property
     def url_v1(self) -> str:
-        return f"https://localhost:{self.port}/api/tasks/"
+        return f"https://{self.hostname}:{self.port_v1}/api/tasks/"
 
     @property
     def url_v2(self) -> str:
-        return f"https://localhost:{self.port}"
+        return f"https://{self.hostname}:{self.port_v2}"
 
     def start(self) -> StandIn:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> None:
         self.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        for server, thread in zip(self._servers, self._threads, strict=True):
+            if thread.is_alive():
+                server.shutdown()
+            server.server_close()
 
     def next_behaviour(self) -> str:
         with self.lock:
@@ -202,11 +307,12 @@ class StandIn:
     def _draw(self, kind: str) -> str:
         return "ok" if self.flaky is None else self.flaky.draw(kind)
 
-    def record(self, submission: Submission) -> Task:
+    def record(self, submission: Submission, *, queued_while_down: bool = False) -> Task:
         with self.lock:
             self.submissions.append(submission)
             number = len(self.submissions)
             task = Task(submission.uid, submission.api, submission.model, submission, number)
+            task.queued_while_down = queued_while_down
             self.tasks[task.uid] = task
             return task
 
@@ -214,62 +320,224 @@ class StandIn:
         with self.lock:
             return self.tasks[self.submissions[submission_index].uid]
 
+    def live_tasks(self) -> list[Task]:
+        """The tasks not deleted (by the relay or behind its back): orphans, after a test."""
+        with self.lock:
+            return [task for task in self.tasks.values() if not task.deleted]
+
+    def delete_behind_back(self, uid: str) -> None:
+        """Delete the task as another client would (not listed in `deleted`)."""
+        with self.lock:
+            self._forget(self.tasks[uid])
+
+    def accept(self, submission: Submission) -> Reply:
+        """The answer to a well-formed submit: the task made, or why not."""
+        if submission.model not in self.models:
+            if submission.api == 1:  # the body is assumed, as generation 1's other errors
+                return json_reply(550, {"detail": {"detail": "Model not found"}})
+            return SERVER_ERROR  # 2.0 fails on the missing model: no JSON, no hint
+        down = submission.api == 2 and self.queue_down
+        task = self.record(submission, queued_while_down=down)
+        if submission.api == 1:
+            return json_reply(200, task.uid)
+        if down:  # the task is in the database; publishing it waits for the queue
+            return Reply(NO_ANSWER, delay=self.hang_seconds)
+        with self.lock:
+            return json_reply(200, self._as_json(task, status=-1))
+
     def answer_poll(self, api: int, uid: str) -> Reply:
         with self.lock:
             task = self._live(api, uid)
-            if task is None and api == 2 and uid in self.tasks and self.tasks[uid].deleted:
-                return Reply(
-                    552, b'{"detail": "task deleted"}'
-                )  # the reference: "failed or deleted"
-            if task is None:
-                return Reply(554 if api == 1 else 500, NOT_FOUND)
+            if task is None:  # 2.0 reads an attribute of the None its query gave
+                return status_reply(1, 554) if api == 1 else SERVER_ERROR
+            if self._waiting_for_queue(task):
+                return status_reply(api, 551)
             task.polls += 1
-            status = self._status(task)
+            status = self._status(task, task.polls)
         if status != 200:
-            return Reply(status, json.dumps({"detail": f"status {status}"}).encode())
-        return Reply(200, self._output(task), ARCHIVE_TYPE[api])
+            return status_reply(api, status)
+        return self._ready(task)
 
     def answer_delete(self, api: int, uid: str) -> Reply:
         with self.lock:
             task = self._live(api, uid)
             if task is None:
-                return Reply(554, NOT_FOUND)
-            task.deleted, task.output = True, None
+                return status_reply(api, 554)
+            if self._next_status(task) in (551, 554):
+                return SERVER_ERROR  # a running task cannot be deleted
+            self._forget(task)
             self.deleted.append(uid)
-            body = json.dumps(self._as_json(task)).encode() if api == 2 else b""
-        return Reply(200, body)
+            if api == 1:  # v1.2 deletes, then fails to serialise what its route returns
+                return SERVER_ERROR
+            return json_reply(200, self._as_json(task))
+
+    def answer_listing(self, name: str, token: str | None) -> Reply:
+        """Generation 2's `GET /api/models/` ("models") or `GET /api/tasks/` ("tasks").
+
+        A guess: the real server checks X-Token against its internal token, but what it
+        answers without it is not documented here (an earlier public commit of it answered
+        400 "Authentication error"); the stand-in answers 401 `{"detail":"Unauthorized"}`.
+        """
+        given = (token or "").encode()
+        if not token or not secrets.compare_digest(given, self.internal_token.encode()):
+            return json_reply(401, {"detail": "Unauthorized"})
+        with self.lock:
+            if name == "models":
+                return json_reply(200, [self._model_json(m) for m in sorted(self.models)])
+            tasks = [t for t in self.tasks.values() if t.api == 2 and not t.deleted]
+            return json_reply(200, [self._as_json(task) for task in tasks])
 
     def _live(self, api: int, uid: str) -> Task | None:
         """The task behind `uid` if this generation knows it and it is not deleted."""
         task = self.tasks.get(uid)
         return task if task is not None and task.api == api and not task.deleted else None
 
-    def _status(self, task: Task) -> int:
+    @staticmethod
+    def _forget(task: Task) -> None:
+        task.deleted, task.output = True, None
+
+    def _waiting_for_queue(self, task: Task) -> bool:
+        return task.queued_while_down and self.queue_down
+
+    def _status(self, task: Task, polls: int) -> int:
+        if self._waiting_for_queue(task):
+            return 551
         return poll_status(
-            task.api, task.polls, self.polls_before_ready, self.v1_unknown_first, self.outcome
+            task.api, polls, self.polls_before_ready, self.v1_unknown_first, self.outcome
         )
 
-    def _as_json(self, task: Task) -> dict[str, Any]:
-        server_status = {200: 1, 552: 0, 553: 1}.get(self._status(task), -1)
-        return {
-            "id": task.number,
-            "uid": task.uid,
-            "human_readable_id": task.model,
-            "status": server_status,
-            "is_deleted": task.deleted,
-        }
+    def _next_status(self, task: Task) -> int:
+        """What the task's next poll would answer (not counted): its state now."""
+        return self._status(task, task.polls + 1)
+
+    def _ready(self, task: Task) -> Reply:
+        output = self._output(task)
+        if task.api == 1:  # a StreamingResponse: chunked, no media type
+            return Reply(200, output, None, chunked=True)
+        return Reply(200, output, "application/x-tar", file_headers(output, task.finished_at))
 
     def _output(self, task: Task) -> bytes:
         if self.raw_output is not None:
             return self.raw_output
         with task.building:  # one build per task, even when polls of it overlap
             if task.output is None:
-                shape = (self.output_instance_rows, self.output_instance_columns)
-                count = len(task.submission.members) if self.output_per_input else None
-                task.output, task.instance_uids = build_output(
-                    task.api, count or self.output_count, shape
-                )
+                files, task.instance_uids = self._model_run(task)
+                task.output, task.finished_at = pack(task.api, files), time.time()
             return task.output
+
+    def _model_run(self, task: Task) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """What the model wrote to /output: nothing when it crashed or wrote nothing."""
+        if self.outcome in ("empty", "crash"):
+            return [], []
+        shape = (self.output_instance_rows, self.output_instance_columns)
+        count = len(task.submission.members) if self.output_per_input else None
+        return model_files(count or self.output_count, shape, nested=self.nested_outputs)
+
+    def _model_id(self, name: str) -> int:
+        return self._model_ids.setdefault(name, len(self._model_ids) + 1)
+
+    def _model_json(self, name: str) -> dict[str, Any]:
+        return {"id": self._model_id(name), "human_readable_id": name,
+                "description": f"stand-in model {name}"}  # fmt: skip
+
+    def _as_json(self, task: Task, status: int | None = None) -> dict[str, Any]:
+        """Generation 2's task as JSON (paths invented); `status` the server's: -1 pending,
+        2 running, 1 finished, 0 failed."""
+        server_status = self._server_status(task) if status is None else status
+        started = task.created.isoformat() if server_status != -1 else None
+        ended = task.finished_at if server_status in (0, 1) else None
+        return {
+            "id": task.number,
+            "uid": task.uid,
+            "model_id": self._model_id(task.model),
+            "datetime_created": task.created.isoformat(),
+            "input_tar": f"/opt/inference_server/data/inputs/{task.uid}/input.tar",
+            "output_tar": f"/opt/inference_server/data/outputs/{task.uid}/output.tar",
+            "datetime_dispatched": started,
+            "datetime_finished": None if ended is None else _iso(ended),
+            "status": server_status,
+            "is_deleted": task.deleted,
+        }
+
+    def _server_status(self, task: Task) -> int:
+        following = self._next_status(task)
+        if following in (551, 554):
+            return 2 if task.polls and not self._waiting_for_queue(task) else -1
+        return 0 if following == 552 else 1
+
+
+class Endpoint:
+    """One generation's port: a queued or drawn misbehaviour first, then that generation's
+    routes (as standin_http resolves them), then the stand-in's tasks."""
+
+    def __init__(self, standin: StandIn, api: int) -> None:
+        self.standin = standin
+        self.api = api
+
+    def answers(self) -> dict[str, Answer]:
+        return {"POST": self.post, "GET": self.get, "DELETE": self.delete}
+
+    def post(self, request: Request) -> Reply:
+        behaviour = self.standin.next_behaviour()
+        if behaviour == "hang":  # a server that took the archive, then never answered
+            self.standin.hung += 1
+        found = self._route(behaviour, request)
+        if isinstance(found, Reply):
+            return found
+        return self.standin.accept(self._submission(found[0], request))
+
+    def get(self, request: Request) -> Reply:
+        found = self._route(self.standin.next_poll_behaviour(), request)
+        if isinstance(found, Reply):
+            return found
+        route, uid = found
+        if route.name == "poll":
+            return self.standin.answer_poll(self.api, uid)
+        return self.standin.answer_listing(route.name, request.header("X-Token"))
+
+    def delete(self, request: Request) -> Reply:
+        found = self._route(self.standin.next_delete_behaviour(), request)
+        if isinstance(found, Reply):
+            return found
+        return self.standin.answer_delete(self.api, found[1])
+
+    def _route(self, behaviour: str, request: Request) -> tuple[Route, str] | Reply:
+        """The route and task uid of a request, or the reply when it gets no further."""
+        found = trouble(behaviour, self.standin.hang_seconds) or resolve(self.api, request)
+        if isinstance(found, Reply):
+            return found
+        route, params = found
+        gaps = missing(route, request)
+        if gaps:
+            return validation_error(self.api, gaps)
+        return route, params.get("uid", request.query.get("uid", ""))
+
+    def _submission(self, route: Route, request: Request) -> Submission:
+        filename, members = "", []
+        if not self.standin.discard:
+            content_type = request.header("Content-Type") or ""
+            filename, data = file_part(content_type, request.body, route.file_field)
+            members = archive_members(data)
+        model = request.query[route.query[0]]
+        uid = secrets.token_urlsafe(32)
+        submission = Submission(
+            self.api, model, route.file_field, filename, members, request.headers, uid
+        )
+        submission.started, submission.size = request.started, request.size
+        return submission
+
+
+def trouble(behaviour: str, hang_seconds: float) -> Reply | None:
+    """The reply a queued or drawn behaviour gives instead of the normal logic."""
+    if behaviour in ("400", "500", "503", "552"):
+        return Reply(int(behaviour), b"temporarily broken")
+    if behaviour == "hang":
+        return Reply(503, b"slept", delay=hang_seconds)
+    if behaviour in ("stall", "drop"):  # stall: the client gives up first, then a hang-up
+        return Reply(NO_ANSWER, delay=hang_seconds if behaviour == "stall" else 0.0)
+    if behaviour == "nouid":
+        return Reply(200, b"{}")
+    return None
 
 
 def poll_status(
@@ -282,221 +550,23 @@ def poll_status(
         polls -= 1
     if polls <= polls_before_ready or outcome == "never":
         return 551
+    if outcome == "crash":  # v1.2 fails the task; 2.0 ignores the exit code
+        return 552 if api == 1 else 200
     return OUTCOME_STATUS[outcome]
 
 
-def build_output(api: int, count: int, shape: tuple[int, int]) -> tuple[bytes, list[str]]:
-    """A flat archive of `count` CT instances and a mask (and API 2's empty container.log);
-    returns the archive and the instances' SOP Instance UIDs."""
-    instances = synthetic_prediction(count, shape)
-    members = [(f"{uid}.dcm", data) for uid, data in instances]
-    members.append(("mask.nii.gz", gzip.compress(b"stand-in mask", mtime=0)))
-    if api == 2:
-        members.append(("container.log", b""))
-    archive = _zip(members) if api == 1 else _tar(members)
-    return archive, [uid for uid, _ in instances]
+def status_reply(api: int, status: int) -> Reply:
+    """A poll's or delete's error answer: generation 1 wraps its private API's answer."""
+    detail = DETAILS[status]
+    return json_reply(status, {"detail": detail if api == 2 else {"detail": detail}})
 
 
-def synthetic_prediction(count: int, shape: tuple[int, int]) -> list[tuple[str, bytes]]:
-    """`count` Part 10 files of one derived series, as (SOP Instance UID, bytes); made from
-    one dataset whose UID and instance number change before each encoding."""
-    rows, columns = shape
-    spec = SeriesSpec(modality="CT", rows=rows, columns=columns, series_description=PREDICTION)
-    ds = make_instance(spec, 0, generate_uid(), generate_uid())
-    encoded = []
-    for index in range(count):
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = index + 1
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        encoded.append((str(ds.SOPInstanceUID), buffer.getvalue()))
-    return encoded
+def file_headers(body: bytes, mtime: float | None) -> tuple[tuple[str, str], ...]:
+    """ETag and Last-Modified as Starlette's FileResponse makes them."""
+    modified = mtime or time.time()
+    tag = hashlib.md5(f"{modified}-{len(body)}".encode(), usedforsecurity=False).hexdigest()
+    return (("ETag", f'"{tag}"'), ("Last-Modified", formatdate(modified, usegmt=True)))
 
 
-def _zip(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as out:
-        for name, data in members:
-            out.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as out:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), int(time.time())
-            out.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            started = time.monotonic()
-            length = int(self.headers.get("Content-Length", "0"))
-            body = _read_body(self.rfile, length, keep=not standin.discard)
-            if body is None:  # the client went away mid-request: no request, so no task
-                self.close_connection = True
-                return
-            behaviour = standin.next_behaviour()
-            if behaviour == "hang":  # a server that took the archive, then never answered
-                standin.hung += 1
-                time.sleep(standin.hang_seconds)
-                self._answer(503, b"slept")
-                return
-            if behaviour == "stall":  # took the archive, kept nothing, never answered
-                self._stall()
-                return
-            if behaviour in ("400", "500", "503"):
-                self._answer(int(behaviour), b"temporarily broken")
-                return
-            if behaviour == "nouid":
-                self._answer(200, b"{}")
-                return
-            split = urlsplit(self.path)
-            query = {k: v[0] for k, v in parse_qs(split.query).items()}
-            if split.path == "/api/tasks":  # what a web framework does without the slash
-                self.send_response(307)
-                self.send_header("Location", f"/api/tasks/?{split.query}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if split.path != "/api/tasks/":
-                self._answer(404, b"no such route")
-                return
-            api, key = (
-                (1, "model_human_readable_id")
-                if "model_human_readable_id" in query
-                else (2, "human_readable_id")
-            )
-            model = query.get(key, "")
-            if model not in standin.models:
-                self._answer(550, b"") if api == 1 else self._answer(
-                    500, b'{"detail": "Model not found"}'
-                )
-                return
-            uid = secrets.token_urlsafe(12)
-            if standin.discard:
-                field_name, filename, members = "", "", []
-            else:
-                field_name, filename, data = _file_part(self.headers.get("Content-Type", ""), body)
-                members = _members(data)
-            submission = Submission(
-                api, model, field_name, filename, members, dict(self.headers), uid
-            )
-            submission.started, submission.size = started, length
-            task = standin.record(submission)
-            answer: Any = uid if api == 1 else {"id": task.number, "uid": uid, "status": -1}
-            self._answer(200, json.dumps(answer).encode())
-
-        def do_GET(self) -> None:
-            if self._misbehave(standin.next_poll_behaviour()):
-                return
-            route = _task_route(self.path, "/api/tasks/outputs/")
-            if route is None:
-                self._answer(404, b"no such route")
-                return
-            self._reply(standin.answer_poll(*route))
-
-        def do_DELETE(self) -> None:
-            if self._misbehave(standin.next_delete_behaviour()):
-                return
-            route = _task_route(self.path, "/api/tasks/")
-            if route is None:
-                self._answer(404, b"no such route")
-                return
-            self._reply(standin.answer_delete(*route))
-
-        def _misbehave(self, behaviour: str) -> bool:
-            """Answer a poll or delete as `behaviour` says; False to go on normally."""
-            if behaviour == "drop":  # close the connection without a word
-                self.close_connection = True
-            elif behaviour == "stall":
-                self._stall()
-            elif behaviour == "hang":
-                time.sleep(standin.hang_seconds)
-                self._answer(503, b"slept")
-            elif behaviour in ("500", "503", "552"):
-                self._answer(int(behaviour), b"temporarily broken")
-            return behaviour != "ok"
-
-        def _stall(self) -> None:
-            """Say nothing for a while (the client gives up first), then hang up."""
-            standin.stopping.wait(standin.hang_seconds)
-            self.close_connection = True
-
-        def _reply(self, reply: Reply) -> None:
-            self._answer(reply.status, reply.body, reply.content_type)
-
-        def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
-
-
-def _task_route(path: str, v2_path: str) -> tuple[int, str] | None:
-    """(API generation, task uid) of a poll or delete: API 1 has the uid as the last part
-    of the path, API 2 as the `uid` query parameter of `v2_path`."""
-    split = urlsplit(path)
-    if split.path == v2_path:
-        return 2, parse_qs(split.query).get("uid", [""])[0]
-    uid = split.path.removeprefix("/api/tasks/")
-    if uid == split.path or uid in ("", "outputs") or "/" in uid:
-        return None
-    return 1, uid
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Says nothing when a client goes away mid-answer (a relay killed by a test)."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
-
-
-def _read_body(stream: Any, length: int, *, keep: bool) -> bytes | None:
-    """The request body (b"" when not kept); None when the client sent less than its
-    Content-Length before going away, as a real web framework would not call the view."""
-    chunks: list[bytes] = []
-    while length > 0:
-        chunk = stream.read(min(length, 1 << 20))
-        if not chunk:
-            return None
-        length -= len(chunk)
-        if keep:
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _file_part(content_type: str, body: bytes) -> tuple[str, str, bytes]:
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body
-    )
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        filename = part.get_filename() or ""
-        payload = part.get_payload(decode=True)
-        return str(name), filename, payload if isinstance(payload, bytes) else b""
-    return "", "", b""
-
-
-def _members(data: bytes) -> list[str]:
-    if data[:2] == b"PK":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return sorted(archive.namelist())
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        return sorted(m.name for m in archive.getmembers() if m.isfile())
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment).isoformat()

@@ -66,8 +66,9 @@ def delivering_job(
     engine: Engine, jobs_dir: Path, standin: StandIn, destination: RecordingSCP
 ) -> int:
     """A job whose output (two CT instances) waits for delivery to `destination`, with a
-    task the stand-in knows."""
+    task the stand-in knows as finished (the real server refuses to delete a running one)."""
     uid = f"task-{time.monotonic_ns()}"
+    standin.v1_unknown_first, standin.polls_before_ready = False, 0
     standin.record(Submission(1, "ct-model", "zip_file", "x.zip", [], {}, uid))
     scu = {"scu_ip": "127.0.0.1", "scu_port": destination.port, "scu_ae_title": "PACE"}
     fingerprint = Fingerprint.model_validate({
