@@ -367,13 +367,27 @@ def echo_relay(settings: Settings) -> EchoAnswer:
 
 def run_demo(out: TextIO) -> int:
     """`isdr demo`; it needs the `demo` extra (the stand-in's certificates)."""
-    try:
+    with _demo_extra("demo"):
         from isdr.demo.run import run_demo as demo
+    return demo(out)
+
+
+def run_standin(out: TextIO, destination: Path | None, port_v1: int, port_v2: int) -> int:
+    """`isdr standin`: the stand-in InferenceServer (and a destination) until stopped."""
+    with _demo_extra("standin"):
+        from isdr.demo.serve_standin import serve_standin
+    return serve_standin(out, destination=destination, port_v1=port_v1, port_v2=port_v2)
+
+
+@contextlib.contextmanager
+def _demo_extra(command: str) -> Iterator[None]:
+    """Name the missing extra instead of a traceback when trustme is not installed."""
+    try:
+        yield
     except ModuleNotFoundError as exc:
         if exc.name != "trustme":
             raise
         raise IsdrError(
-            f"isdr demo needs the demo extra ({exc.name} is missing): "
+            f"isdr {command} needs the demo extra ({exc.name} is missing): "
             "pip install -c constraints.txt 'isdr[demo]' (or '.[demo]' in a checkout)"
         ) from exc
-    return demo(out)

@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="the whole loop on this machine in under a minute (nothing outside needed)"
     ).set_defaults(func=_demo)
+    standin = commands.add_parser(
+        "standin",
+        help="run the stand-in InferenceServer (both generations) for a relay of your own; "
+        "prints the fingerprints to point at it",
+    )
+    standin.add_argument("--destination", type=Path, help="also run a Store SCP keeping "
+                         "what it receives in this folder")  # fmt: skip
+    standin.add_argument("--port-v1", type=int, default=0, help="generation 1's port (free)")
+    standin.add_argument("--port-v2", type=int, default=0, help="generation 2's port (free)")
+    standin.set_defaults(func=_standin)
     commands.add_parser(
         "echo", help="C-ECHO the running relay (exit 0 if it answers): the container's health check"
     ).set_defaults(func=_echo)
@@ -194,11 +204,11 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _demo(_settings: Settings, _args: argparse.Namespace) -> int:
-    try:
-        return app.run_demo(sys.stdout)
-    except IsdrError as exc:
-        print(f"isdr: {exc}", file=sys.stderr)
-        return 1
+    return app.run_demo(sys.stdout)
+
+
+def _standin(_settings: Settings, args: argparse.Namespace) -> int:
+    return app.run_standin(sys.stdout, args.destination, args.port_v1, args.port_v2)
 
 
 def _echo(settings: Settings, _args: argparse.Namespace) -> int:

@@ -206,16 +206,36 @@ def test_a_certificate_from_another_ca_fails_the_job_naming_cert_file(
 
 @pytest.mark.parametrize("api", [1, 2])
 def test_an_unknown_model_fails_at_once(make_relay: Any, standin: StandIn, api: int) -> None:
+    """Generation 1 answers 550; generation 2 a bare 500, and lists its models to a token
+    that allows it."""
     relay = make_relay()
     url = standin.url_v1 if api == 1 else standin.url_v2
+    token = {} if api == 1 else {"inference_server_token": standin.internal_token}
     fingerprint(relay, "x.json", inference_server_url=url, inference_server_api=api,
-                model_human_readable_id="no-such-model")  # fmt: skip
+                model_human_readable_id="no-such-model", **token)  # fmt: skip
     receive(relay, SeriesSpec(modality="CT", count=1))
     run_steps(relay)
     [job] = jobs(relay)
     assert (
         job.state == JobState.FAILED and "does not know the model 'no-such-model'" in job.last_error
     )
+
+
+def test_bare_500s_to_a_submit_fail_the_job_within_a_minute_naming_the_likely_cause(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay(POST_RETRY_DELAY=0.2)
+    fingerprint(relay, "x.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="no-such-model")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    route_now(relay)
+    deadline = time.monotonic() + 30
+    while jobs(relay)[0].state != JobState.FAILED and time.monotonic() < deadline:
+        relay.post.submit()
+        time.sleep(0.1)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED and job.attempts == 3
+    assert "most likely the server does not know the model 'no-such-model'" in job.last_error
 
 
 def _cut_submit(make_relay: Any, standin: StandIn, *, archive_sent: bool, attempts: int = 0) -> Any:

@@ -192,3 +192,89 @@ def test_a_task_deleted_behind_the_relays_back_ends_the_job_within_a_few_polls(
     standin.delete_behind_back(standin.task_of().uid)  # as another client's DELETE would
     job = wait_for_state(relay, *END_STATES)
     assert job.state == "failed" and "the task is gone from the server" in job.last_error
+
+
+@pytest.mark.parametrize("api", [1, 2])
+def test_a_crashed_model_fails_the_job_on_both_generations(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp, api: int
+) -> None:
+    standin.outcome = "crash"  # generation 1: 552; generation 2: only an empty container.log
+    relay = make_relay()
+    fingerprint(relay, standin, api, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    job = wait_for_state(relay, *END_STATES)
+    expected = "(552)" if api == 1 else "it returned only container.log (0 bytes)"
+    assert job.state == "failed" and expected in job.last_error
+
+
+@pytest.mark.parametrize("api", [1, 2])
+def test_a_model_that_writes_nothing_is_no_delivery(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp, api: int
+) -> None:
+    standin.outcome = "empty"
+    relay = make_relay()
+    fingerprint(relay, standin, api, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    job = wait_for_state(relay, *END_STATES)
+    assert job.state == "failed" and "the model produced no" in job.last_error
+
+
+@pytest.mark.parametrize("api", [1, 2])
+def test_outputs_in_sub_folders_are_never_lost_silently(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp, api: int
+) -> None:
+    standin.nested_outputs = True
+    relay = make_relay()
+    fingerprint(relay, standin, api, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    job = wait_for_state(relay, *END_STATES)
+    assert job.state == "delivered", job.last_error
+    text = " | ".join(events(relay, job.id))
+    if api == 1:
+        assert "the server dropped nested outputs: masks/" in text
+    else:
+        assert "mask.nii.gz -> mask~2.nii.gz" in text
+
+
+def test_generation_1s_500_to_a_delete_that_worked_is_confirmed_not_alarmed(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    relay = make_relay()
+    fingerprint(relay, standin, 1, [to(storescp.port, storescp.ae_title)])
+    with caplog.at_level(logging.INFO):
+        receive_ct(relay)
+        job = wait_for_state(relay, *END_STATES)
+        wait_until(lambda: any("a poll confirmed the task is gone" in line
+                               for line in events(relay, job.id)))  # fmt: skip
+    assert job.state == "delivered" and standin.live_tasks() == []
+    assert not [r for r in caplog.records if "clean-up failed" in r.getMessage()]
+
+
+def test_a_fingerprint_of_the_wrong_generation_fails_naming_the_generation(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp
+) -> None:
+    relay = make_relay()
+    fingerprint(relay, standin, 1, [to(storescp.port, storescp.ae_title)])
+    path = relay.settings.FINGERPRINT_DIR / "ct.json"
+    path.write_text(path.read_text().replace(standin.url_v1, standin.url_v2 + "/api/tasks/"))
+    relay.registry.reload()
+    receive_ct(relay)
+    job = wait_for_state(relay, *END_STATES)
+    assert job.state == "failed" and job.failed_step == "submit"
+    assert "is inference_server_api (1) the generation the server speaks?" in job.last_error
+
+
+def test_a_task_left_by_a_submit_while_the_queue_was_down_is_counted_and_shown(
+    make_relay: Callable[..., Relay], standin: StandIn, storescp: Storescp
+) -> None:
+    standin.hang_seconds, standin.queue_down = 2.0, True
+    relay = make_relay(POST_TIMEOUT=1, POST_RETRY_DELAY=0.5)
+    fingerprint(relay, standin, 2, [to(storescp.port, storescp.ae_title)])
+    receive_ct(relay)
+    wait_until(lambda: len(standin.submissions) == 1)
+    standin.queue_down = False  # the queue is back: the orphan runs, the resend too
+    job = wait_for_state(relay, *END_STATES, timeout=60)
+    assert job.state == "delivered" and job.ambiguous_submits == 1
+    orphans = [task for task in standin.live_tasks() if task.queued_while_down]
+    assert len(orphans) == 1, "the server holds the task the relay could not know of"
