@@ -99,6 +99,9 @@ class Plan:
             "GET_INTERVAL": str(self.interval), "POST_TIMEOUT": str(self.timeout),
             "POST_RETRY_DELAY": str(self.retry_delay),
             "POST_MAX_ATTEMPTS": str(self.max_attempts),
+            # A stalled submit keeps nothing here, so sending it again is harmless; the relay
+            # cannot know that and counts each as a possible orphan (logged at WARNING).
+            "POST_AMBIGUOUS_RESENDS": str(self.max_attempts),
             "DELIVERY_RETRY_DELAY": str(self.retry_delay),
             "DELIVERY_MAX_ATTEMPTS": str(self.max_attempts), "DELIVERY_TIMEOUT": "10",
             "GET_TIMEOUT": "3600", "LOG_LEVEL": "INFO",
