@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,10 +35,17 @@ class TokenUnavailable(IsdrError):
 Regex = Annotated[str, Field(description="a regular expression, searched case-insensitively")]
 
 
+def has_control_character(text: str) -> bool:
+    """Whether the text holds a control character (CR, LF, NUL, DEL, ...): never valid in
+    an HTTP header, and a way to forge log lines."""
+    return any(unicodedata.category(character) == "Cc" for character in text)
+
+
 class Fingerprint(BaseModel):
     """One fingerprint file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors never quote the input: it may be a token.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     modality_regex: Regex = ""
     series_description_regex: Regex = ""
@@ -74,6 +82,16 @@ class Fingerprint(BaseModel):
             raise ValueError(f"not a valid regular expression: {exc}") from exc
         return value
 
+    @field_validator("inference_server_token")
+    @classmethod
+    def _printable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and has_control_character(token.get_secret_value()):
+            raise ValueError(
+                "the token holds a control character (such as CR or LF): refused "
+                "(the token is not shown)"
+            )
+        return token
+
     @field_serializer("inference_server_token", when_used="json")
     def _reveal_token(self, token: SecretStr | None) -> str | None:
         # The job's snapshot must keep the token to use it; logs never print snapshots.
@@ -94,26 +112,29 @@ class Fingerprint(BaseModel):
         return self
 
     def token(self) -> str | None:
-        """The token to send, read from the environment or its file when named so."""
+        """The token to send, read from the environment or its file when named so;
+        TokenUnavailable when it cannot be read or holds a control character."""
         if self.inference_server_token is not None:
             return self.inference_server_token.get_secret_value()
         if self.inference_server_token_env is not None:
-            value = os.environ.get(self.inference_server_token_env)
-            if value is None:
-                raise TokenUnavailable(
-                    f"the variable {self.inference_server_token_env} "
-                    "(inference_server_token_env) is not set"
-                )
-            return value.strip()
+            source = f"the variable {self.inference_server_token_env} (inference_server_token_env)"
+            return _printable(self._token_from_env(source), source)
         if self.inference_server_token_file is not None:
-            try:
-                return Path(self.inference_server_token_file).read_text().strip()
-            except OSError as exc:
-                raise TokenUnavailable(
-                    f"cannot read inference_server_token_file "
-                    f"{self.inference_server_token_file}: {exc.strerror}"
-                ) from exc
+            source = f"inference_server_token_file {self.inference_server_token_file}"
+            return _printable(self._token_from_file(source), source)
         return None
+
+    def _token_from_env(self, source: str) -> str:
+        value = os.environ.get(str(self.inference_server_token_env))
+        if value is None:
+            raise TokenUnavailable(f"{source} is not set")
+        return value.strip()
+
+    def _token_from_file(self, source: str) -> str:
+        try:
+            return Path(str(self.inference_server_token_file)).read_text().strip()
+        except OSError as exc:
+            raise TokenUnavailable(f"cannot read {source}: {exc.strerror}") from exc
 
     def deletes_remotely(self, default: bool) -> bool:
         """Whether the remote task is deleted: `delete_remotely`, else the default
@@ -123,6 +144,16 @@ class Fingerprint(BaseModel):
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data of this fingerprint, stored with each job created from it."""
         return self.model_dump(mode="json")
+
+
+def _printable(token: str, source: str) -> str:
+    """The token, unless it holds a control character (the message never shows it)."""
+    if has_control_character(token):
+        raise TokenUnavailable(
+            f"{source} holds a control character (such as CR or LF): refused "
+            "(the token is not shown)"
+        )
+    return token
 
 
 KNOWN_KEYS = tuple(Fingerprint.model_fields)

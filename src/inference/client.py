@@ -202,7 +202,7 @@ class InferenceClient:
             if not body.all_sent:
                 return Answer(
                     Outcome.RETRY,
-                    f"the upload to {url} was cut before its end ({exc!r}); the server "
+                    f"the upload to {url} was cut before its end ({_what(exc)}); the server "
                     "cannot hold a task from it",
                 )
             return replace(answer, maybe_held=True)
@@ -268,7 +268,7 @@ class InferenceClient:
             url, _params = target.task_request(uid, outputs=True)  # for the message only
             if _is_certificate_error(exc):
                 return PollAnswer(None, self._transport_error(exc, url).detail)
-            return PollAnswer(None, f"no answer from {url} ({exc!r})")
+            return PollAnswer(None, f"no answer from {url} ({_what(exc)})")
         return PollAnswer(200, "output ready", output)
 
     def delete(self, target: Target, uid: str) -> Answer:
@@ -301,7 +301,7 @@ class InferenceClient:
             with self._polls.stream("GET", url, params=params, headers=target.headers) as poll:
                 status = poll.status_code  # the body (an output, maybe large) is not read
         except httpx.HTTPError as exc:
-            return Answer(Outcome.RETRY, f"deleting task {uid} answered 500; no poll: {exc!r}")
+            return Answer(Outcome.RETRY, f"deleting task {uid} answered 500; no poll: {_what(exc)}")
         if status == 554:
             return Answer(
                 Outcome.DONE,
@@ -320,19 +320,29 @@ class InferenceClient:
                 f"{'' if self.cert_file.is_file() else ' (missing: system CAs used)'}: "
                 "put the server's certificate or CA there",
             )
+        if isinstance(exc, httpx.LocalProtocolError):
+            return Answer(Outcome.FAILED, f"cannot send to {url}: {_what(exc)}", reached=False)
         if isinstance(exc, _NOT_SENT):
-            return Answer(Outcome.RETRY, f"cannot reach {url}: {exc!r}", reached=False)
+            return Answer(Outcome.RETRY, f"cannot reach {url}: {_what(exc)}", reached=False)
         if isinstance(exc, httpx.TimeoutException):
             return Answer(
                 Outcome.RETRY,
-                f"no answer from {url} within POST_TIMEOUT ({exc!r}); the server may hold a "
+                f"no answer from {url} within POST_TIMEOUT ({_what(exc)}); the server may hold a "
                 "task from this attempt",
             )
         return Answer(
             Outcome.RETRY,
-            f"the connection to {url} broke ({exc!r}); "
+            f"the connection to {url} broke ({_what(exc)}); "
             "the server may hold a task from this attempt",
         )
+
+
+def _what(exc: httpx.HTTPError) -> str:
+    """The error in words for a message. httpx quotes a header it refuses to write (it may
+    be the token), so a local protocol error is named by its class alone."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "LocalProtocolError: the relay could not write its request (an invalid header)"
+    return repr(exc)
 
 
 def _submit_answer(target: Target, response: httpx.Response) -> Answer:

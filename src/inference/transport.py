@@ -102,6 +102,9 @@ class KeepAliveTransport(httpx.BaseTransport):
             return connection.getresponse()
         except _STALE:
             raise
+        except ValueError as exc:  # http.client quotes the bad header: it may be a token
+            self._pool.drop(key)
+            raise httpx.LocalProtocolError("a request header holds an invalid value") from exc
         except (OSError, http.client.HTTPException) as exc:
             self._pool.drop(key)
             raise _translate(exc) from exc
