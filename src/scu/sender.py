@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # presentation contexts one association may propose
 RESENDS = 3  # new associations for one file whose send got no status
 MIN_SHARE = 20  # files per association at least, when sending over several
-# Statuses after which the destination has the instance (PS3.4 B.2.3): success, warnings.
-STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# Statuses after which the destination has the instance (PS3.4 B.2.3, PS3.7 C): success,
+# and the warnings: 0x0001, 0x0107 (attribute list), 0x0116 (value out of range), 0xBxxx.
+WARNINGS = frozenset({0x0001, 0x0107, 0x0116})
 P_DATA_TF = 0x04
 LAST_FRAGMENT = 0x02
 COMMAND = 0x01
@@ -205,12 +206,18 @@ def _send_one(
         )
         return
     code = session.store(item, context_id)
-    if code in STORED:
+    if is_stored(code):
         on_confirmed(item, code)
         report.confirmed += 1
         report.refused.pop(item.name, None)
     else:
         report.refused[item.name] = f"refused with status 0x{code:04X}"
+
+
+def is_stored(status: int) -> bool:
+    """Whether a C-STORE status says the destination has the instance: success, or a
+    warning (kept, perhaps coerced); everything else is a refusal or failure."""
+    return status == 0x0000 or status in WARNINGS or 0xB000 <= status <= 0xBFFF
 
 
 class _Refused(Exception):

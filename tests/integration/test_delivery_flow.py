@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from isdr.app import Relay, build_relay
 from isdr.db.delivery import job_details
 from isdr.db.jobs import list_jobs, timeline
-from isdr.db.models import Job
+from isdr.db.models import DeliveredFile, Job
 from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, write_series
 from tests.helpers import relay_env, relay_settings
@@ -353,3 +355,23 @@ def test_a_destination_with_an_ae_title_over_16_characters_alone_fails_and_says_
     assert (good.state, long.state, long.attempts) == ("delivered", "failed", 1)
     assert "AE title 'DICOM_ENDPOINT_AE' longer than 16 characters" in long.last_error
     assert job.state == "failed" and "longer than 16 characters" in job.last_error
+
+
+def test_warning_statuses_deliver_each_file_once_and_are_recorded(
+    make_relay: Callable[..., Relay], standin: StandIn
+) -> None:
+    warning = RecordingSCP(ae_title="WARNS").start()
+    warning.answers.extend([0xB000, 0x0107] * 50)
+    try:
+        relay = make_relay(DELIVERY_MAX_ATTEMPTS=3, DELIVERY_RETRY_DELAY=0.1)
+        fingerprint(relay, standin, 2, [to(warning.port, "WARNS")])
+        receive_ct(relay)
+        job = wait_for_state(relay, "delivered", "failed")
+    finally:
+        warning.stop()
+    assert job.state == "delivered", job.last_error
+    assert sorted(warning.received) == sorted(standin.task_of().instance_uids)  # once each
+    with Session(relay.engine) as session:
+        statuses = session.scalars(select(DeliveredFile.status)).all()
+    assert len(statuses) == standin.output_count
+    assert set(statuses) <= {0xB000, 0x0107} and 0xB000 in statuses

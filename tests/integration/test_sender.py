@@ -145,3 +145,20 @@ def test_files_shared_over_two_associations_all_arrive_once(tmp_path: Path) -> N
     assert report.complete and report.confirmed == 45
     assert sorted(confirmed) == sorted(f.name for f in files)
     assert len(destination.files()) == 45
+
+
+@pytest.mark.parametrize("warning", [0x0001, 0x0107, 0x0116, 0xB000, 0xB007, 0xBFFF])
+def test_a_warning_status_confirms_the_file_once_with_that_status(
+    recorder: RecordingSCP, ct: list[FileToSend], warning: int
+) -> None:
+    recorder.answers.extend([warning] * len(ct))
+    statuses: list[int] = []
+    report = send_files(
+        Destination.at("127.0.0.1", recorder.port, recorder.ae_title),
+        ct,
+        OPTIONS,
+        lambda _item, status: statuses.append(status),
+        threading.Event(),
+    )
+    assert report.complete and statuses == [warning] * len(ct)
+    assert len(recorder.received) == len(ct)  # each sent once
