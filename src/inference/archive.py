@@ -45,23 +45,46 @@ def build_archive(target: Path, members: Sequence[Member], api: int) -> Path:
     return target
 
 
+def member_names(members: Sequence[Member], api: int) -> list[str]:
+    """Each member's name in the archive, unique whatever the UIDs: two UIDs that clean up
+    to the same name (a trailing dot, a stray character) get `-2`, `-3`, ... in order."""
+    taken: set[str] = set()
+    names = []
+    for member in members:
+        name = _unique(_name(member, api), taken)
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _name(member: Member, api: int) -> str:
+    file = f"{_safe(member.sop_instance_uid)}.dcm"
+    if api == 1:
+        return file
+    return "/".join((_safe(member.sop_class_uid), _safe(member.series_instance_uid), file))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """The name, or `<stem>-<n>.dcm` with the first n that is free (case-insensitively:
+    the server may unpack onto a file system that folds case)."""
+    stem = name.removesuffix(".dcm")
+    candidate, repeat = name, 1
+    while candidate.casefold() in taken:
+        repeat += 1
+        candidate = f"{stem}-{repeat}.dcm"
+    return candidate
+
+
 def _write_zip(temp: Path, members: Sequence[Member]) -> None:
     # Stored, not deflated: DICOM compresses little, and the network is the bottleneck.
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for member in members:
-            archive.write(member.path, arcname=f"{_safe(member.sop_instance_uid)}.dcm")
+        for member, name in zip(members, member_names(members, 1), strict=True):
+            archive.write(member.path, arcname=name)
 
 
 def _write_tar(temp: Path, members: Sequence[Member]) -> None:
     with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as archive:
-        for member in members:
-            name = "/".join(
-                (
-                    _safe(member.sop_class_uid),
-                    _safe(member.series_instance_uid),
-                    f"{_safe(member.sop_instance_uid)}.dcm",
-                )
-            )
+        for member, name in zip(members, member_names(members, 2), strict=True):
             archive.add(member.path, arcname=name, recursive=False)
 
 

@@ -4,7 +4,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from isdr.inference.archive import Member, archive_name, build_archive
+from isdr.inference.archive import Member, archive_name, build_archive, member_names
 
 
 def members(tmp_path: Path) -> list[Member]:
@@ -31,3 +31,35 @@ def test_generation_2_gets_a_tar_by_sop_class_and_series(tmp_path: Path) -> None
     with tarfile.open(archive) as opened:
         names = sorted(opened.getnames())
     assert names == [f"1.2.840.10008.5.1.4.1.1.2/1.2.3/1.2.3.{i}.dcm" for i in range(3)]
+
+
+def colliding(tmp_path: Path) -> list[Member]:
+    """Four instances whose UIDs all clean up to the name `1.2.3.4.dcm`."""
+    result = []
+    for index, uid in enumerate(["1.2.3.4", "1.2.3.4.", ".1.2.3.4", "1.2.3.4-2"]):
+        path = tmp_path / "series" / f"{index}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"dicom %d" % index)
+        result.append(Member(path, uid, "1.2.840.10008.5.1.4.1.1.2", "1.2.3"))
+    return result
+
+
+def test_uids_that_differ_by_a_trailing_dot_get_distinct_zip_members(tmp_path: Path) -> None:
+    archive = build_archive(tmp_path / archive_name(9, 1), colliding(tmp_path), 1)
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+        contents = sorted(opened.read(name) for name in names)
+    assert names == ["1.2.3.4.dcm", "1.2.3.4-2.dcm", "1.2.3.4-3.dcm", "1.2.3.4-2-2.dcm"]
+    assert contents == [b"dicom %d" % index for index in range(4)]  # none lost
+
+
+def test_uids_that_clean_up_alike_get_distinct_tar_members(tmp_path: Path) -> None:
+    archive = build_archive(tmp_path / archive_name(10, 2), colliding(tmp_path), 2)
+    with tarfile.open(archive) as opened:
+        names = [name.rsplit("/", 1)[1] for name in opened.getnames()]
+    assert len(set(names)) == 4 and names[0] == "1.2.3.4.dcm"
+
+
+def test_member_names_are_the_same_for_the_same_members(tmp_path: Path) -> None:
+    made = colliding(tmp_path)
+    assert member_names(made, 2) == member_names(list(made), 2)
