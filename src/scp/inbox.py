@@ -139,6 +139,9 @@ class Inbox:
         with self._adopting:
             if not path.is_file():
                 return 0  # taken meanwhile by another thread
+            if self._leaves_tree(path):
+                self._report(path, "a link to a file outside INCOMING_DIR; left where it is")
+                return 0
             if not file_is_complete(path):
                 self._set_aside_incomplete(path)
                 return 0
@@ -155,6 +158,15 @@ class Inbox:
             self._report(path, f"cannot move or read it: {exc.strerror}")
             return 0
         return 1
+
+    def _leaves_tree(self, path: Path) -> bool:
+        """Whether the file is a link (or under a linked folder) that leads out of the tree:
+        its outside target must never be recorded, archived and sent."""
+        real = path.resolve()
+        if real.is_relative_to(self.root.resolve()):
+            return False
+        logger.debug("inbox: %s leads to %s, outside the tree", path, real)
+        return True
 
     def _in_spool(self, path: Path) -> bool:
         return self.spool is not None and path.parent == self.spool

@@ -102,3 +102,28 @@ def test_a_file_moved_in_from_outside_is_recorded(relay: Relay, tmp_path: Path) 
     [source] = write_series(tmp_path / "src", SeriesSpec(modality="MR", count=1))
     source.rename(relay.settings.INCOMING_DIR / "moved.dcm")
     wait_for(lambda: recorded_count(relay) == 1)
+
+
+def test_a_link_to_a_file_outside_the_tree_is_not_recorded_and_logged_without_its_path(
+    relay: Relay, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    [outside] = write_series(tmp_path / "PATIENT-SECRET", SeriesSpec(count=1))
+    link = relay.settings.INCOMING_DIR / "PATIENT-LINK" / "evil.dcm"
+    link.parent.mkdir()
+    link.symlink_to(outside)
+    wait_for(lambda: "outside INCOMING_DIR" in caplog.text)
+    assert relay.inbox.reconcile() == 0
+    assert recorded_count(relay) == 0 and link.is_symlink() and outside.exists()
+    lines = [r.getMessage() for r in caplog.records if "outside INCOMING_DIR" in r.getMessage()]
+    assert len(lines) == 1 and "PATIENT" not in lines[0] and "evil.dcm" in lines[0]
+
+
+def test_a_file_under_a_linked_folder_outside_the_tree_is_not_recorded(
+    relay: Relay, tmp_path: Path
+) -> None:
+    write_series(tmp_path / "elsewhere", SeriesSpec(count=2))
+    (relay.settings.INCOMING_DIR / "linked").symlink_to(tmp_path / "elsewhere")
+    relay.inbox.reconcile()
+    for path in (relay.settings.INCOMING_DIR / "linked").rglob("*.dcm"):
+        relay.inbox.guarded(relay.inbox.take, path)
+    assert recorded_count(relay) == 0
