@@ -31,7 +31,13 @@ from isdr.dicom.files import describe
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.states import Step
-from isdr.inference.client import InferenceClient, OutputTooLarge, PollAnswer, Target
+from isdr.inference.client import (
+    InferenceClient,
+    OutputTooLarge,
+    PollAnswer,
+    Target,
+    redirected,
+)
 from isdr.inference.outputs import judge_output
 from isdr.inference.unpack import HostileArchive, Limits, unpack
 from isdr.logs import guarded
@@ -54,11 +60,16 @@ class Verdict(StrEnum):
     TROUBLE = "trouble"  # no answer, or a server error: poll again, log once per outage
 
 
-def judge(api: int, status: int | None, *, seen: bool = False) -> tuple[Verdict, str]:
+def judge(
+    api: int, status: int | None, *, seen: bool = False, location: str = ""
+) -> tuple[Verdict, str]:
     """The meaning of a poll's HTTP status, per API generation; `seen` when an earlier
-    poll showed the server had the task (then generation 1's 554 means it is gone)."""
+    poll showed the server had the task (then generation 1's 554 means it is gone);
+    `location` where a redirect points (a redirect fails the job, as on a submit)."""
     if status is None:
         return Verdict.TROUBLE, "no answer"
+    if 300 <= status < 400:
+        return Verdict.FAILED, f"the poll was {redirected(status, location)}"
     if status == 200:
         return Verdict.READY, "output ready"
     if status == 551:
@@ -259,7 +270,9 @@ class Poller:
             )  # fmt: skip
         except OutputTooLarge as exc:
             return self._fail(item, str(exc))
-        verdict, detail = judge(item.target.api, answer.status, seen=item.seen)
+        verdict, detail = judge(
+            item.target.api, answer.status, seen=item.seen, location=answer.location
+        )
         self._track_outage(item.target, verdict, answer)
         item.seen = item.seen or (verdict is Verdict.WAIT and answer.status == 551)
         if verdict is Verdict.READY and answer.output is not None:

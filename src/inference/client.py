@@ -101,6 +101,7 @@ class PollAnswer:
     status: int | None
     detail: str
     output: Path | None = None
+    location: str = ""  # where a redirect (3xx) points
 
 
 def _nothing() -> None:
@@ -260,7 +261,8 @@ class InferenceClient:
             try:
                 if response.status_code != 200:
                     response.read()
-                    return PollAnswer(response.status_code, response.text[:200])
+                    where = response.headers.get("Location", "")
+                    return PollAnswer(response.status_code, response.text[:200], location=where)
                 _save(response, output, max_bytes)
             finally:
                 response.close()
@@ -345,6 +347,15 @@ def _what(exc: httpx.HTTPError) -> str:
     return repr(exc)
 
 
+def redirected(status: int, location: str) -> str:
+    """Why a redirected request fails the job: the URL in the fingerprint is not the
+    server's (redirects are not followed: a token must not go elsewhere)."""
+    return (
+        f"redirected ({status}) to {location[:200] or '?'}: for API 1 inference_server_url "
+        "is the full tasks URL with its trailing slash, for API 2 the base URL"
+    )
+
+
 def _submit_answer(target: Target, response: httpx.Response) -> Answer:
     status = response.status_code
     body = response.text[:300]
@@ -369,12 +380,7 @@ def _submit_answer(target: Target, response: httpx.Response) -> Answer:
     if status >= 500:
         return Answer(Outcome.RETRY, f"server error {status}: {body!r}")
     if 300 <= status < 400:
-        where = response.headers.get("Location", "?")
-        return Answer(
-            Outcome.FAILED,
-            f"redirected ({status}) to {where}: for API 1 inference_server_url is the full "
-            "tasks URL with its trailing slash, for API 2 the base URL",
-        )
+        return Answer(Outcome.FAILED, redirected(status, response.headers.get("Location", "")))
     if status == 422:
         return Answer(
             Outcome.FAILED,

@@ -44,3 +44,18 @@ def test_no_answer_is_trouble_to_wait_out(api: int) -> None:
 def test_554_on_api_1_after_the_task_was_seen_means_it_is_gone() -> None:
     verdict, reason = judge(1, 554, seen=True)
     assert verdict is Verdict.UNKNOWN and "gone from the server" in reason
+
+
+@pytest.mark.parametrize(("api", "status"), [(1, 302), (2, 307), (2, 301), (1, 308)])
+def test_a_redirected_poll_fails_the_job_at_once_naming_where_it_points(
+    api: int, status: int
+) -> None:
+    verdict, reason = judge(api, status, location="https://elsewhere.example/tasks/")
+    assert verdict is Verdict.FAILED
+    assert f"redirected ({status})" in reason and "https://elsewhere.example/tasks/" in reason
+    assert "inference_server_url" in reason
+
+
+def test_a_redirect_without_a_location_still_fails_the_job() -> None:
+    verdict, reason = judge(1, 302)
+    assert verdict is Verdict.FAILED and "to ?" in reason
