@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from isdr.domain.access import AccessPolicy, parse_networks, parse_titles
 from isdr.errors import ConfigError
@@ -25,13 +26,19 @@ Seconds = Annotated[float, Field(gt=0)]
 # ASK_INFERENCE_SERVER_TO_DELETE_TASK="" for no. Empty still means false here.
 ORIGINAL_BOOLEANS = ("DELETE_ON_POST", "ASK_INFERENCE_SERVER_TO_DELETE_TASK")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_PDU_SIZE = 4096  # bytes: below it a C-STORE's command set and data barely fit
+NOT_SHOWN = ("DATABASE_URL",)  # may hold a password: an error never quotes the value
 
 
 class Settings(BaseSettings):
     """The relay's configuration; one field per environment variable."""
 
     model_config = SettingsConfigDict(
-        case_sensitive=True, extra="ignore", frozen=True, validate_default=True
+        case_sensitive=True,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        allow_inf_nan=False,  # inf and nan are no size and no timeout
     )
 
     # --- the Store SCP (original relay) ---
@@ -111,7 +118,11 @@ class Settings(BaseSettings):
         1024.0, ge=0, description="free space kept in reserve; below it C-STOREs get 0xA700"
     )
     MAX_PDU_SIZE: int = Field(
-        131072, ge=0, description="largest PDU the Store SCP accepts (0 = unlimited)"
+        131072,
+        ge=0,
+        le=0xFFFFFFFF,
+        description=f"largest PDU the Store SCP accepts (0 = unlimited; else {MIN_PDU_SIZE} "
+        "or more)",
     )
     RECEIVER: Literal["pynetdicom", "dcmtk"] = Field(
         "pynetdicom",
@@ -154,6 +165,36 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_means_false(cls, value: object) -> object:
         return False if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("SCP_AE_TITLE")
+    @classmethod
+    def _dicom_ae_title(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be only spaces")
+        if any(not " " <= character <= "~" or character == "\\" for character in value):
+            raise ValueError("only printable ASCII characters, no backslash (DICOM's AE)")
+        return value
+
+    @field_validator("MAX_PDU_SIZE")
+    @classmethod
+    def _usable_pdu_size(cls, value: int) -> int:
+        if 0 < value < MIN_PDU_SIZE:
+            raise ValueError(f"must be 0 (unlimited) or at least {MIN_PDU_SIZE} bytes")
+        return value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a SQLAlchemy URL (like postgresql+psycopg://user@host/isdr or "
+                "sqlite:////data/isdr.sqlite3)"
+            ) from None
+        return value
 
     @field_validator("ALLOWED_CALLING_AE_TITLES")
     @classmethod
@@ -251,10 +292,12 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
         if not name:  # a rule across several variables
-            lines.append(str(error["msg"]).removeprefix("Value error, "))
+            lines.append(message)
             continue
-        lines.append(f"{name}={error.get('input')!r}: {error['msg']}")
+        shown = "(not shown)" if name in NOT_SHOWN else repr(error.get("input"))
+        lines.append(f"{name}={shown}: {message}")
     return "invalid configuration: " + "; ".join(lines)
 
 

@@ -106,9 +106,12 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
     except (OSError, UnicodeDecodeError) as exc:
         return [FingerprintError(path.name, f"cannot read the file: {exc}")]
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_without_repeats)
     except json.JSONDecodeError as exc:
         return [FingerprintError(path.name, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)]
+    except RepeatedKey as exc:
+        message = "the key appears twice in one object: keep one (which one counts is unclear)"
+        return [FingerprintError(path.name, message, field=exc.key)]
     if not isinstance(data, dict):
         return [FingerprintError(path.name, "must be a JSON object { ... }", 1, 1)]
     try:
@@ -125,6 +128,24 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
         )
         return [FingerprintError(path.name, message, line, column, slow)]
     return fingerprint
+
+
+class RepeatedKey(ValueError):
+    """A JSON object names a key twice (json would keep the last one silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict; RepeatedKey when it names a key twice."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise RepeatedKey(key)
+        data[key] = value
+    return data
 
 
 def _describe(file: str, text: str, error: Any) -> FingerprintError:

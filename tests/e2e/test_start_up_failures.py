@@ -1,4 +1,5 @@
-"""`isdr serve` that cannot listen: one clear line on stderr, exit 1, never a traceback."""
+"""`isdr serve` that cannot start: one clear line on stderr, exit 1 (2 for a bad setting), never
+a traceback."""
 
 from __future__ import annotations
 
@@ -47,7 +48,15 @@ def test_a_folder_the_relay_cannot_create_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, **relay_env(relay_settings(tmp_path))}
     env["INCOMING_DIR"] = str(tmp_path / "a-file" / "incoming")
     result = subprocess.run([*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
     [line] = result.stderr.splitlines()
     assert line.startswith(f"isdr: cannot create INCOMING_DIR={tmp_path / 'a-file' / 'incoming'}")
     assert "may write to" in line
+
+
+def test_a_database_url_that_is_not_a_url_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, **relay_env(relay_settings(tmp_path)), "DATABASE_URL": "not a url"}
+    result = subprocess.run([*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.splitlines()
+    assert "DATABASE_URL" in line and "not a SQLAlchemy URL" in line, line

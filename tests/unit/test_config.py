@@ -108,3 +108,43 @@ def test_an_invalid_boolean_of_the_original_relay_still_names_the_variable(
     monkeypatch.setenv("ASK_INFERENCE_SERVER_TO_DELETE_TASK", "sometimes")
     with pytest.raises(ConfigError, match="ASK_INFERENCE_SERVER_TO_DELETE_TASK='sometimes'"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("SCP_AE_TITLE", "ÄRZTE", "printable ASCII"),
+        ("SCP_AE_TITLE", "    ", "only spaces"),
+        ("SCP_AE_TITLE", "A\\B", "no backslash"),
+        ("POST_TIMEOUT", "inf", "finite"),
+        ("GET_TIMEOUT", "nan", "finite"),
+        ("MIN_FREE_DISK_MB", "inf", "finite"),
+        ("OUTPUT_MAX_MB", "inf", "finite"),
+        ("JOB_FILES_RETENTION_HOURS", "inf", "finite"),
+        ("DATABASE_URL", "not a url", "not a SQLAlchemy URL"),
+        ("MAX_PDU_SIZE", "10", "at least 4096"),
+    ],
+)
+def test_a_hostile_value_is_refused_naming_the_variable_and_why(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name) as refused:
+        load_settings()
+    assert says in str(refused.value)
+
+
+def test_a_database_url_that_does_not_parse_is_not_quoted() -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", "postgresql://isdr:pass word@db:port/isdr")
+        with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+            load_settings()
+    assert "pass word" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("MAX_PDU_SIZE", "0"), ("SCP_AE_TITLE", "MY AE")])
+def test_the_limits_leave_the_usual_values_alone(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert str(getattr(load_settings(), name)) == value

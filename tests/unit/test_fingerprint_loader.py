@@ -169,3 +169,19 @@ def test_check_names_what_a_valid_fingerprint_still_gets_wrong_here(
     assert "a.json: scus.0.tls: ca_file" in text and "is not a readable file" in text
     assert "b.json: the variable ISDR_TEST_NO_SUCH_TOKEN" in text
     assert "OK " not in text
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_and_the_key(tmp_path: Path) -> None:
+    text = json.dumps(ORIGINAL, indent=2).replace(
+        '"model_human_readable_id": "lungs",',
+        '"model_human_readable_id": "lungs",\n  "modality_regex": "MR",',
+    )
+    [error] = errors_of(write(tmp_path, "twice.json", text))
+    assert (error.file, error.field) == ("twice.json", "modality_regex")
+    assert "twice" in str(error)
+
+
+def test_a_key_given_twice_inside_a_destination_is_an_error_too(tmp_path: Path) -> None:
+    text = json.dumps(ORIGINAL).replace('"scu_port": 104,', '"scu_port": 104, "scu_port": 11112,')
+    [error] = errors_of(write(tmp_path, "dest.json", text))
+    assert error.field == "scu_port" and "dest.json" in str(error)
