@@ -368,6 +368,28 @@ def test_a_missing_token_variable_fails_the_job_saying_which(
     assert standin.submissions == []
 
 
+def test_a_token_variable_with_a_line_break_fails_the_job_and_is_nowhere_written(
+    make_relay: Any,
+    standin: StandIn,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("ISDR_TEST_SERVER_TOKEN", "tok-first\r\nX-Injected: tok-second")
+    relay = make_relay()
+    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="ct-model",
+                inference_server_token_env="ISDR_TEST_SERVER_TOKEN")  # fmt: skip
+    receive(relay, SeriesSpec(modality="CT", count=1))
+    run_steps(relay)
+    [job] = jobs(relay)
+    assert job.state == JobState.FAILED and "control character" in job.last_error
+    assert standin.submissions == []
+    database = Path(relay.settings.database_url.removeprefix("sqlite:///"))
+    stored = [f.read_bytes() for f in database.parent.glob(database.name + "*")]  # and its WAL
+    assert not any(b"tok-" in data for data in stored)
+    assert "tok-" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("behaviour", "reason"),
     [("nouid", "accepted (200) but no task uid"), ("400", "refused with 400")],
