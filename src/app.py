@@ -29,7 +29,7 @@ from isdr.db.engine import make_engine
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.series import list_series
 from isdr.domain.clock import utcnow
-from isdr.errors import IsdrError
+from isdr.errors import ConfigError, IsdrError
 from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.fingerprints.report import check_lines, test_lines
@@ -198,7 +198,7 @@ def make_folder(variable: str, folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise IsdrError(
+        raise ConfigError(
             f"cannot create {variable}={folder} ({exc.strerror or exc}): it must be a folder "
             f"the relay's user (uid {os.getuid()}) may write to"
         ) from exc

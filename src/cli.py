@@ -199,7 +199,7 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
         app.serve(settings)
     except IsdrError as exc:
         print(f"isdr: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1  # 2: a setting to change
     return 0
 
 
