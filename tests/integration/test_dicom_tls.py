@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,8 +22,9 @@ from isdr.app import Relay, build_relay
 from isdr.db.series import list_series
 from isdr.demo.standin import StandIn
 from isdr.scu.echo import echo
+from isdr.scu.sender import Peer, SendOptions, send_files
 from isdr.synthetic import SeriesSpec, write_series
-from isdr.tls import self_check_context
+from isdr.tls import ClientTls, self_check_context
 from tests.helpers import relay_settings, stored_files
 from tests.integration.test_delivery_flow import (
     FAST,
@@ -31,6 +34,7 @@ from tests.integration.test_delivery_flow import (
     wait_for_state,
     wait_until,
 )
+from tests.integration.test_sender import files_of
 from tests.peers import Storescp
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -262,4 +266,66 @@ def test_a_destination_that_refuses_our_missing_client_certificate_says_so(
     receive_ct(relay)
     job = wait_for_state(relay, "failed")
     assert "TLS handshake failed" in job.last_error, job.last_error
+    assert tls_storescp.files() == []
+
+
+class SlowLink:
+    """A TCP relay on loopback to `port` that holds each thing the destination says, but the
+    first, for `delay` seconds: an alert about our certificate comes at least that long after
+    our side of the TLS handshake is done, as from a destination slow to check it."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target, self.delay = port, delay
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.getsockname()[1])
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # until closed
+            while True:
+                near, _ = self.listener.accept()
+                far = socket.create_connection(("127.0.0.1", self.target))
+                self.sockets += [near, far]
+                threading.Thread(target=_pump, args=(near, far, 0.0), daemon=True).start()
+                threading.Thread(target=_pump, args=(far, near, self.delay), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+    with contextlib.suppress(OSError):
+        sink.sendall(source.recv(65536))
+        while data := source.recv(65536):
+            time.sleep(delay)
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_refusal_of_our_certificate_that_comes_late_is_named_all_the_same(
+    tls_storescp: Storescp, pki: Pki, tmp_path: Path
+) -> None:
+    # TLS 1.3: the destination refuses our (missing) certificate after our side of the
+    # handshake is done; its alert comes when it comes, here 1.5 s later.
+    series(tmp_path, "ct")
+    link = SlowLink(tls_storescp.port, delay=1.5)
+    peer = Peer("127.0.0.1", link.port, "TPS", ClientTls(ca_file=str(pki.ca)))
+    try:
+        report = send_files(
+            peer,
+            files_of(tmp_path / "ct"),
+            SendOptions("ISDR_TEST", timeout=10),
+            lambda _item, _status: None,
+            threading.Event(),
+        )
+    finally:
+        link.close()
+    assert "TLS handshake failed" in report.error, report.error
     assert tls_storescp.files() == []
