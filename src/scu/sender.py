@@ -22,6 +22,7 @@ go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -62,6 +63,7 @@ LOOP_DELAY = 0.0002  # pynetdicom's DUL idle sleep while it negotiates and relea
 IDLE_LOOP_DELAY = 0.005  # ... and while the sending thread has the socket
 Buffer = bytes | memoryview
 IOV_MAX = 1024  # buffers one sendmsg may take
+A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PDU type 7, length 4, from the user
 
 
 @dataclass(frozen=True)
@@ -423,14 +425,22 @@ def _why_not_established(
 
 def _tls_problem(peer: Destination, context: ssl.SSLContext, timeout: float) -> str | None:
     """Why a TLS connection to `peer` fails, tried again on its own (pynetdicom logs the
-    reason only in its own log)."""
+    reason only in its own log).
+
+    In TLS 1.3 the peer checks our certificate after our side of the handshake is done,
+    and its refusal, an alert, comes whenever it has checked. So we ask for an answer
+    rather than wait a while: an A-ABORT, which a peer that took our certificate answers
+    by hanging up, and a peer that refused it reads (if ever) after sending its alert.
+    """
     try:
         with (
             socket.create_connection((peer.host, peer.port), timeout=timeout) as raw,
             context.wrap_socket(raw, server_hostname=peer.host) as tls,
         ):
-            tls.settimeout(min(timeout, 1.0))
-            tls.recv(1)  # a server's alert about our certificate comes now (TLS 1.3)
+            with contextlib.suppress(OSError):  # a peer that refused us may be gone already
+                tls.sendall(A_ABORT)
+            while tls.recv(4096):  # its alert (raised), or its hang-up (b"")
+                pass
             return None
     except ssl.SSLError as exc:
         return f"the TLS handshake failed ({exc.reason or exc})" + (

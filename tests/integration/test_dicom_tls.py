@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +21,9 @@ from pydicom import dcmread
 from isdr.app import Relay, build_relay
 from isdr.db.series import list_series
 from isdr.demo.standin import StandIn
+from isdr.domain.destination import Destination, DestinationTls
 from isdr.scu.echo import echo
+from isdr.scu.sender import SendOptions, send_files
 from isdr.synthetic import SeriesSpec, write_series
 from isdr.tls import self_check_context
 from tests.helpers import relay_settings, stored_files
@@ -29,7 +33,9 @@ from tests.integration.test_delivery_flow import (
     receive_ct,
     to,
     wait_for_state,
+    wait_until,
 )
+from tests.integration.test_sender import files_of
 from tests.peers import Storescp
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -84,6 +90,13 @@ def tls_relay(tmp_path: Path, pki: Pki) -> Iterator[Relay]:
         running.stop()
 
 
+def handshake_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The relay's lines about failed TLS handshakes, once there is one: the relay writes it
+    after its alert has gone, so the sender may have exited before."""
+    wait_until(lambda: any("TLS handshake" in r.getMessage() for r in caplog.records))
+    return [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+
+
 def storescu(relay: Relay, paths: list[Path], *tls: str) -> subprocess.CompletedProcess[str]:
     command = [
         "storescu", *tls, "-aet", "STORESCU", "-aec", relay.settings.SCP_AE_TITLE,
@@ -122,7 +135,7 @@ def test_a_plain_sender_is_refused_with_one_log_line_and_tls_senders_go_on(
     )
     assert good.returncode == 0, good.stderr
     assert len(stored_files(tls_relay.settings.INCOMING_DIR)) == 3
-    failures = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    failures = handshake_failures(caplog)
     assert len(failures) == 1 and "127.0.0.1" in failures[0]
 
 
@@ -135,7 +148,7 @@ def test_a_client_certificate_from_another_ca_is_refused(
     )
     assert result.returncode != 0
     assert stored_files(tls_relay.settings.INCOMING_DIR) == []
-    [failure] = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    [failure] = handshake_failures(caplog)
     assert "CERTIFICATE" in failure.upper()
 
 
@@ -254,4 +267,66 @@ def test_a_destination_that_refuses_our_missing_client_certificate_says_so(
     receive_ct(relay)
     job = wait_for_state(relay, "failed")
     assert "TLS handshake failed" in job.last_error, job.last_error
+    assert tls_storescp.files() == []
+
+
+class SlowLink:
+    """A TCP relay on loopback to `port` that holds each thing the destination says, but the
+    first, for `delay` seconds: an alert about our certificate comes at least that long after
+    our side of the TLS handshake is done, as from a destination slow to check it."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target, self.delay = port, delay
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.getsockname()[1])
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # until closed
+            while True:
+                near, _ = self.listener.accept()
+                far = socket.create_connection(("127.0.0.1", self.target))
+                self.sockets += [near, far]
+                threading.Thread(target=_pump, args=(near, far, 0.0), daemon=True).start()
+                threading.Thread(target=_pump, args=(far, near, self.delay), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+    with contextlib.suppress(OSError):
+        sink.sendall(source.recv(65536))
+        while data := source.recv(65536):
+            time.sleep(delay)
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_a_refusal_of_our_certificate_that_comes_late_is_named_all_the_same(
+    tls_storescp: Storescp, pki: Pki, tmp_path: Path
+) -> None:
+    # TLS 1.3: the destination refuses our (missing) certificate after our side of the
+    # handshake is done; its alert comes when it comes, here 1.5 s later.
+    series(tmp_path, "ct")
+    link = SlowLink(tls_storescp.port, delay=1.5)
+    peer = Destination.at("127.0.0.1", link.port, "TPS", DestinationTls(ca_file=str(pki.ca)))
+    try:
+        report = send_files(
+            peer,
+            files_of(tmp_path / "ct"),
+            SendOptions("ISDR_TEST", timeout=10),
+            lambda _item, _status: None,
+            threading.Event(),
+        )
+    finally:
+        link.close()
+    assert "TLS handshake failed" in report.error, report.error
     assert tls_storescp.files() == []
