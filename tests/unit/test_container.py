@@ -67,12 +67,17 @@ def test_the_entry_point_is_the_installed_isdr_command() -> None:
     assert instructions("STOPSIGNAL") == ["SIGTERM"]
 
 
-def test_the_constraints_pin_every_runtime_dependency() -> None:
+def test_the_constraints_pin_every_dependency_and_every_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {re.split(r"[<>=\[ ]", dep)[0].lower() for dep in project["dependencies"]}
+    extras = [dep for deps in project["optional-dependencies"].values() for dep in deps]
+    wanted = {
+        re.split(r"[<>=\[ ]", dep)[0].lower()
+        for dep in [*project["dependencies"], *extras]
+        if not dep.startswith("isdr")
+    }
     lines = (ROOT / "constraints.txt").read_text().splitlines()
-    pinned = {line.split("==")[0].lower() for line in lines if "==" in line}
-    assert wanted <= pinned
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in lines if "==" in line}
+    assert {name.replace("_", "-") for name in wanted} <= pinned
 
 
 @pytest.mark.parametrize(

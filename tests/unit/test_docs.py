@@ -108,6 +108,16 @@ def test_each_of_the_two_commands_installs_with_the_constraints() -> None:
         assert "pip install -c constraints.txt " in command, command
 
 
+def test_the_extras_the_two_commands_install_exist() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = {extra for line in two_commands_block() for extra in re.findall(r"\.\[(\w+)\]", line)}
+    assert named == {"demo", "dev"} and named <= set(extras)
+
+
 def test_the_readme_is_short_and_names_no_issue_numbers() -> None:
     text = README.read_text()
     assert len(text.split()) < 2500
