@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.text import searched, shown
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class Verdict:
 
 
 def _found(pattern: str, values: Sequence[str]) -> bool:
+    """Whether `pattern` is in one of `values`, each bounded: a hostile tag of megabytes
+    must not hold the process (and receiving) in the regular expression engine."""
     compiled = re.compile(pattern, re.IGNORECASE)
-    return any(compiled.search(value) for value in values)
+    return any(compiled.search(searched(value)) for value in values)
 
 
 def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
@@ -59,12 +62,16 @@ def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
         ("sop_class_uid_regex", fingerprint.sop_class_uid_regex, sop_classes),
         ("calling_ae_title_regex", fingerprint.calling_ae_title_regex, (facts.calling_ae_title,)),
     )
-    failed = [f"{key} {pattern!r} not found in {values!r}" for key, pattern, values in rules
+    failed = [f"{key} {pattern!r} not found in {_shown(values)}" for key, pattern, values in rules
               if not _found(pattern, values)]  # fmt: skip
     everything = (facts.modality, facts.series_description, facts.study_description, *sop_classes)
     if _found(fingerprint.exclude_regex, everything):
         failed.append(f"exclude_regex {fingerprint.exclude_regex!r} found")
     return Verdict(name, not failed, tuple(failed))
+
+
+def _shown(values: Sequence[str]) -> str:
+    return repr(tuple(shown(value) for value in values))
 
 
 def matching(facts: SeriesFacts, fingerprints: Mapping[str, Fingerprint]) -> list[str]:

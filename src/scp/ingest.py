@@ -16,6 +16,7 @@ from isdr.db.series import NewInstance, Recorded, record_instance
 from isdr.dicom.headers import read_file_sort_keys, read_sort_keys
 from isdr.domain.clock import Clock, utcnow
 from isdr.domain.keys import SortKeys
+from isdr.domain.text import shown
 from isdr.locks import SharedLock
 from isdr.scp.paths import instance_relpath, resolve_inside
 from isdr.scp.storage import AtomicWriter, file_meta_bytes
@@ -107,9 +108,9 @@ class Ingestor:
                 "series %s (series id %d, %s, %r) started receiving from %s %s",
                 keys.series_instance_uid,
                 recorded.series_id,
-                keys.modality or "no modality",
-                keys.series_description,
-                calling_ae_title or "-",
+                shown(keys.modality) or "no modality",
+                shown(keys.series_description),
+                shown(calling_ae_title) or "-",
                 peer_address,
             )
         return recorded

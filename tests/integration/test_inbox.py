@@ -127,3 +127,15 @@ def test_a_file_under_a_linked_folder_outside_the_tree_is_not_recorded(
     for path in (relay.settings.INCOMING_DIR / "linked").rglob("*.dcm"):
         relay.inbox.guarded(relay.inbox.take, path)
     assert recorded_count(relay) == 0
+
+
+def test_a_huge_series_description_is_cut_in_the_log_line(
+    relay: Relay, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = "Thorax " * 5_000  # 35 000 characters where DICOM allows 64
+    write_series(tmp_path / "drop", SeriesSpec(count=1, series_description=huge))
+    with caplog.at_level("INFO"):
+        shutil.copytree(tmp_path / "drop", relay.settings.INCOMING_DIR / "drop")
+        wait_for(lambda: recorded_count(relay) == 1)
+    [line] = [r.getMessage() for r in caplog.records if "started receiving" in r.getMessage()]
+    assert len(line) < 500 and "(34999 characters)" in line

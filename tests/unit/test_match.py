@@ -71,3 +71,17 @@ def test_calling_ae_title_regex_routes_by_the_sender() -> None:
     assert judge(from_ct1, "radiology", radiology).matched
     verdict = judge(from_ct1, "oncology", oncology)
     assert not verdict.matched and "calling_ae_title_regex" in verdict.failed_rules[0]
+
+
+def test_a_pattern_is_searched_in_the_first_thousand_characters_of_a_tag_only() -> None:
+    huge = SeriesFacts("CT", "x" * 5000 + "lung", "", ())
+    assert not matching(huge, {"a.json": fingerprint(series_description_regex="lung")})
+    near = SeriesFacts("CT", "x" * 100 + "lung", "", ())
+    assert matching(near, {"a.json": fingerprint(series_description_regex="lung")}) == ["a.json"]
+
+
+def test_a_failed_rule_shows_a_huge_value_cut() -> None:
+    facts = SeriesFacts("CT", "y" * 4_000_000, "", ())
+    verdict = judge(facts, "a.json", fingerprint(series_description_regex="lung"))
+    [rule] = verdict.failed_rules
+    assert len(rule) < 300 and "(4000000 characters)" in rule
