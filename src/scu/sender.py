@@ -63,6 +63,7 @@ LOOP_DELAY = 0.0002  # pynetdicom's DUL idle sleep while it negotiates and relea
 IDLE_LOOP_DELAY = 0.005  # ... and while the sending thread has the socket
 Buffer = bytes | memoryview
 IOV_MAX = 1024  # buffers one sendmsg may take
+DUL_TURN_LIMIT = 1.0  # seconds to wait for the DUL thread to come round its loop once
 A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # PDU type 7, length 4, from the user
 
 
@@ -485,8 +486,18 @@ def _reactor_held(assoc: Association, timeout: float) -> Iterator[None]:
         time.sleep(0.0005)
     checkpoint.held = True
     dul = assoc.dul
-    dul._is_transport_event = lambda: False  # type: ignore[method-assign]
+    past_any_read = threading.Event()
+
+    def nothing_to_read() -> bool:
+        past_any_read.set()
+        return False
+
+    dul._is_transport_event = nothing_to_read  # type: ignore[method-assign]
     dul._run_loop_delay = IDLE_LOOP_DELAY  # it has nothing to do meanwhile
+    # The DUL thread may have looked up its own check just before, and be about to read
+    # the socket: a response read there is lost to us (pynetdicom's "unexpected C-STORE
+    # service message", then a resend after the timeout). Once it calls ours, it is past.
+    past_any_read.wait(DUL_TURN_LIMIT)
     sock = dul.socket.socket if dul.socket else None
     previous = sock.gettimeout() if sock is not None else None
     if sock is not None:
