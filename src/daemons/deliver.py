@@ -154,7 +154,6 @@ class Deliverer:
                 self.engine, work.delivery_id, problem, self.clock(), self.settings.backoff, 1
             )
             return
-        peer = where
         files = [_to_send(work.output_dir, record) for record in work.files]
         options = SendOptions(
             self.settings.calling_ae_title, self.settings.timeout, self.settings.associations
@@ -163,7 +162,7 @@ class Deliverer:
         def confirmed(item: FileToSend, status: int) -> None:
             queue.confirm_file(self.engine, work.delivery_id, item.name, status, self.clock())
 
-        report = send_files(peer, files, options, confirmed, self.stopping)
+        report = send_files(where, files, options, confirmed, self.stopping)
         if report.complete:
             queue.delivery_done(self.engine, work.delivery_id, report.confirmed, self.clock())
         elif self.stopping.is_set():

@@ -213,12 +213,13 @@ class InferenceClient:
         return answer
 
     def probe(self, target: Target, uid: str) -> PollAnswer:
-        """A poll of a task that does not exist (the body is not read): what the server
-        answers shows its generation; a failed TLS handshake is named."""
+        """The status a poll of task `uid` gets, without reading the body (an output, maybe
+        large): the generation a server speaks, or whether a task is gone; a failed TLS
+        handshake is named."""
         url, params = target.task_request(uid, outputs=True)
         try:
-            with self._http.stream("GET", url, params=params, headers=target.headers) as answer:
-                return PollAnswer(answer.status_code, f"answered {answer.status_code}")
+            with self._polls.stream("GET", url, params=params, headers=target.headers) as poll:
+                return PollAnswer(poll.status_code, f"answered {poll.status_code}")
         except httpx.HTTPError as exc:
             return PollAnswer(None, self._transport_error(exc, url).detail)
 
@@ -298,12 +299,10 @@ class InferenceClient:
     def _confirm_gone(self, target: Target, uid: str) -> Answer:
         """Generation 1 answers 500 to every DELETE, and deletes the task all the same: a
         poll tells whether it is gone (554) or still there."""
-        url, params = target.task_request(uid, outputs=True)
-        try:
-            with self._polls.stream("GET", url, params=params, headers=target.headers) as poll:
-                status = poll.status_code  # the body (an output, maybe large) is not read
-        except httpx.HTTPError as exc:
-            return Answer(Outcome.RETRY, f"deleting task {uid} answered 500; no poll: {_what(exc)}")
+        poll = self.probe(target, uid)
+        status = poll.status
+        if status is None:
+            return Answer(Outcome.RETRY, f"deleting task {uid} answered 500; then {poll.detail}")
         if status == 554:
             return Answer(
                 Outcome.DONE,
