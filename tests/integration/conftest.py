@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,30 @@ FAST = {
 }
 
 
-@pytest.fixture
-def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., Relay]]:
+@contextmanager
+def relays(tmp_path: Path, **defaults: Any) -> Iterator[Callable[..., Relay]]:
+    """A maker of started relays (settings: `defaults`, then the call's own), each stopped
+    at the end."""
     started: list[Relay] = []
 
     def make(**overrides: Any) -> Relay:
-        settings = relay_settings(tmp_path, CERT_FILE=standin.ca_file, **{**FAST, **overrides})
-        relay = build_relay(settings)
+        relay = build_relay(relay_settings(tmp_path, **{**defaults, **overrides}))
         relay.start()
         started.append(relay)
         return relay
 
-    yield make
-    for relay in started:
-        relay.stop()
+    try:
+        yield make
+    finally:
+        for relay in started:
+            relay.stop()
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., Relay]]:
+    """Relays with fast timers that trust the stand-in's certificate."""
+    with relays(tmp_path, CERT_FILE=standin.ca_file, **FAST) as make:
+        yield make
 
 
 @pytest.fixture

@@ -11,23 +11,14 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from isdr.app import Relay, build_relay
-from tests.helpers import relay_settings
+from isdr.app import Relay
+from tests.integration.conftest import relays
 
 
 @pytest.fixture
 def make_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
-    started: list[Relay] = []
-
-    def make(**overrides: Any) -> Relay:
-        relay = build_relay(relay_settings(tmp_path, **overrides))
-        relay.start()
-        started.append(relay)
-        return relay
-
-    yield make
-    for relay in started:
-        relay.stop()
+    with relays(tmp_path) as make:
+        yield make
 
 
 class Attempt:

@@ -9,34 +9,25 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from isdr.app import Relay, build_relay
+from isdr.app import Relay
 from isdr.domain.access import HEALTH_CHECK_AE_TITLE
 from isdr.scu.echo import echo
 from isdr.synthetic import SeriesSpec, make_instance
-from tests.helpers import free_port, relay_settings, send_datasets
+from tests.helpers import free_port, send_datasets
+from tests.integration.conftest import relays
 
 SERVER_LOG = "isdr.scp.server"
 
 
 @pytest.fixture
 def make_relay(tmp_path: Path) -> Iterator[Callable[..., Relay]]:
-    started: list[Relay] = []
-
-    def make(**overrides: Any) -> Relay:
-        relay = build_relay(relay_settings(tmp_path, **overrides))
-        relay.start()
-        started.append(relay)
-        return relay
-
-    yield make
-    for relay in started:
-        relay.stop()
+    with relays(tmp_path) as make:
+        yield make
 
 
 def test_the_health_check_passes_when_only_a_pacs_elsewhere_may_send(
