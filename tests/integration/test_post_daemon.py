@@ -60,6 +60,19 @@ def receive(relay: Relay, spec: SeriesSpec) -> None:
     relay.inbox.reconcile()
 
 
+def token_from_variable(relay: Relay, standin: StandIn, variable: str) -> None:
+    """A generation-2 fingerprint whose token is in the environment variable `variable`."""
+    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
+                model_human_readable_id="ct-model",
+                inference_server_token_env=variable)  # fmt: skip
+
+
+def database_bytes(relay: Relay) -> list[bytes]:
+    """The bytes of the SQLite database and its WAL and shared-memory files."""
+    database = Path(relay.settings.database_url.removeprefix("sqlite:///"))
+    return [f.read_bytes() for f in database.parent.glob(database.name + "*")]
+
+
 def route_now(relay: Relay) -> None:
     """Route as if the series had been quiet for a minute; submit nothing yet."""
     relay.post.clock = lambda: utcnow() + timedelta(seconds=60)
@@ -341,15 +354,12 @@ def test_a_token_from_a_variable_is_sent_and_kept_out_of_the_database(
 ) -> None:
     monkeypatch.setenv("ISDR_TEST_SERVER_TOKEN", "tok-from-env")
     relay = make_relay()
-    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
-                model_human_readable_id="ct-model",
-                inference_server_token_env="ISDR_TEST_SERVER_TOKEN")  # fmt: skip
+    token_from_variable(relay, standin, "ISDR_TEST_SERVER_TOKEN")
     receive(relay, SeriesSpec(modality="CT", count=1))
     run_steps(relay)
     [submitted] = standin.submissions
     assert submitted.headers.get("X-Token") == "tok-from-env"
-    database = Path(relay.settings.database_url.removeprefix("sqlite:///"))
-    stored = [f.read_bytes() for f in database.parent.glob(database.name + "*")]  # and its WAL
+    stored = database_bytes(relay)
     assert any(b"ISDR_TEST_SERVER_TOKEN" in data for data in stored)  # the job names it...
     assert not any(b"tok-from-env" in data for data in stored)  # ...and does not hold it
 
@@ -358,9 +368,7 @@ def test_a_missing_token_variable_fails_the_job_saying_which(
     make_relay: Any, standin: StandIn
 ) -> None:
     relay = make_relay()
-    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
-                model_human_readable_id="ct-model",
-                inference_server_token_env="ISDR_NO_SUCH_TOKEN_VARIABLE")  # fmt: skip
+    token_from_variable(relay, standin, "ISDR_NO_SUCH_TOKEN_VARIABLE")
     receive(relay, SeriesSpec(modality="CT", count=1))
     run_steps(relay)
     [job] = jobs(relay)
@@ -376,16 +384,13 @@ def test_a_token_variable_with_a_line_break_fails_the_job_and_is_nowhere_written
 ) -> None:
     monkeypatch.setenv("ISDR_TEST_SERVER_TOKEN", "tok-first\r\nX-Injected: tok-second")
     relay = make_relay()
-    fingerprint(relay, "t.json", inference_server_url=standin.url_v2, inference_server_api=2,
-                model_human_readable_id="ct-model",
-                inference_server_token_env="ISDR_TEST_SERVER_TOKEN")  # fmt: skip
+    token_from_variable(relay, standin, "ISDR_TEST_SERVER_TOKEN")
     receive(relay, SeriesSpec(modality="CT", count=1))
     run_steps(relay)
     [job] = jobs(relay)
     assert job.state == JobState.FAILED and "control character" in job.last_error
     assert standin.submissions == []
-    database = Path(relay.settings.database_url.removeprefix("sqlite:///"))
-    stored = [f.read_bytes() for f in database.parent.glob(database.name + "*")]  # and its WAL
+    stored = database_bytes(relay)
     assert not any(b"tok-" in data for data in stored)
     assert "tok-" not in caplog.text
 
