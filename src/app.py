@@ -37,11 +37,12 @@ from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
 from isdr.logs import configure_logging
 from isdr.preflight import check_online
+from isdr.scp.admission import ConnectionLimits
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
 from isdr.scp.inbox import Inbox
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import check_can_listen
-from isdr.scp.server import StoreSCP
+from isdr.scp.server import ReceiveLimits, StoreSCP
 from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_folder
 from isdr.scp.tuning import tune_libraries
 from isdr.scu.echo import EchoAnswer, echo
@@ -182,6 +183,7 @@ def build_relay(settings: Settings) -> Relay:
             ingestor,
             policy=settings.access_policy,
             tls=settings.scp_tls_context(),
+            limits=_receive_limits(settings),
             **_scp_options(settings),
         )
         inbox = Inbox(ingestor, engine)
@@ -238,6 +240,19 @@ def _deliver_settings(settings: Settings) -> DeliverSettings:
         max_attempts=settings.DELIVERY_MAX_ATTEMPTS,
         retention=settings.JOB_FILES_RETENTION_HOURS * 3600.0,
         delete_remotely=settings.ASK_INFERENCE_SERVER_TO_DELETE_TASK,
+    )
+
+
+def _receive_limits(settings: Settings) -> ReceiveLimits:
+    return ReceiveLimits(
+        associate_timeout=settings.SCP_ASSOCIATE_TIMEOUT,
+        network_timeout=settings.SCP_NETWORK_TIMEOUT,
+        connections=ConnectionLimits(
+            total=settings.SCP_MAX_CONNECTIONS,
+            per_peer=settings.SCP_MAX_CONNECTIONS_PER_PEER,
+            associations=settings.SCP_MAX_ASSOCIATIONS,
+        ),
+        max_instance_bytes=int(settings.MAX_INSTANCE_MB * 2**20),
     )
 
 

@@ -124,6 +124,35 @@ class Settings(BaseSettings):
         description=f"largest PDU the Store SCP accepts (0 = unlimited; else {MIN_PDU_SIZE} "
         "or more)",
     )
+    MAX_INSTANCE_MB: float = Field(
+        2048.0,
+        gt=0,
+        description="largest data set the Store SCP takes (held in memory while it arrives);"
+        " less when the disk has less room above MIN_FREE_DISK_MB",
+    )
+    SCP_ASSOCIATE_TIMEOUT: Seconds = Field(
+        10.0,
+        description="time a new connection has to send its whole A-ASSOCIATE-RQ (and finish "
+        "its TLS handshake)",
+    )
+    SCP_NETWORK_TIMEOUT: Seconds = Field(
+        120.0,
+        description="in an association, a peer silent this long, or a PDU not whole after "
+        "this long, is dropped",
+    )
+    SCP_MAX_ASSOCIATIONS: int = Field(
+        64, ge=1, le=1024, description="associations the Store SCP holds at once"
+    )
+    SCP_MAX_CONNECTIONS: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="connections open at once, associated or not; over it, the oldest not yet "
+        "associated is closed",
+    )
+    SCP_MAX_CONNECTIONS_PER_PEER: int = Field(
+        32, ge=1, le=4096, description="the same, from one peer address"
+    )
     RECEIVER: Literal["pynetdicom", "dcmtk"] = Field(
         "pynetdicom",
         description="pynetdicom: the relay's own Store SCP, Success once recorded; dcmtk: "

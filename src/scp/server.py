@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from isdr.domain.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
-from isdr.scp.guard import how_it_ended
+from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
+from isdr.scp.guard import WireLimits, how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import CannotListen, cannot_listen
 from isdr.scp.tuning import tune_connection
@@ -40,11 +42,12 @@ from isdr.scp.tuning import tune_connection
 logger = logging.getLogger(__name__)
 
 ABORT_SECONDS = 1.0
-HANDSHAKE_TIMEOUT = 10.0  # a TLS peer gets this long to finish its handshake
-NETWORK_TIMEOUT = 120.0  # a peer silent this long (even in the middle of a PDU) is dropped
+ALWAYS_HEARD = 64 << 20  # bytes of a data set taken in whatever the disk's room
 STATUS_SUCCESS = 0x0000
-REJECTED_PERMANENT = 0x01  # A-ASSOCIATE-RJ result
+REJECTED_PERMANENT, REJECTED_TRANSIENT = 0x01, 0x02  # A-ASSOCIATE-RJ result
 SERVICE_USER = 0x01  # A-ASSOCIATE-RJ source
+# Source: the service provider (presentation related); reason: local limit exceeded.
+LOCAL_LIMIT_EXCEEDED = (REJECTED_TRANSIENT, 0x03, 0x02)
 STATUS_PROCESSING_FAILURE = 0xC211
 # Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
 # a sender that proposes both should not be made to transcode to implicit VR.
@@ -55,6 +58,19 @@ UNCOMPRESSED = [
     ExplicitVRBigEndian,
 ]
 TRANSFER_SYNTAXES = UNCOMPRESSED + [ts for ts in AllTransferSyntaxes if ts not in UNCOMPRESSED]
+
+
+@dataclass(frozen=True)
+class ReceiveLimits:
+    """What a sender may take of the relay: time, connections and bytes."""
+
+    associate_timeout: float  # SCP_ASSOCIATE_TIMEOUT
+    network_timeout: float  # SCP_NETWORK_TIMEOUT
+    connections: ConnectionLimits
+    max_instance_bytes: int  # MAX_INSTANCE_MB
+
+
+DEFAULT_LIMITS = ReceiveLimits(10.0, 120.0, ConnectionLimits(128, 32, 64), 4 << 30)
 
 
 @dataclass
@@ -84,12 +100,16 @@ class StoreSCP:
         max_pdu: int,
         policy: AccessPolicy | None = None,
         tls: ssl.SSLContext | None = None,
+        limits: ReceiveLimits = DEFAULT_LIMITS,
     ) -> None:
         self.ingestor = ingestor
         self.policy = policy or AccessPolicy()
         self.tls = tls
+        self.limits = limits
         self.address = (host, port)
-        self.ae = _make_ae(ae_title, max_pdu)
+        self.ae = _make_ae(ae_title, max_pdu, limits)
+        self.connections = ConnectionTable(limits.connections)
+        self._refusals = Throttle()
         self._server: Any = None
         self._lock = threading.Lock()
         self._stats: dict[int, AssociationStats] = {}
@@ -119,6 +139,7 @@ class StoreSCP:
             raise CannotListen(cannot_listen(*self.address, exc)) from exc
         assert isinstance(server, _Acceptor)
         server.tls = self.tls
+        server.admission = self._admit
         self.ae._servers.append(server)  # as start_server does: its shutdown removes it
         threading.Thread(target=server.serve_forever, name="isdr-scp-accept", daemon=True).start()
         self._server = server
@@ -144,11 +165,49 @@ class StoreSCP:
             "" if finished else "; some C-STOREs did not finish in time",
         )
 
+    def _admit(self, sock: socket.socket, peer: str) -> bool:
+        """Whether a connection just accepted may go on (in the accepting thread, before
+        any thread is made for it); waiting connections in its way are closed."""
+        admission = self.connections.admit(sock, peer, time.monotonic())
+        for gone in admission.evict:
+            _close_waiting(*self.connections.release(gone.key))
+            self._log_refusal(
+                gone.peer,
+                "a connection that had not associated was closed to make room for another",
+            )
+        if admission.refusal is not None:
+            self._log_refusal(peer, f"connection refused: {admission.refusal}")
+        return admission.refusal is None
+
+    def _log_refusal(self, peer: str, what: str) -> None:
+        held = self._refusals.due(f"{peer} {what[:20]}", time.monotonic())
+        if held is not None:
+            more = f" ({held} more like it in the last minute)" if held else ""
+            logger.warning("%s: %s%s", peer, what, more)
+
     def _on_open(self, event: Any) -> None:
-        tune_connection(event.assoc, NETWORK_TIMEOUT)
         sock = getattr(event.assoc.dul.socket, "socket", None)
+        if not self.connections.attach(sock, event.assoc):
+            _close_waiting(sock, event.assoc)  # evicted before its thread began
+            return
+        tune_connection(event.assoc, self._wire_limits(), self.limits.network_timeout)
         if isinstance(sock, ssl.SSLSocket):
-            _handshake(sock, str(event.assoc.requestor.address))
+            _handshake(sock, str(event.assoc.requestor.address), self.limits.associate_timeout)
+
+    def _wire_limits(self) -> WireLimits:
+        return WireLimits(
+            max_pdata=int(self.ae.maximum_pdu_size or 0),
+            associate_timeout=self.limits.associate_timeout,
+            pdu_timeout=self.limits.network_timeout,
+            max_data_set=self._room_for_an_instance,
+        )
+
+    def _room_for_an_instance(self) -> int:
+        """The most bytes a data set may have now: MAX_INSTANCE_MB, or what the disk
+        holds above its reserve when that is less. Up to ALWAYS_HEARD bytes are always
+        heard out, so that a sender to a full disk gets its 0xA700 answer."""
+        room = max(self.ingestor.writer.room(), ALWAYS_HEARD)
+        return min(self.limits.max_instance_bytes, room)
 
     def _on_requested(self, event: Any) -> None:
         """Who may send: a refused association gets an A-ASSOCIATE-RJ with the reason."""
@@ -162,8 +221,12 @@ class StoreSCP:
         )
         if refusal is not None:
             logger.warning("association from %s refused: %s", address, refusal.reason)
-            event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, refusal.diagnostic)
-            event.assoc.kill()  # returns once the A-ASSOCIATE-RJ is out (as pynetdicom's own)
+            _reject(event.assoc, REJECTED_PERMANENT, SERVICE_USER, refusal.diagnostic)
+            return
+        too_many = self.connections.associate(event.assoc)
+        if too_many is not None:
+            self._log_refusal(address, f"association refused: {too_many}")
+            _reject(event.assoc, *LOCAL_LIMIT_EXCEEDED)
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -195,9 +258,11 @@ class StoreSCP:
             )
 
     def _on_close(self, event: Any) -> None:
+        self.connections.release_association(event.assoc)
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
         ending = how_it_ended(event.assoc, stopping=self._server is None)
+        event.assoc.dimse.message = None  # an instance cut off: its bytes go now
         if stats is not None:
             _log_summary(stats, ending)
         elif ending is not None:
@@ -278,13 +343,15 @@ def _cut(associations: list[Any], seconds: float) -> None:
 
 
 class _Acceptor(ThreadedAssociationServer):
-    """pynetdicom's server, but a TLS handshake happens in the association's own thread.
+    """pynetdicom's server, but a TLS handshake happens in the association's own thread,
+    and a connection is admitted (or not) before a thread is made for it.
 
     pynetdicom wraps each accepted socket in its accepting thread, where the handshake
     would run: one peer that connects and says nothing would hold every other sender.
     """
 
     tls: ssl.SSLContext | None = None
+    admission: Callable[[socket.socket, str], bool] = staticmethod(lambda sock, peer: True)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -293,12 +360,33 @@ class _Acceptor(ThreadedAssociationServer):
             client = self.tls.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.admission(request, str(client_address[0])):
+            super().process_request(request, client_address)
+        else:
+            self.shutdown_request(request)
 
-def _handshake(sock: ssl.SSLSocket, peer: str) -> None:
-    """The TLS handshake (under the connection's timeout); a failure is logged once and
-    the connection closed, so pynetdicom sees a peer that went away."""
+
+def _close_waiting(sock: Any, association: Any) -> None:
+    """Close a connection that has not associated, and wake its association's thread
+    (which would otherwise wait out SCP_ASSOCIATE_TIMEOUT for a request)."""
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    if association is not None:
+        association.dul.to_user_queue.put(None)
+
+
+def _reject(association: Any, result: int, source: int, reason: int) -> None:
+    association.acse.send_reject(result, source, reason)
+    association.kill()  # returns once the A-ASSOCIATE-RJ is out (as pynetdicom's own)
+
+
+def _handshake(sock: ssl.SSLSocket, peer: str, seconds: float) -> None:
+    """The TLS handshake (within `seconds`); a failure is logged once and the connection
+    closed, so pynetdicom sees a peer that went away."""
     timeout = sock.gettimeout()
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    sock.settimeout(seconds)
     try:
         sock.do_handshake()
     except (OSError, ValueError) as exc:
@@ -314,12 +402,15 @@ def _asks_client_cert(context: ssl.SSLContext) -> bool:
     return context.verify_mode == ssl.CERT_REQUIRED
 
 
-def _make_ae(ae_title: str, max_pdu: int) -> AE:
+def _make_ae(ae_title: str, max_pdu: int, limits: ReceiveLimits) -> AE:
     ae = AE(ae_title=ae_title)
     ae.maximum_pdu_size = max_pdu
-    ae.maximum_associations = 64
-    ae.dimse_timeout = NETWORK_TIMEOUT
-    ae.network_timeout = NETWORK_TIMEOUT
+    # pynetdicom counts waiting connections as associations; ConnectionTable counts them
+    # apart, so pynetdicom's own bound must never be the one met.
+    ae.maximum_associations = limits.connections.total + 1
+    ae.acse_timeout = limits.associate_timeout  # waiting for the A-ASSOCIATE-RQ
+    ae.dimse_timeout = limits.network_timeout
+    ae.network_timeout = limits.network_timeout
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)

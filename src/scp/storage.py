@@ -188,6 +188,11 @@ class AtomicWriter:
         name = f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         return (self.staging or path.parent) / name
 
+    def room(self) -> int:
+        """How many bytes may be written before the free space falls to the reserve."""
+        stats = os.statvfs(self.root)
+        return max(0, stats.f_bavail * stats.f_frsize - max(0, self.min_free_bytes))
+
     def check_space(self, size: int) -> None:
         """Refuse a write that would leave less than the reserve free."""
         if self.min_free_bytes <= 0:

@@ -7,8 +7,9 @@
   association, for about 5% more of a core per idle open association (measured).
 - Whole-PDU reads: pynetdicom reads a PDU in 4 KiB `recv` calls appended to a bytearray;
   one `recv_into` with MSG_WAITALL into a buffer of the PDU's size does the same work in
-  one system call. pynetdicom's DUL calls `socket.recv(n)` expecting exactly n bytes (or
-  fewer when the peer closed), and that contract is kept.
+  one system call (under TLS, one per record). pynetdicom's DUL calls `socket.recv(n)`
+  expecting exactly n bytes (or fewer when the peer closed), and that contract is kept;
+  the guard adds a deadline to each call.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+import time
 from typing import Any
 
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
-from isdr.scp.guard import PduGuard
+from isdr.scp.guard import PduGuard, Reader, WireLimits
 
 logger = logging.getLogger(__name__)
 
@@ -42,48 +43,65 @@ def tune_libraries(*, pynetdicom_logging: bool) -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logging else "none"
 
 
-def tune_connection(association: Any, timeout: float) -> None:
+def tune_connection(association: Any, limits: WireLimits, idle_timeout: float) -> None:
     """Apply the tunings to a pynetdicom Association whose connection just opened.
 
-    The socket also gets a timeout: pynetdicom leaves an accepted socket blocking, so a
-    peer that stops in the middle of a PDU would hold its thread (and a stop) forever.
-    Its reads go through a PduGuard, which holds PDUs to the negotiated maximum length.
+    Its reads go through a PduGuard, which holds PDUs to the negotiated maximum length
+    and each phase to its time; between reads the socket has `idle_timeout`, so that a
+    send to a peer that stopped reading cannot hold the thread (or a stop) forever.
     """
     association.dul._run_loop_delay = DUL_LOOP_DELAY
     association_socket = association.dul.socket
     sock = getattr(association_socket, "socket", None)
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    sock.settimeout(timeout)
+    sock.settimeout(idle_timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tls = isinstance(sock, ssl.SSLSocket)
-    read = association_socket.recv if tls else whole_reads(sock)
-    max_pdata = int(association.acceptor.maximum_length or 0)
-    association_socket.recv = PduGuard(read, sock.sendall, max_pdata, timeout)
+    read = whole_reads(sock, idle_timeout)
+    wake = association.dul.to_user_queue.put  # None: no request is coming
+    association_socket.recv = PduGuard(read, sock.sendall, limits, lambda: wake(None))
 
 
 READ_CHUNK = 1 << 20
+_WAIT_ALL = {True: 0, False: socket.MSG_WAITALL}  # an SSLSocket takes no flags
 
 
-def whole_reads(sock: socket.socket) -> Callable[[int], bytearray]:
-    """A `recv(n)` that returns n bytes read with as few system calls as possible.
+def whole_reads(sock: socket.socket, idle_timeout: float | None = None) -> Reader:
+    """A `recv(n, deadline)` that returns n bytes read with as few system calls as
+    possible, or raises TimeoutError when they are not all there by `deadline` (a
+    `time.monotonic()` value), however they trickle in.
 
     The buffer grows with the data that arrives, at most a MiB at a time: the length a
-    peer announces is not trusted with memory before its bytes are there.
+    peer announces is not trusted with memory before its bytes are there. The socket's
+    timeout is set back to `idle_timeout` after each read.
     """
+    flags = _WAIT_ALL[isinstance(sock, ssl.SSLSocket)]
 
-    def recv(nr_bytes: int) -> bytearray:
+    def recv(nr_bytes: int, deadline: float) -> bytearray:
         buffer = bytearray(min(nr_bytes, READ_CHUNK))
         received = 0
-        while received < nr_bytes:
-            if received == len(buffer):
-                buffer += bytearray(min(nr_bytes - received, READ_CHUNK))
-            with memoryview(buffer) as view:
-                count = sock.recv_into(view[received:], len(buffer) - received, socket.MSG_WAITALL)
-            if count == 0:
-                break
-            received += count
+        try:
+            while received < nr_bytes:
+                if received == len(buffer):
+                    buffer += bytearray(min(nr_bytes - received, READ_CHUNK))
+                count = _read_into(sock, buffer, received, flags, deadline)
+                if count == 0:
+                    break
+                received += count
+        finally:
+            sock.settimeout(idle_timeout)
         del buffer[received:]
         return buffer
 
     return recv
+
+
+def _read_into(
+    sock: socket.socket, buffer: bytearray, received: int, flags: int, deadline: float
+) -> int:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the read's deadline passed")
+    sock.settimeout(remaining)
+    with memoryview(buffer) as view:
+        return sock.recv_into(view[received:], len(buffer) - received, flags)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -38,7 +39,6 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import isdr.scp.server
 from isdr.app import Relay, build_relay
 from isdr.db.series import list_series
 from isdr.errors import InstanceRejected
@@ -222,9 +222,9 @@ def encode(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> bytes:
 # --- the relay, its log, and what must hold after every case -----------------------
 
 
-def _started(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
+def _started(tmp_path: Path, caplog: pytest.LogCaptureFixture, **settings: Any) -> Iterator[Relay]:
     caplog.set_level(logging.DEBUG)
-    running = build_relay(relay_settings(tmp_path, WATCH_INCOMING=False))
+    running = build_relay(relay_settings(tmp_path, WATCH_INCOMING=False, **settings))
     running.start()
     try:
         yield running
@@ -561,18 +561,15 @@ def test_a_pdv_item_claiming_more_than_its_pdu_is_aborted(
 
 
 @pytest.fixture
-def impatient_relay(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Relay]:
+def impatient_relay(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Relay]:
     """A relay that drops a silent peer after 1 s instead of 120 s."""
-    monkeypatch.setattr(isdr.scp.server, "NETWORK_TIMEOUT", 1.0)
-    yield from _started(tmp_path, caplog)
+    yield from _started(tmp_path, caplog, SCP_NETWORK_TIMEOUT=1.0)
 
 
 @pytest.mark.parametrize(
     ("where", "reason"),
     [
-        ("in a PDU", "silent for 1 s in the middle of a PDU of"),
+        ("in a PDU", "bytes was not whole within 1 s: dropped"),
         ("between PDUs", "the peer sent nothing for 1 s: aborted"),
     ],
 )

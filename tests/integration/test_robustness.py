@@ -97,7 +97,7 @@ def test_an_announced_pdu_length_is_not_allocated_before_its_bytes_arrive() -> N
         theirs.sendall(b"x" * 10)
         theirs.shutdown(socket.SHUT_WR)
         tracemalloc.start()
-        data = whole_reads(ours)(2**31)
+        data = whole_reads(ours)(2**31, time.monotonic() + 10)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     assert bytes(data) == b"x" * 10
