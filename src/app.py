@@ -35,7 +35,7 @@ from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.fingerprints.report import check_lines, test_lines
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
-from isdr.logs import configure_logging
+from isdr.logs import configure_logging, route_thread_errors
 from isdr.preflight import check_online
 from isdr.scp.admission import ConnectionLimits
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
@@ -157,6 +157,7 @@ class Relay:
 def build_relay(settings: Settings) -> Relay:
     """Create folders, the database and the receiving side from the settings."""
     tune_libraries(pynetdicom_logging=settings.pynetdicom_level != "NONE")
+    route_thread_errors()
     make_folder("INCOMING_DIR", settings.INCOMING_DIR)
     make_folder("DATA_DIR", settings.DATA_DIR)
     engine = make_engine(settings.database_url, durable=settings.FSYNC_WRITES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -81,3 +82,20 @@ def guarded(log: logging.Logger, what: str, action: Callable[..., object], *args
         log_exception(log, f"{what} failed")
         return False
     return True
+
+
+def route_thread_errors() -> None:
+    """An error nothing caught in a thread (pynetdicom's own, say) is logged in the
+    relay's format, like any other (`log_exception`), never printed raw to stderr."""
+    threading.excepthook = _log_thread_error
+
+
+def _log_thread_error(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    log = logging.getLogger(__name__)
+    try:
+        raise args.exc_value
+    except BaseException:  # noqa: BLE001 (re-raised only to be logged with its stack)
+        log_exception(log, f"unexpected error in thread {name}; the thread ended")

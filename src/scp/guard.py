@@ -90,6 +90,7 @@ class PduGuard:
         self._message = {COMMAND: 0, 0: 0}  # bytes so far of the command / data set
         self._data_set_limit = 0
         self.problem: str | None = None  # what went wrong, for the closing log line
+        self.reported = False  # the problem has been logged
         self.peer_aborted = False
         self.last_data = time.monotonic()
 
@@ -103,10 +104,7 @@ class PduGuard:
         try:
             data = self._read(count, self._pdu_by)
         except TimeoutError:
-            self.problem = self._late(what)
-            if not self.associated and self._wake is not None:
-                self._wake()
-            raise
+            return self._give_up(self._late(what))
         except OSError as exc:
             self.problem = f"connection error in the middle of {what}: {exc.strerror or exc}"
             raise
@@ -194,15 +192,19 @@ class PduGuard:
         agreed = "negotiated" if pdu_type == P_DATA_TF else "accepted"
         return self._abort(f"sent a {kind} of {length} bytes, over the {limit} {agreed}")
 
-    def _abort(self, problem: str) -> bytes:
-        """Send an A-ABORT and read nothing more: pynetdicom sees the connection close."""
-        self.problem = f"{problem}: aborted (A-ABORT)"
+    def _give_up(self, problem: str) -> bytes:
+        """Read nothing more: pynetdicom sees the connection close, and closes it."""
+        self.problem = problem
         self._refused = True
-        with contextlib.suppress(OSError):
-            self._send(ABORT_INVALID_PARAMETER)
         if not self.associated and self._wake is not None:
             self._wake()
         return b""
+
+    def _abort(self, problem: str) -> bytes:
+        """Send an A-ABORT and read nothing more: pynetdicom sees the connection close."""
+        with contextlib.suppress(OSError):
+            self._send(ABORT_INVALID_PARAMETER)
+        return self._give_up(f"{problem}: aborted (A-ABORT)")
 
 
 def association_request_problem(pdu: bytes) -> str | None:

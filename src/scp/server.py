@@ -34,7 +34,7 @@ from isdr.domain.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.errors import InstanceRejected
 from isdr.logs import log_exception
 from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
-from isdr.scp.guard import WireLimits, how_it_ended
+from isdr.scp.guard import WireLimits, guard_of, how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import CannotListen, cannot_listen
 from isdr.scp.tuning import tune_connection
@@ -190,9 +190,23 @@ class StoreSCP:
         if not self.connections.attach(sock, event.assoc):
             _close_waiting(sock, event.assoc)  # evicted before its thread began
             return
-        tune_connection(event.assoc, self._wire_limits(), self.limits.network_timeout)
+        tune_connection(
+            event.assoc,
+            self._wire_limits(),
+            self.limits.network_timeout,
+            lambda: self._ended_waiting(event.assoc),
+        )
         if isinstance(sock, ssl.SSLSocket):
             _handshake(sock, str(event.assoc.requestor.address), self.limits.associate_timeout)
+
+    def _ended_waiting(self, association: Any) -> None:
+        """The guard ended a connection before its association: say why, and wake the
+        association's thread (it would wait out SCP_ASSOCIATE_TIMEOUT for a request)."""
+        guard = guard_of(association)
+        if guard is not None and guard.problem is not None and not guard.reported:
+            guard.reported = True
+            _log_ended_waiting(association, guard.problem)
+        association.dul.to_user_queue.put(None)
 
     def _wire_limits(self) -> WireLimits:
         return WireLimits(
@@ -263,16 +277,11 @@ class StoreSCP:
             stats = self._stats.pop(id(event.assoc), None)
         ending = how_it_ended(event.assoc, stopping=self._server is None)
         event.assoc.dimse.message = None  # an instance cut off: its bytes go now
+        guard = guard_of(event.assoc)
         if stats is not None:
             _log_summary(stats, ending)
-        elif ending is not None:
-            requestor = event.assoc.requestor
-            logger.warning(
-                "connection from %s:%s ended before an association: %s",
-                requestor.address,
-                requestor.port,
-                ending,
-            )
+        elif ending is not None and not (guard is not None and guard.reported):
+            _log_ended_waiting(event.assoc, ending)
 
     def _on_store(self, event: Any) -> int | Dataset:
         with self._lock:
@@ -375,6 +384,16 @@ def _close_waiting(sock: Any, association: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
     if association is not None:
         association.dul.to_user_queue.put(None)
+
+
+def _log_ended_waiting(association: Any, why: str) -> None:
+    requestor = association.requestor
+    logger.warning(
+        "connection from %s:%s ended before an association: %s",
+        requestor.address,
+        requestor.port,
+        why,
+    )
 
 
 def _reject(association: Any, result: int, source: int, reason: int) -> None:

@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -43,7 +44,9 @@ def tune_libraries(*, pynetdicom_logging: bool) -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logging else "none"
 
 
-def tune_connection(association: Any, limits: WireLimits, idle_timeout: float) -> None:
+def tune_connection(
+    association: Any, limits: WireLimits, idle_timeout: float, gave_up: Callable[[], object]
+) -> None:
     """Apply the tunings to a pynetdicom Association whose connection just opened.
 
     Its reads go through a PduGuard, which holds PDUs to the negotiated maximum length
@@ -58,8 +61,7 @@ def tune_connection(association: Any, limits: WireLimits, idle_timeout: float) -
     sock.settimeout(idle_timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     read = whole_reads(sock, idle_timeout)
-    wake = association.dul.to_user_queue.put  # None: no request is coming
-    association_socket.recv = PduGuard(read, sock.sendall, limits, lambda: wake(None))
+    association_socket.recv = PduGuard(read, sock.sendall, limits, gave_up)
 
 
 READ_CHUNK = 1 << 20
