@@ -5,6 +5,12 @@
 - A shorter idle sleep in the DUL loop: pynetdicom's reader sleeps 1 ms whenever the
   socket has nothing to read, several times per instance; 0.2 ms gains 15-25% on one
   association, for about 5% more of a core per idle open association (measured).
+- Quiet connections wait instead of polling: pynetdicom's two threads per connection
+  poll (the reader every 0.2 ms, the association every 1 ms) whether or not anything
+  comes; 30 connections that send nothing cost more than a core (measured). Once a peer
+  has sent nothing for QUIET_AFTER, both threads block for up to IDLE_WAIT on what they
+  wait for (the socket, the message queue): they wake at once when it comes, so only
+  the relay's own acts on a quiet connection (an abort at stop) wait, up to IDLE_WAIT.
 - Whole-PDU reads: pynetdicom reads a PDU in 4 KiB `recv` calls appended to a bytearray;
   one `recv_into` with MSG_WAITALL into a buffer of the PDU's size does the same work in
   one system call (under TLS, one per record). pynetdicom's DUL calls `socket.recv(n)`
@@ -14,12 +20,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import select
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
@@ -61,7 +70,58 @@ def tune_connection(
     sock.settimeout(idle_timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     read = whole_reads(sock, idle_timeout)
-    association_socket.recv = PduGuard(read, sock.sendall, limits, gave_up)
+    guard = PduGuard(read, sock.sendall, limits, gave_up)
+    association_socket.recv = guard
+    _wait_when_quiet(association, guard)
+
+
+QUIET_AFTER = 0.25  # seconds without data after which a connection is quiet
+IDLE_WAIT = 0.05  # how long a quiet connection's threads block for news
+
+
+def _is_quiet(guard: PduGuard) -> bool:
+    return time.monotonic() - guard.last_data > QUIET_AFTER
+
+
+def _wait_when_quiet(association: Any, guard: PduGuard) -> None:
+    """Make the reader's `ready` and the association's `get_msg` block (briefly) on a
+    quiet connection, where they would poll."""
+    association_socket = association.dul.socket
+    association_socket.__class__ = _patient_class(type(association_socket))
+    dimse = association.dimse
+    polling_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[int | None, Any]:
+        if block or not _is_quiet(guard):
+            return cast(tuple[int | None, Any], polling_get(block))
+        try:
+            return cast(tuple[int | None, Any], dimse.msg_queue.get(timeout=IDLE_WAIT))
+        except queue.Empty:
+            return None, None
+
+    dimse.get_msg = get_msg
+
+
+_PATIENT: dict[type, type] = {}
+
+
+def _patient_class(base: type) -> type:
+    """A subclass of pynetdicom's AssociationSocket whose `ready` waits when quiet."""
+    if base in _PATIENT.values():
+        return base
+    if base not in _PATIENT:
+
+        def ready(self: Any) -> bool:
+            guard, sock = self.recv, self.socket
+            if isinstance(guard, PduGuard) and sock is not None and _is_quiet(guard):
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+                if not pending:
+                    with contextlib.suppress(OSError, ValueError):
+                        select.select([sock], [], [], IDLE_WAIT)
+            return bool(base.ready.fget(self))  # type: ignore[attr-defined]
+
+        _PATIENT[base] = type(f"Patient{base.__name__}", (base,), {"ready": property(ready)})
+    return _PATIENT[base]
 
 
 READ_CHUNK = 1 << 20
