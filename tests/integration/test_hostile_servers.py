@@ -9,12 +9,14 @@ an attempt, counted on the job, and the third fails it.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tarfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -24,12 +26,15 @@ from isdr.daemons import poll
 from isdr.daemons.poll import Poller, PollSettings, after_error
 from isdr.db.delivery import add_poll_error, fail, retry_failed
 from isdr.db.engine import make_engine
+from isdr.db.jobs import list_jobs
 from isdr.db.models import Job, Series
+from isdr.demo.standin import StandIn
 from isdr.domain.clock import utcnow
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.states import JobState, Step
 from isdr.inference.client import ANSWER_MAX_BYTES, InferenceClient, Outcome, Target
 from isdr.inference.unpack import Limits
+from isdr.synthetic import SeriesSpec, write_series
 from tests.hostile_http import Behaviour, HostileServer
 
 
@@ -271,3 +276,29 @@ def test_a_job_retried_by_hand_starts_its_count_again(tmp_path: Path) -> None:
     fail(engine, job_id, Step.POLL, "gave up", utcnow() + timedelta(seconds=1))
     retry_failed(engine, job_id, utcnow())
     assert job_row(engine, job_id).poll_errors == 0
+
+
+def test_a_server_dripping_its_submit_answer_does_not_hold_up_submits_to_another(
+    make_relay: Any, standin: StandIn, servers: list[HostileServer]
+) -> None:
+    dripping = serve(servers, "drip", status=200, pace=0.2, cap=10**6)
+    relay = make_relay(POST_TIMEOUT=30)  # the drip's reads never trip it: only the lanes help
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, modality, url in (("slow", "CT", dripping.url), ("fine", "MR", standin.url_v1)):
+        (folder / f"{name}.json").write_text(json.dumps({
+            "modality_regex": modality, "inference_server_url": url,
+            "model_human_readable_id": "ct-model",
+        }))  # fmt: skip
+    relay.registry.reload()
+    for modality in ("CT", "MR"):
+        write_series(relay.settings.INCOMING_DIR / modality, SeriesSpec(modality=modality))
+        relay.inbox.reconcile()
+        time.sleep(1.0)  # the slow server's job is due first
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and standin.submissions == []:
+        time.sleep(0.1)
+    states = {job.fingerprint_name: job.state for job in list_jobs(relay.engine)}
+    assert len(standin.submissions) == 1, "the other server's job was submitted meanwhile"
+    assert states["slow.json"] == JobState.SUBMITTING, "while the slow server still drips"
+    dripping.stop()
