@@ -169,7 +169,9 @@ def build_relay(settings: Settings) -> Relay:
     )
     ingestor = Ingestor(settings.INCOMING_DIR, writer, engine)
     registry = FingerprintRegistry(settings.FINGERPRINT_DIR)
-    client = InferenceClient(settings.CERT_FILE, settings.POST_TIMEOUT)
+    client = InferenceClient(
+        settings.CERT_FILE, settings.POST_TIMEOUT, settings.TRANSFER_MIN_RATE_KB * 1000
+    )
     post = PostDaemon(
         engine, registry.current, client, _post_settings(settings), utcnow, ingestor.tree_lock
     )
@@ -225,6 +227,7 @@ def _poll_settings(settings: Settings) -> PollSettings:
         interval=settings.GET_INTERVAL,
         timeout=settings.GET_TIMEOUT,
         workers=settings.GET_WORKERS,
+        per_server=settings.GET_WORKERS_PER_SERVER,
         limits=Limits(int(settings.OUTPUT_MAX_MB * 2**20), settings.OUTPUT_MAX_FILES),
         delete_remotely=settings.ASK_INFERENCE_SERVER_TO_DELETE_TASK,
     )
@@ -358,7 +361,11 @@ def check_fingerprints(folder: Path, online: Settings | None = None) -> tuple[li
     ok = not any(line.startswith("ERROR") for line in lines)
     if online is None:
         return lines, ok
-    client = InferenceClient(online.CERT_FILE, min(online.POST_TIMEOUT, ONLINE_TIMEOUT))
+    client = InferenceClient(
+        online.CERT_FILE,
+        min(online.POST_TIMEOUT, ONLINE_TIMEOUT),
+        online.TRANSFER_MIN_RATE_KB * 1000,
+    )
     try:
         findings = check_online(loaded.fingerprints, client, online.SCP_AE_TITLE)
     finally:

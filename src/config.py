@@ -80,7 +80,11 @@ class Settings(BaseSettings):
     )
     POST_INTERVAL: Seconds = Field(1.0, description="how often quiet series are looked for")
     POST_AFTER: Seconds = Field(10.0, description="quiet time after which a series is done")
-    POST_TIMEOUT: Seconds = Field(60.0, description="connect/read timeout of a submit")
+    POST_TIMEOUT: Seconds = Field(
+        60.0,
+        description="connect timeout of every request to an InferenceServer, and the time "
+        "its whole answer may take (plus TRANSFER_MIN_RATE_KB's allowance for big bodies)",
+    )
     DELETE_ON_POST: bool = Field(True, description="delete a series' files once submitted")
     GET_INTERVAL: Seconds = Field(15.0, description="how often a submitted job is polled")
     GET_TIMEOUT: Seconds = Field(86400.0, description="how long a job may take on the server")
@@ -166,6 +170,19 @@ class Settings(BaseSettings):
     )
     GET_WORKERS: int = Field(
         4, ge=1, le=64, description="threads that poll InferenceServers (however many jobs)"
+    )
+    GET_WORKERS_PER_SERVER: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="of the GET_WORKERS, how many may poll one InferenceServer at once (a slow "
+        "server cannot hold them all)",
+    )
+    TRANSFER_MIN_RATE_KB: float = Field(
+        100.0,
+        gt=0,
+        description="slowest average rate (kB/s) of an upload or download to an "
+        "InferenceServer: an exchange is cut after POST_TIMEOUT plus 1 s per this many kB moved",
     )
     OUTPUT_MAX_MB: float = Field(
         4096.0, gt=0, description="largest output a job may download, and unpack to"

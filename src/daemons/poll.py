@@ -18,6 +18,7 @@ import logging
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,6 +29,7 @@ from sqlalchemy import Engine
 
 from isdr.db import delivery as queue
 from isdr.dicom.files import describe
+from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.states import Step
@@ -40,7 +42,7 @@ from isdr.inference.client import (
 )
 from isdr.inference.outputs import judge_output
 from isdr.inference.unpack import HostileArchive, Limits, unpack
-from isdr.logs import guarded
+from isdr.logs import guarded, log_exception
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ REFRESH_SECONDS = 5.0  # how often the database is read for jobs handed over by 
 UNKNOWN_LIMIT = 3  # consecutive "no such task" answers (API 2's 500) before failing
 SLACK = 0.05  # a job due this soon is polled now (GET_INTERVAL is a pace, not a deadline)
 BEHIND = 0.1  # how late the schedule may run before a second thread joins in
+ERROR_LIMIT = 3  # unexpected errors on one job (polling, downloading, unpacking) before failing
 
 
 class Verdict(StrEnum):
@@ -92,6 +95,24 @@ def judge(
     return Verdict.TROUBLE, f"server error {status}"
 
 
+def after_error(errors: int, interval: float) -> float | None:
+    """Seconds before a job is polled again after its `errors`-th unexpected error (each
+    an attempt: the output is downloaded again), doubling from GET_INTERVAL; None: give up."""
+    if errors >= ERROR_LIMIT:
+        return None
+    return doubling(interval, errors)
+
+
+def where_raised(error: BaseException) -> str:
+    """The error's type and the line that raised it: no message (it may hold a path, and
+    paths under the job folder can name a patient)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return type(error).__name__
+    last = frames[-1]
+    return f"{type(error).__name__} in {Path(last.filename).name}:{last.lineno} ({last.name})"
+
+
 @dataclass(frozen=True)
 class PollSettings:
     """The parts of the configuration the poller uses."""
@@ -102,6 +123,7 @@ class PollSettings:
     workers: int  # GET_WORKERS
     limits: Limits  # OUTPUT_MAX_MB, OUTPUT_MAX_FILES
     delete_remotely: bool  # ASK_INFERENCE_SERVER_TO_DELETE_TASK
+    per_server: int = 2  # GET_WORKERS_PER_SERVER: a slow server holds no more threads
 
 
 @dataclass(order=True)
@@ -112,6 +134,7 @@ class _Item:
     target: Target = field(compare=False)
     fingerprint: Fingerprint = field(compare=False)
     unknown: int = field(default=0, compare=False)
+    wait: float = field(default=0.0, compare=False)  # extra wait after an unexpected error
     seen: bool = field(default=False, compare=False)  # a poll answered 551: it had the task
 
 
@@ -133,6 +156,8 @@ class Poller:
         self._heap: list[_Item] = []
         self._known: set[int] = set()  # in the heap or being polled
         self._in_flight = 0
+        self._busy: dict[str, int] = {}  # polls on the wire per server
+        self._parked: dict[str, list[_Item]] = {}  # due, but their server is at its share
         self._down: set[str] = set()  # servers in an outage (logged once)
         self._condition = threading.Condition()
         self._refresh_due = 0.0
@@ -187,10 +212,14 @@ class Poller:
             self._refresh_guarded()
         with self._condition:
             now = time.monotonic()
+            self._park_held()
             ready_at = self._ready_at()
             if ready_at is not None and ready_at <= now:
                 self._in_flight += 1
-                return heapq.heappop(self._heap)
+                item = heapq.heappop(self._heap)
+                server = item.target.server
+                self._busy[server] = self._busy.get(server, 0) + 1
+                return item
             if self._timer_held:
                 self._condition.wait(timeout=1.0)
                 return None
@@ -201,6 +230,15 @@ class Poller:
             finally:
                 self._timer_held = False
             return None
+
+    def _park_held(self) -> None:
+        """Set aside the jobs first in line whose server already has GET_WORKERS_PER_SERVER
+        polls on the wire (a slow or dripping server): the others' jobs go first. They come
+        back when one of their server's polls ends."""
+        share = self.settings.per_server
+        while self._heap and self._busy.get(self._heap[0].target.server, 0) >= share:
+            item = heapq.heappop(self._heap)
+            self._parked.setdefault(item.target.server, []).append(item)
 
     def _ready_at(self) -> float | None:
         """When the job due first may be taken: SLACK early when no poll is on the wire,
@@ -236,26 +274,63 @@ class Poller:
         heapq.heappush(self._heap, _Item(time.monotonic(), job.job_id, job, target, fingerprint))
 
     def _guarded_poll(self, item: _Item) -> bool:
-        """Poll one job; whether to poll it again (also after an unexpected error)."""
-        again: list[bool] = []
-        guarded(
-            logger, f"poller: polling job {item.job_id}", lambda: again.append(self._poll(item))
+        """Poll one job; whether to poll it again. An unexpected error is an attempt:
+        counted on the job, and a few of them fail it (see `after_error`)."""
+        try:
+            return self._poll(item)
+        except Exception as error:  # noqa: BLE001 (the top of one poll: the others go on)
+            item.wait = doubling(self.settings.interval, ERROR_LIMIT)  # if it cannot be counted
+            guarded(logger, f"poller: counting job {item.job_id}'s error", self._error, item, error)
+            return item.wait > 0
+
+    def _error(self, item: _Item, error: Exception) -> None:
+        """Count the error on the job; log its traceback the first time, one line after;
+        fail the job at ERROR_LIMIT."""
+        what = where_raised(error)
+        errors = queue.add_poll_error(
+            self.engine, item.job_id, f"unexpected error while polling: {what}", self.clock()
         )
-        return again[0] if again else True
+        wait = after_error(errors, self.settings.interval) if errors else None
+        item.wait = 0.0 if wait is None else wait
+        if errors == 1:
+            log_exception(logger, f"poller: job {item.job_id}: unexpected error (attempt 1 of "
+                                  f"{ERROR_LIMIT}; polled again in {wait:g} s)")  # fmt: skip
+        elif wait is not None:
+            logger.warning("poller: job %d: unexpected error again, %s (attempt %d of %d; "
+                           "polled again in %g s)", item.job_id, what, errors, ERROR_LIMIT,
+                           wait)  # fmt: skip
+        if errors and wait is None:
+            self._fail(
+                item,
+                (
+                    f"gave up after {errors} unexpected errors while polling, downloading or "
+                    f"unpacking its output (the last: {what}; the first has its traceback in the "
+                    "log): a fault of the relay or an output it cannot take; `isdr jobs retry` "
+                    "polls it again"
+                ),
+                delete_remotely=item.fingerprint.deletes_remotely(self.settings.delete_remotely),
+            )
 
     def _finish(self, item: _Item, again: bool) -> None:
         with self._condition:
             self._in_flight -= 1
+            server = item.target.server
+            self._busy[server] -= 1
+            unparked = self._parked.pop(server, [])
+            for parked in unparked:
+                heapq.heappush(self._heap, parked)
             if again and not self._stopping.is_set():
                 # Every GET_INTERVAL from when it was due: taken early, it stays on pace.
-                item.due = max(item.due, time.monotonic()) + self.settings.interval
+                item.due = max(item.due, time.monotonic()) + max(self.settings.interval, item.wait)
+                item.wait = 0.0
                 heapq.heappush(self._heap, item)
             else:
                 self._known.discard(item.job_id)
             # The thread waiting for the next due time recomputes it when the job due first
             # changed, or when a poll ended while others are on the wire.
             first = bool(self._heap) and self._heap[0] is item
-            if self._stopping.is_set() or (self._timer_held and (self._in_flight or first)):
+            wake = self._in_flight or first or unparked
+            if self._stopping.is_set() or (self._timer_held and wake):
                 self._condition.notify_all()
 
     def _poll(self, item: _Item) -> bool:

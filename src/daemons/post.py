@@ -29,7 +29,7 @@ from isdr.domain.states import JobState, Step
 from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 from isdr.fingerprints.match import SeriesFacts, matching
 from isdr.inference.archive import Member, archive_name, build_archive
-from isdr.inference.client import Answer, InferenceClient, Outcome, Target
+from isdr.inference.client import Answer, InferenceClient, Outcome, Target, server_of
 from isdr.locks import SharedLock
 from isdr.logs import guarded
 
@@ -86,7 +86,8 @@ class PostDaemon:
     """Routes quiet series and submits their jobs.
 
     Routing (with clean-up) and submitting are two scheduled jobs, so that a long upload
-    or a server that hangs never holds up the routing of other series.
+    or a server that hangs never holds up the routing of other series. Submits go in one
+    lane (a thread) per server: a slow server holds up its own jobs only.
     """
 
     def __init__(
@@ -108,6 +109,9 @@ class PostDaemon:
         self.routing = threading.Lock()
         self.submitting = threading.Lock()
         self._held_warned = False
+        self._lanes: dict[str, threading.Thread] = {}  # server -> its submits on the wire
+        self._queued: set[int] = set()  # jobs handed to a lane, not yet done with
+        self._lanes_lock = threading.Lock()
         self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
         self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
 
@@ -131,18 +135,22 @@ class PostDaemon:
                     guarded(logger, f"post daemon: {step.__name__}", step)
 
     def submit_tick(self) -> None:
-        """Submit the due jobs."""
+        """Start submitting the due jobs (without waiting for the lanes)."""
         with self.submitting:
-            guarded(logger, "post daemon: submit", self.submit)
+            guarded(logger, "post daemon: submit", self.dispatch)
 
     def idle(self, timeout: float) -> bool:
-        """Wait up to `timeout` for both ticks to finish; whether they did."""
+        """Wait up to `timeout` for both ticks and every lane to finish; whether they did."""
         deadline = time.monotonic() + timeout
         for lock in (self.routing, self.submitting):
             if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 return False
             lock.release()
-        return True
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(lane.is_alive() for lane in lanes)
 
     def route(self) -> None:
         """Match every quiet series: jobs for the matches, or unmatched."""
@@ -184,18 +192,54 @@ class PostDaemon:
             self.on_new_jobs()
 
     def submit(self) -> None:
-        """Submit every job that is due; one job's or one server's trouble never stops others.
+        """Submit every job that is due, and wait until it is done."""
+        for lane in self.dispatch():
+            lane.join()
 
-        A server that cannot be reached is skipped for the rest of this round: its other
-        jobs wait (no attempt counted) instead of each waiting out the timeouts in turn.
+    def dispatch(self) -> list[threading.Thread]:
+        """Start a lane for each server with due jobs and no lane running; those started.
+
+        One job's or one server's trouble never stops others: a server that is slow or
+        hangs holds only its own lane (cut at the exchange's deadline), and the next ticks
+        start lanes for the other servers meanwhile.
         """
-        unreachable: set[str] = set()
-        for job_id in jobs.due_jobs(self.engine, self.clock()):
-            if self.stopping.is_set():
-                return
-            what = f"post daemon: submitting job {job_id}"
-            if not guarded(logger, what, self.submit_one, job_id, unreachable):
-                self._fail(job_id, "unexpected error while submitting (see the log)")
+        with self._lanes_lock:
+            busy = {server for server, lane in self._lanes.items() if lane.is_alive()}
+            queued = set(self._queued)
+        lanes: dict[str, list[int]] = {}
+        for job_id, url in jobs.due_submits(self.engine, self.clock(), exclude=queued):
+            lanes.setdefault(server_of(url), []).append(job_id)
+        started = []
+        for server, job_ids in lanes.items():
+            if server in busy:
+                continue
+            lane = threading.Thread(
+                target=self._lane, args=(job_ids,), name=f"isdr-submit-{server}", daemon=True
+            )
+            with self._lanes_lock:
+                self._lanes[server] = lane
+                self._queued.update(job_ids)
+            lane.start()
+            started.append(lane)
+        return started
+
+    def _lane(self, job_ids: list[int]) -> None:
+        """Submit one server's due jobs in turn. A server that cannot be reached, or that
+        was cut at its deadline, is left for this round: its other jobs wait (no attempt
+        counted) instead of each waiting out the timeouts in turn."""
+        skipped: set[str] = set()
+        try:
+            for job_id in job_ids:
+                if self.stopping.is_set():
+                    return
+                what = f"post daemon: submitting job {job_id}"
+                if not guarded(logger, what, self.submit_one, job_id, skipped):
+                    self._fail(job_id, "unexpected error while submitting (see the log)")
+                with self._lanes_lock:
+                    self._queued.discard(job_id)
+        finally:
+            with self._lanes_lock:
+                self._queued.difference_update(job_ids)
 
     def submit_one(self, job_id: int, unreachable: set[str]) -> None:
         """Build the job's archive and submit it; record what happened."""
@@ -259,7 +303,7 @@ class PostDaemon:
             self.on_submitted(job_id)
             _discard(archive)
         elif answer.outcome is Outcome.RETRY:
-            if not answer.reached:
+            if not answer.reached or answer.cut:
                 unreachable.add(target.server)
             _discard(archive)
             if answer.maybe_held:

@@ -37,17 +37,31 @@ class PolledJob:
     task_uid: str
     fingerprint: Fingerprint
     submitted_at: datetime
+    poll_errors: int = 0  # unexpected errors so far (see add_poll_error)
 
 
 def polled_jobs(engine: Engine) -> list[PolledJob]:
     """Every job the InferenceServers hold: state submitted."""
     with Session(engine) as session:
         rows = session.execute(
-            select(Job.id, Job.task_uid, Job.fingerprint, Job.submitted_at, Job.updated_at).where(
-                Job.state == JobState.SUBMITTED
-            )
-        ).all()
-        return [PolledJob(r[0], r[1], r[2], r[3] or r[4]) for r in rows]
+            select(
+                Job.id, Job.task_uid, Job.fingerprint, Job.submitted_at, Job.updated_at,
+                Job.poll_errors,
+            ).where(Job.state == JobState.SUBMITTED)
+        ).all()  # fmt: skip
+        return [PolledJob(r[0], r[1], r[2], r[3] or r[4], r[5] or 0) for r in rows]
+
+
+def add_poll_error(engine: Engine, job_id: int, message: str, now: datetime) -> int:
+    """Count an unexpected error on a submitted job, with a timeline line; the count so far
+    (0: the job is no longer submitted, nothing counted)."""
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id, with_for_update=True)
+        if job.state != JobState.SUBMITTED:
+            return 0
+        job.poll_errors = (job.poll_errors or 0) + 1
+        session.add(JobEvent(job_id=job_id, at=now, state=job.state, message=message))
+        return job.poll_errors
 
 
 def fail(
@@ -438,7 +452,7 @@ def retry_failed(engine: Engine, job_id: int, now: datetime) -> str | None:
         if job is None or job.state != JobState.FAILED:
             return None
         step = job.failed_step or Step.SUBMIT
-        job.attempts, job.next_attempt_at = 0, now
+        job.attempts, job.next_attempt_at, job.poll_errors = 0, now, 0
         job.remote_delete_due_at = None  # the task is wanted again: a due delete is off
         if step == Step.SUBMIT:
             change_state(session, job, JobState.PENDING, "retried by hand: submitting again", now)

@@ -7,12 +7,12 @@ timeline and one log line with the job id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import JSON, Engine, and_, or_, select, type_coerce, update
 from sqlalchemy.orm import Session, aliased
 
 from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series
@@ -159,17 +159,26 @@ def _model_and_server(job: Job) -> str:
     return f"model {fingerprint.model_human_readable_id} on {fingerprint.inference_server_url}"
 
 
-def due_jobs(engine: Engine, now: datetime, limit: int = 20) -> list[int]:
-    """Ids of pending jobs whose next attempt is due."""
+def due_submits(
+    engine: Engine, now: datetime, exclude: Collection[int] = (), limit: int = 500
+) -> list[tuple[int, str]]:
+    """Pending jobs whose next attempt is due, but those in `exclude`, each with the URL
+    of its server as its copy of the fingerprint names it ("" when it names none)."""
+    raw = type_coerce(Job.fingerprint, JSON)
     with Session(engine) as session:
-        return list(
-            session.scalars(
-                select(Job.id)
-                .where(Job.state == JobState.PENDING, Job.next_attempt_at <= now)
-                .order_by(Job.next_attempt_at)
-                .limit(limit)
-            )
-        )
+        rows = session.execute(
+            select(Job.id, raw)
+            .where(Job.state == JobState.PENDING, Job.next_attempt_at <= now)
+            .where(Job.id.not_in(list(exclude)))
+            .order_by(Job.next_attempt_at)
+            .limit(limit)
+        ).all()
+    return [(row[0], _url_of(row[1])) for row in rows]
+
+
+def _url_of(copy: object) -> str:
+    url = copy.get("inference_server_url") if isinstance(copy, dict) else None
+    return url if isinstance(url, str) else ""
 
 
 @dataclass(frozen=True)

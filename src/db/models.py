@@ -154,6 +154,9 @@ class Job(Base):
     ambiguous_submits: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Bare 500s in a row from a generation-2 submit: an unknown model answers so.
     suspect_answers: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Unexpected errors while polling it, downloading, unpacking or judging its output: each
+    # is an attempt; a few fail the job (counted across restarts, so never a loop).
+    poll_errors: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

@@ -76,6 +76,7 @@ class JobView:
     remote_delete_due_at: datetime | None
     remote_delete_attempts: int | None
     ambiguous_submits: int | None
+    poll_errors: int | None
 
     @property
     def model(self) -> str:

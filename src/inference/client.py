@@ -22,11 +22,16 @@ import httpx
 
 from isdr.domain.fingerprint import Fingerprint
 from isdr.errors import IsdrError
+from isdr.inference.deadline import Deadline, Reaper
 from isdr.inference.transport import KeepAliveTransport
 
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+ANSWER_MAX_BYTES = 1 << 20  # a submit's, a poll's (but the output), a delete's answer
+DEFAULT_MIN_RATE = 100_000.0  # bytes per second: TRANSFER_MIN_RATE_KB's default
+# Bodies are read as they come: a compressed one could unpack to far beyond the limits.
+IDENTITY = {"Accept-Encoding": "identity"}
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
@@ -48,6 +53,7 @@ class Answer:
     reached: bool = True  # False: the request surely never reached the server
     maybe_held: bool = False  # the whole request went, no answer came: maybe a task
     suspect_model: bool = False  # generation 2's bare 500: maybe an unknown model
+    cut: bool = False  # the exchange outlived its deadline: the server is slow
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class Target:
     @functools.cached_property
     def server(self) -> str:
         """The server: host and port (parsed once: polls ask for it every time)."""
-        return httpx.URL(self.url).netloc.decode("ascii", "replace")
+        return server_of(self.url)
 
     def submit_request(self) -> tuple[str, dict[str, str], str]:
         """(URL, query parameters, multipart field name) of a submit."""
@@ -92,6 +98,14 @@ class Target:
     def headers(self) -> dict[str, str]:
         """The X-Token header when the fingerprint configures a token."""
         return {"X-Token": self.token} if self.token else {}
+
+
+def server_of(url: str) -> str:
+    """The host and port of a server's URL ("" when it is not a URL)."""
+    try:
+        return httpx.URL(url).netloc.decode("ascii", "replace").lower()
+    except httpx.InvalidURL:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,16 @@ class OutputTooLarge(IsdrError):
     """The server sent more than the configured limit."""
 
 
+class AnswerTooLarge(IsdrError):
+    """An answer other than an output went beyond ANSWER_MAX_BYTES: it was cut."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"its answer ({status}) went on beyond {ANSWER_MAX_BYTES // 2**20} MiB: cut there"
+        )
+        self.status = status
+
+
 def tls_context(cert_file: Path) -> ssl.SSLContext:
     """Verify servers against CERT_FILE when it exists, else against the system's CAs."""
     if cert_file.is_file():
@@ -158,20 +182,48 @@ def tls_context(cert_file: Path) -> ssl.SSLContext:
 
 
 class InferenceClient:
-    """One HTTP client for all servers; timeouts from POST_TIMEOUT."""
+    """One HTTP client for all servers; timeouts from POST_TIMEOUT.
 
-    def __init__(self, cert_file: Path, timeout: float) -> None:
+    Every exchange has a deadline over all of it (see deadline.py): POST_TIMEOUT, plus
+    one second per `min_rate` bytes moved (TRANSFER_MIN_RATE_KB). Every answer body but an
+    output is read up to ANSWER_MAX_BYTES, an output up to OUTPUT_MAX_MB.
+    """
+
+    def __init__(self, cert_file: Path, timeout: float, min_rate: float = DEFAULT_MIN_RATE) -> None:
         self.cert_file = cert_file
+        self._timeout, self._min_rate = timeout, min_rate
         # Connecting gets at most 10 s: a server that is down should not hold its turn.
         limits = httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT))
         context = tls_context(cert_file)
-        self._http = httpx.Client(verify=context, timeout=limits)
+        self._reaper = Reaper()
+        # Submits and model lists on a new connection each: its socket is known (traced)
+        # from the start, so the reaper can cut it.
+        self._http = httpx.Client(
+            verify=context, timeout=limits, headers=IDENTITY,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )  # fmt: skip
         # Polls and deletes: many small requests, on the lean transport. Polls call it
         # directly, without the client's redirect, auth and cookie layers (measured in
         # bench/poll_load.py: 0.38 ms of CPU per poll through the client, 0.22 without).
-        self._lean = KeepAliveTransport(context)
-        self._polls = httpx.Client(timeout=limits, transport=self._lean)
+        self._lean = KeepAliveTransport(context, self._reaper)
+        self._polls = httpx.Client(timeout=limits, transport=self._lean, headers=IDENTITY)
         self._timeouts = limits.as_dict()
+
+    def _deadline(self) -> Deadline:
+        return Deadline(self._timeout, self._min_rate)
+
+    def _traced(self, deadline: Deadline) -> dict[str, object]:
+        """The extensions that put an httpx (httpcore) exchange under `deadline`: its socket
+        is watched from the moment it connects (and again once TLS wraps it)."""
+
+        def trace(event: str, info: dict[str, object]) -> None:
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+                stream = info.get("return_value")
+                get = getattr(stream, "get_extra_info", None)
+                if get is not None:
+                    self._reaper.watch(deadline, get("socket"))
+
+        return {"trace": trace}
 
     def close(self) -> None:
         """Close the connections."""
@@ -188,16 +240,19 @@ class InferenceClient:
         """
         url, params, field = target.submit_request()
         body = MultipartBody(archive, field, before_last_bytes)
+        deadline = self._deadline()
         try:
-            with archive.open("rb") as stream:
-                response = self._http.post(
-                    url,
-                    params=params,
-                    headers={**target.headers, **body.headers(archive.stat().st_size)},
-                    content=body.chunks(stream),
-                )
+            with archive.open("rb") as stream, self._http.stream(
+                "POST", url, params=params,
+                headers={**target.headers, **body.headers(archive.stat().st_size)},
+                content=_counted(body.chunks(stream), deadline),
+                extensions=self._traced(deadline),
+            ) as streamed:  # fmt: skip
+                response = _read_small(streamed, deadline)
+        except AnswerTooLarge as exc:
+            return _too_large_submit(exc)
         except httpx.HTTPError as exc:
-            answer = self._transport_error(exc, url)
+            answer = self._transport_error(exc, url, deadline)
             if answer.outcome is not Outcome.RETRY or not answer.reached:
                 return answer
             if not body.all_sent:
@@ -205,8 +260,11 @@ class InferenceClient:
                     Outcome.RETRY,
                     f"the upload to {url} was cut before its end ({_what(exc)}); the server "
                     "cannot hold a task from it",
+                    cut=answer.cut,
                 )
             return replace(answer, maybe_held=True)
+        finally:
+            self._reaper.forget(deadline)
         answer = _submit_answer(target, response)
         if answer.suspect_model:
             return self._check_model(target, answer)
@@ -217,22 +275,32 @@ class InferenceClient:
         large): the generation a server speaks, or whether a task is gone; a failed TLS
         handshake is named."""
         url, params = target.task_request(uid, outputs=True)
+        deadline = self._deadline()
         try:
-            with self._polls.stream("GET", url, params=params, headers=target.headers) as poll:
+            with self._polls.stream(
+                "GET", url, params=params, headers=target.headers,
+                extensions={"isdr.deadline": deadline},
+            ) as poll:  # fmt: skip
                 return PollAnswer(poll.status_code, f"answered {poll.status_code}")
         except httpx.HTTPError as exc:
-            return PollAnswer(None, self._transport_error(exc, url).detail)
+            return PollAnswer(None, self._transport_error(exc, url, deadline).detail)
 
     def models(self, target: Target) -> list[str] | None:
         """The models a generation-2 server lists, when its token lets us ask (else None)."""
         if target.api != 2:
             return None
         url = f"{target.url.rstrip('/')}/api/models/"
+        deadline = self._deadline()
         try:
-            response = self._http.get(url, headers=target.headers)
+            with self._http.stream(
+                "GET", url, headers=target.headers, extensions=self._traced(deadline)
+            ) as streamed:
+                response = _read_small(streamed, deadline)
             listed = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, json.JSONDecodeError):
+        except (httpx.HTTPError, json.JSONDecodeError, AnswerTooLarge):
             return None
+        finally:
+            self._reaper.forget(deadline)
         if not isinstance(listed, list):
             return None
         return sorted(str(m.get("human_readable_id")) for m in listed if isinstance(m, dict))
@@ -255,32 +323,45 @@ class InferenceClient:
         """GET the task's state; on 200 its output is streamed to `output`.
 
         Raises OutputTooLarge when the body exceeds `max_bytes` (nothing is left behind).
+        Any other answer's body is read up to ANSWER_MAX_BYTES; an answer beyond that, or
+        one that outlives its deadline, is no answer (status None), in words.
         """
         request = _poll_request(target, uid, tuple(self._timeouts.items()))
+        deadline = self._deadline()
         try:
-            response = self._lean.handle_request(request)
+            response = self._lean.handle_request(request, deadline)
             try:
                 if response.status_code != 200:
-                    response.read()
-                    where = response.headers.get("Location", "")
-                    return PollAnswer(response.status_code, response.text[:200], location=where)
-                _save(response, output, max_bytes)
+                    small = _read_small(response, deadline)
+                    where = small.headers.get("Location", "")
+                    return PollAnswer(small.status_code, small.text[:200], location=where)
+                _save(response, output, max_bytes, deadline)
             finally:
                 response.close()
+        except AnswerTooLarge as exc:
+            url, _params = target.task_request(uid, outputs=True)  # for the message only
+            return PollAnswer(None, f"no usable answer from {url}: {exc}")
         except httpx.HTTPError as exc:
             url, _params = target.task_request(uid, outputs=True)  # for the message only
-            if _is_certificate_error(exc):
-                return PollAnswer(None, self._transport_error(exc, url).detail)
+            if _is_certificate_error(exc) or deadline.fired:
+                return PollAnswer(None, self._transport_error(exc, url, deadline).detail)
             return PollAnswer(None, f"no answer from {url} ({_what(exc)})")
         return PollAnswer(200, "output ready", output)
 
     def delete(self, target: Target, uid: str) -> Answer:
         """DELETE the task on the server; its answer checked."""
         url, params = target.task_request(uid, outputs=False)
+        deadline = self._deadline()
         try:
-            response = self._polls.delete(url, params=params, headers=target.headers)
+            with self._polls.stream(
+                "DELETE", url, params=params, headers=target.headers,
+                extensions={"isdr.deadline": deadline},
+            ) as streamed:  # fmt: skip
+                response = _read_small(streamed, deadline)
+        except AnswerTooLarge as exc:
+            return Answer(Outcome.RETRY, f"deleting task {uid}: {exc}; try again later")
         except httpx.HTTPError as exc:
-            return self._transport_error(exc, url)
+            return self._transport_error(exc, url, deadline)
         status = response.status_code
         if status == 200:
             return Answer(Outcome.DONE, f"task {uid} deleted on the server")
@@ -312,7 +393,16 @@ class InferenceClient:
         state = "still running" if status == 551 else f"still there (a poll answered {status})"
         return Answer(Outcome.RETRY, f"deleting task {uid} answered 500 and the task is {state}")
 
-    def _transport_error(self, exc: httpx.HTTPError, url: str) -> Answer:
+    def _transport_error(
+        self, exc: httpx.HTTPError, url: str, deadline: Deadline | None = None
+    ) -> Answer:
+        if deadline is not None and deadline.fired:
+            return Answer(
+                Outcome.RETRY,
+                f"{url} did not finish its answer within {deadline.describe()}: cut there "
+                "(a slow or hostile server); the server may hold a task from this attempt",
+                cut=True,
+            )
         if _is_certificate_error(exc):
             return Answer(
                 Outcome.FAILED,
@@ -353,6 +443,39 @@ def redirected(status: int, location: str) -> str:
         f"redirected ({status}) to {location[:200] or '?'}: for API 1 inference_server_url "
         "is the full tasks URL with its trailing slash, for API 2 the base URL"
     )
+
+
+def _counted(chunks: Iterator[bytes], deadline: Deadline) -> Iterator[bytes]:
+    """The upload's chunks, each moving the deadline on."""
+    for chunk in chunks:
+        yield chunk
+        deadline.add(len(chunk))
+
+
+def _read_small(response: httpx.Response, deadline: Deadline) -> httpx.Response:
+    """The answer with its body read, at most ANSWER_MAX_BYTES (else AnswerTooLarge); a
+    copy that is no longer streamed. Raw bytes: a compressed body is not unpacked."""
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > ANSWER_MAX_BYTES:
+            raise AnswerTooLarge(response.status_code)
+    if deadline.fired:  # the reaper's cut ended a body that has no length: not whole
+        raise httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k != "content-encoding"]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body))
+
+
+def _too_large_submit(exc: AnswerTooLarge) -> Answer:
+    if exc.status == 200:
+        return Answer(
+            Outcome.FAILED,
+            f"accepted (200), but {exc}: no task uid could be read; the server may hold a "
+            "task of this job that the relay cannot see",
+        )
+    if exc.status >= 500 or exc.status == 429:
+        return Answer(Outcome.RETRY, f"server error: {exc}")
+    return Answer(Outcome.FAILED, f"refused: {exc}")
 
 
 def _submit_answer(target: Target, response: httpx.Response) -> Answer:
@@ -427,24 +550,28 @@ def _poll_request(
     and parsing its URL is a quarter of the client's cost of a poll."""
     url, params = target.task_request(uid, outputs=True)
     return httpx.Request(
-        "GET", url, params=params, headers=target.headers, extensions={"timeout": dict(timeouts)}
-    )
+        "GET", url, params=params, headers={**target.headers, **IDENTITY},
+        extensions={"timeout": dict(timeouts)},
+    )  # fmt: skip
 
 
-def _save(response: httpx.Response, output: Path, max_bytes: int) -> None:
-    """Stream the body to `output` through a temporary name; at most `max_bytes`."""
+def _save(response: httpx.Response, output: Path, max_bytes: int, deadline: Deadline) -> None:
+    """Stream the body to `output` through a temporary name; at most `max_bytes`, as sent
+    (a compressed body is not unpacked here: the unpacker refuses what is not an archive)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".part")
     written = 0
     try:
         with partial.open("wb") as handle:
-            for chunk in response.iter_bytes(1 << 20):
+            for chunk in response.iter_raw(1 << 20):
                 written += len(chunk)
                 if written > max_bytes:
                     raise OutputTooLarge(
                         f"the output is larger than {max_bytes} bytes (OUTPUT_MAX_MB): refused"
                     )
                 handle.write(chunk)
+        if deadline.fired:
+            raise httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

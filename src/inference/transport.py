@@ -13,38 +13,64 @@ import http.client
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
+
+from isdr.inference.deadline import Deadline, Reaper
 
 CHUNK = 1 << 20
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class _Body(httpx.SyncByteStream):
-    """The response body, streamed; the connection is reused once it has been read."""
+    """The response body, streamed; the connection is reused once it has been read.
 
-    def __init__(self, response: http.client.HTTPResponse, release: _Release) -> None:
+    Each chunk moves the exchange's deadline on; a deadline that fired (the reaper shut
+    the socket) ends the body with ReadTimeout, never with a short body taken as whole.
+    """
+
+    def __init__(
+        self, response: http.client.HTTPResponse, release: _Release, deadline: Deadline | None
+    ) -> None:
         self._response = response
         self._release = release
+        self._deadline = deadline
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             while chunk := self._response.read(CHUNK):
+                self._check()
+                if self._deadline is not None:
+                    self._deadline.add(len(chunk))
                 yield chunk
         except (OSError, http.client.HTTPException) as exc:
             self._release(reuse=False)
+            self._check()
             raise httpx.ReadError(str(exc)) from exc
+        self._check()
+        if self._response.length:  # http.client takes a short body for a whole one
+            self._release(reuse=False)
+            raise httpx.ReadError("the connection closed before the end of the body")
+
+    def _check(self) -> None:
+        if self._deadline is not None and self._deadline.fired:
+            self._release(reuse=False)
+            raise httpx.ReadTimeout(f"cut: no whole answer within {self._deadline.describe()}")
 
     def close(self) -> None:
-        self._release(reuse=self._response.isclosed())
+        fired = self._deadline is not None and self._deadline.fired
+        self._release(reuse=self._response.isclosed() and not fired)
 
 
 class _Release:
-    def __init__(self, pool: _Connections, key: tuple[str, str, int]) -> None:
-        self.pool, self.key = pool, key
+    def __init__(
+        self, pool: _Connections, key: tuple[str, str, int], done: Callable[[], None]
+    ) -> None:
+        self.pool, self.key, self.done = pool, key, done
 
     def __call__(self, *, reuse: bool) -> None:
+        self.done()
         if not reuse:
             self.pool.drop(self.key)
 
@@ -62,37 +88,67 @@ class _Connections(threading.local):
 class KeepAliveTransport(httpx.BaseTransport):
     """HTTP/1.1 over `http.client`, one kept-alive connection per thread and server."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, reaper: Reaper | None = None) -> None:
         self._context = context
         self._pool = _Connections()
+        self._reaper = reaper or Reaper()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(
+        self, request: httpx.Request, deadline: Deadline | None = None
+    ) -> httpx.Response:
+        """Send `request`; its whole exchange (headers and body) is cut at `deadline`
+        (or at the one in its extensions under "isdr.deadline")."""
+        deadline = deadline or request.extensions.get("isdr.deadline")
         key = (request.url.scheme, request.url.host, request.url.port or _port(request.url))
         timeouts = request.extensions.get("timeout", {})
-        reused = key in self._pool.open
         try:
-            response = self._exchange(key, request, timeouts)
-        except _STALE as exc:
-            self._pool.drop(key)
-            if not reused:
-                raise _translate(exc) from exc
-            # A kept-alive connection the server had closed: once more on a new one.
-            try:
-                response = self._exchange(key, request, timeouts)
-            except _STALE as again:
-                self._pool.drop(key)
-                raise _translate(again) from again
+            response = self._exchange_once_more(key, request, timeouts, deadline)
+        except BaseException:
+            self._forget(deadline)
+            raise
         return httpx.Response(
             response.status,
             headers=response.getheaders(),
-            stream=_Body(response, _Release(self._pool, key)),
+            stream=_Body(response, _Release(self._pool, key, lambda: self._forget(deadline)),
+                         deadline),
             extensions={"http_version": b"HTTP/1.1"},
-        )
+        )  # fmt: skip
+
+    def _exchange_once_more(
+        self,
+        key: tuple[str, str, int],
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+        deadline: Deadline | None,
+    ) -> http.client.HTTPResponse:
+        reused = key in self._pool.open
+        try:
+            return self._exchange(key, request, timeouts, deadline)
+        except _STALE as exc:
+            self._pool.drop(key)
+            if not reused:
+                raise _translate(exc, deadline=deadline) from exc
+            # A kept-alive connection the server had closed: once more on a new one.
+            try:
+                return self._exchange(key, request, timeouts, deadline)
+            except _STALE as again:
+                self._pool.drop(key)
+                raise _translate(again, deadline=deadline) from again
+
+    def _forget(self, deadline: Deadline | None) -> None:
+        if deadline is not None:
+            self._reaper.forget(deadline)
 
     def _exchange(
-        self, key: tuple[str, str, int], request: httpx.Request, timeouts: dict[str, float | None]
+        self,
+        key: tuple[str, str, int],
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+        deadline: Deadline | None,
     ) -> http.client.HTTPResponse:
         connection = self._connection(key, timeouts)
+        if deadline is not None:
+            self._reaper.watch(deadline, connection.sock)
         target = request.url.raw_path.decode("ascii")
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw}
         try:
@@ -107,7 +163,7 @@ class KeepAliveTransport(httpx.BaseTransport):
             raise httpx.LocalProtocolError("a request header holds an invalid value") from exc
         except (OSError, http.client.HTTPException) as exc:
             self._pool.drop(key)
-            raise _translate(exc) from exc
+            raise _translate(exc, deadline=deadline) from exc
 
     def _connection(
         self, key: tuple[str, str, int], timeouts: dict[str, float | None]
@@ -141,7 +197,11 @@ def _port(url: httpx.URL) -> int:
     return 443 if url.scheme == "https" else 80
 
 
-def _translate(exc: BaseException, *, connecting: bool = False) -> httpx.TransportError:
+def _translate(
+    exc: BaseException, *, connecting: bool = False, deadline: Deadline | None = None
+) -> httpx.TransportError:
+    if deadline is not None and deadline.fired:
+        return httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
     if isinstance(exc, TimeoutError | socket.timeout):
         return httpx.ConnectTimeout(str(exc)) if connecting else httpx.ReadTimeout(str(exc))
     if connecting or isinstance(exc, ssl.SSLError):
