@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from isdr.db.engine import unavailable_reason
 from isdr.db.models import Instance, Series, UTCDateTime
 from isdr.db.views import SeriesView, view_of
 from isdr.domain.states import SeriesState
+from isdr.errors import DatabaseUnavailable
 
 SERIES = cast(Table, Series.__table__)
 INSTANCE = cast(Table, Instance.__table__)
@@ -55,7 +57,8 @@ def record_instance(engine: Engine, new: NewInstance) -> Recorded:
     """Add an instance to the open round of its series (opening one if needed).
 
     A SOP instance already in that round is a duplicate: nothing is added. Plain SQL
-    statements rather than the ORM: this runs once per received instance.
+    statements rather than the ORM: this runs once per received instance. A database
+    that is locked, full or unreachable raises DatabaseUnavailable; nothing is recorded.
     """
     for attempt in range(3):
         try:
@@ -65,6 +68,11 @@ def record_instance(engine: Engine, new: NewInstance) -> Recorded:
             # Another association opened the same round at the same moment: read it again.
             if attempt == 2:
                 raise
+        except OperationalError as exc:
+            reason = unavailable_reason(str(exc.orig))
+            if reason is None:
+                raise
+            raise DatabaseUnavailable(reason) from exc
     raise AssertionError("unreachable")
 
 

@@ -4,12 +4,14 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+import pytest
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
-from isdr.db.engine import make_engine
+from isdr.db.engine import make_engine, unavailable_reason
 from isdr.db.models import Series
 from isdr.db.series import NewInstance, list_series, record_instance
+from isdr.errors import DatabaseUnavailable
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NEW = NewInstance(
@@ -72,3 +74,38 @@ def test_a_database_from_an_earlier_version_gets_the_new_columns(tmp_path: Path)
     engine = make_engine(f"sqlite:///{path}")
     record_instance(engine, NEW)
     assert list_series(engine)[0].files_removed_at is None
+
+
+def test_a_full_database_is_told_as_such_and_records_nothing(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    engine.dispose()
+
+    @event.listens_for(engine, "connect")
+    def _no_room(dbapi_connection: object, _record: object) -> None:
+        pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[attr-defined]
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[attr-defined]
+
+    # A description far beyond DICOM's 64 characters needs pages the database may not take.
+    huge = dataclasses.replace(NEW, series_description="x" * 200_000)
+    with pytest.raises(DatabaseUnavailable, match="the database or its disk is full"):
+        record_instance(engine, huge)
+    assert list_series(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("database is locked", "the database is locked by another writer"),
+        ("canceling statement due to lock timeout", "the database is locked by another writer"),
+        ("database or disk is full", "the database or its disk is full"),
+        ('could not extend file "base/1/2": No space left on device', "the database or its disk"),
+        ("server closed the connection unexpectedly", "the database cannot be reached"),
+        ("no such table: instance", None),
+        ("attempt to write a readonly database", None),
+    ],
+)
+def test_only_a_database_locked_full_or_unreachable_is_a_passing_condition(
+    message: str, reason: str | None
+) -> None:
+    found = unavailable_reason(message)
+    assert found == reason if reason is None else (found or "").startswith(reason)
