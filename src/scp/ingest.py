@@ -135,6 +135,8 @@ class Ingestor:
         )
         if recorded.replaced_path:
             (self.root / recorded.replaced_path).unlink(missing_ok=True)
+        if recorded.held or recorded.agrees_again:
+            _log_hold(keys, recorded)
         if recorded.series_is_new:
             logger.info(
                 "series %s (series id %d, %s, %r) started receiving from %s %s",
@@ -146,6 +148,27 @@ class Ingestor:
                 peer_address,
             )
         return recorded
+
+
+def _log_hold(keys: SortKeys, recorded: Recorded) -> None:
+    """One line when a round goes held (counts only: no PatientID above DEBUG), one when
+    a resend made it agree again."""
+    series, number = keys.series_instance_uid, recorded.series_id
+    if recorded.agrees_again:
+        logger.info(
+            "series %s (series id %d): its instances agree again on one patient and one "
+            "study: no longer held", series, number,
+        )  # fmt: skip
+        return
+    logger.warning(
+        "series %s (series id %d) %s: nothing is submitted until a person decides: "
+        "`isdr series release %d` submits it as one series, `isdr series delete %d` "
+        "removes it", series, number, recorded.held, number, number,
+    )  # fmt: skip
+    logger.debug(
+        "series %d: instance %s names PatientID %r, StudyInstanceUID %s",
+        number, keys.sop_instance_uid, keys.patient_id, keys.study_instance_uid,
+    )  # fmt: skip
 
 
 def _set_aside(path: Path) -> Path | None:
