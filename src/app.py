@@ -27,7 +27,7 @@ from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.delivery import job_details, retry_failed
 from isdr.db.engine import make_engine
 from isdr.db.jobs import list_jobs, timeline
-from isdr.db.series import list_series
+from isdr.db.series import discard_held, get_series, list_series, release_held
 from isdr.domain.clock import utcnow
 from isdr.errors import ConfigError, IsdrError
 from isdr.fingerprints.loader import load_folder
@@ -49,7 +49,8 @@ from isdr.scu.echo import EchoAnswer, echo
 from isdr.tls import self_check_context
 
 __all__ = [  # what the commands use, besides serve
-    "Engine", "job_details", "list_jobs", "list_series", "retry_failed", "timeline",
+    "Engine", "discard_held", "get_series", "job_details", "list_jobs", "list_series",
+    "release_held", "retry_failed", "timeline",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)

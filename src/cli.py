@@ -12,6 +12,7 @@ from typing import Any
 from isdr import __version__, app
 from isdr.config import Settings, describe_settings, load_settings
 from isdr.domain.clock import utcnow
+from isdr.domain.states import SeriesState
 from isdr.errors import ConfigError, IsdrError
 
 
@@ -62,7 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("config", help="print the effective configuration").set_defaults(
         func=_config
     )
-    series = commands.add_parser("series", help="list received series (no patient names)")
+    series = commands.add_parser(
+        "series",
+        help="list received series (no patient names); `series release ID` submits a held "
+        "series as it is, `series delete ID` deletes it",
+    )
+    series.add_argument(
+        "action", nargs="?", choices=("release", "delete"), help="decide on a held series"
+    )
+    series.add_argument("series_id", nargs="?", type=int, help="the series' id (`isdr series`)")
     series.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     series.set_defaults(func=_series)
     _fingerprint_commands(commands)
@@ -226,7 +235,31 @@ def _config(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _series(settings: Settings, args: argparse.Namespace) -> int:
-    rows = app.list_series(app.open_database(settings), args.limit)
+    engine = app.open_database(settings)
+    if args.action is None:
+        return _list_series(engine, args.limit)
+    if args.series_id is None:
+        print(f"isdr: series {args.action} needs a series id", file=sys.stderr)
+        return 2
+    decide = app.release_held if args.action == "release" else app.discard_held
+    decided = decide(engine, args.series_id, utcnow())
+    if decided is None:
+        found = app.get_series(engine, args.series_id)
+        state = found.state if found else "missing"
+        print(f"isdr: series {args.series_id} is {state}; only a held series can be "
+              f"{args.action}d", file=sys.stderr)  # fmt: skip
+        return 1
+    then = (
+        "a running relay submits it as one series once it is quiet"
+        if args.action == "release"
+        else "a running relay removes its files within seconds; nothing is submitted"
+    )
+    print(f"series {decided.id}: {decided.state_reason}; {then}")
+    return 0
+
+
+def _list_series(engine: app.Engine, limit: int) -> int:
+    rows = app.list_series(engine, limit)
     now = utcnow()
     header = ("ID", "STATE", "MODALITY", "INSTANCES", "MB", "FIRST", "QUIET FOR", "FROM", "SERIES")
     table = [header]
@@ -247,6 +280,11 @@ def _series(settings: Settings, args: argparse.Namespace) -> int:
     _print_table(table)
     if not rows:
         print("(no series received yet)")
+    for row in rows:
+        if row.state == SeriesState.HELD:
+            print(f"series {row.id} {row.state_reason}: nothing is submitted until "
+                  f"`isdr series release {row.id}` (as one series) or "
+                  f"`isdr series delete {row.id}`")  # fmt: skip
     return 0
 
 

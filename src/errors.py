@@ -9,6 +9,13 @@ class ConfigError(IsdrError):
     """The configuration is invalid; the message names the variable."""
 
 
+class DatabaseUnavailable(IsdrError):
+    """The database cannot take a write now: locked by another writer, full, or unreachable.
+
+    A passing condition, unlike a bug: the write can be tried again later.
+    """
+
+
 class InstanceRejected(IsdrError):
     """A received instance cannot be stored; carries the DICOM status to answer with."""
 

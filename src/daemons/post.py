@@ -314,10 +314,12 @@ class PostDaemon:
             self._fail(job_id, answer.detail)
 
     def remove_files(self) -> None:
-        """DELETE_ON_POST: remove the files of series that are unmatched or fully submitted."""
-        if not self.settings.delete_on_post:
-            return
-        for series_id in jobs.series_ready_for_removal(self.engine):
+        """Remove the files of series a person had deleted and, with DELETE_ON_POST, of
+        those that are unmatched or fully submitted."""
+        ready = jobs.series_ready_for_removal(
+            self.engine, delete_on_post=self.settings.delete_on_post
+        )
+        for series_id in ready:
             what = f"post daemon: removing the files of series {series_id}"
             guarded(logger, what, self._remove_series, series_id)
 
@@ -329,7 +331,7 @@ class PostDaemon:
             for relative in paths:
                 _remove(self.settings.incoming_dir, relative)
             jobs.mark_files_removed(self.engine, series_id, self.clock())
-        logger.info("series %d: removed its %d file(s) (DELETE_ON_POST)", series_id, len(paths))
+        logger.info("series %d: removed its %d file(s)", series_id, len(paths))
 
     def _member(self, instance: InstanceView, series_instance_uid: str) -> Member:
         return Member(

@@ -11,12 +11,35 @@ from sqlalchemy.engine import make_url
 from isdr.db.models import Base
 from isdr.errors import IsdrError
 
+BUSY_TIMEOUT = 60.0  # seconds a SQLite writer waits for another before "database is locked"
+# What an OperationalError says when the database cannot take a write for now (SQLite,
+# PostgreSQL, MySQL wordings), and what the relay says instead.
+_UNAVAILABLE = (
+    (("database is locked", "table is locked", "lock timeout", "deadlock", "could not obtain lock"),
+     "the database is locked by another writer"),
+    (("database or disk is full", "no space left", "disk full", "could not extend"),
+     "the database or its disk is full"),
+    (("could not connect", "connection refused", "server closed the connection",
+      "terminating connection", "gone away", "lost connection"),
+     "the database cannot be reached"),
+)  # fmt: skip
 
-def make_engine(url: str, *, durable: bool = False) -> Engine:
+
+def unavailable_reason(message: str) -> str | None:
+    """Why the database cannot take a write for now, from a driver's error message; None
+    when the message tells of something else (a bug, a broken schema)."""
+    lowered = message.lower()
+    for fragments, reason in _UNAVAILABLE:
+        if any(fragment in lowered for fragment in fragments):
+            return reason
+    return None
+
+
+def make_engine(url: str, *, durable: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> Engine:
     """An engine for `url`, with its schema created."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = _sqlite_engine(url, parsed.database, durable=durable)
+        engine = _sqlite_engine(url, parsed.database, durable=durable, busy_timeout=busy_timeout)
     else:
         # Parameters hold PatientIDs and tokens: never in an error message or a log.
         engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
@@ -47,11 +70,13 @@ def _add_missing_columns(engine: Engine) -> None:
                 index.create(connection, checkfirst=True)
 
 
-def _sqlite_engine(url: str, database: str | None, *, durable: bool) -> Engine:
+def _sqlite_engine(url: str, database: str | None, *, durable: bool, busy_timeout: float) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"timeout": 60, "check_same_thread": False}, hide_parameters=True
+        url,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False},
+        hide_parameters=True,
     )
     synchronous = "FULL" if durable else "NORMAL"
 

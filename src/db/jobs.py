@@ -321,8 +321,11 @@ def mark_archive_sent(engine: Engine, job_id: int, now: datetime) -> None:
         )
 
 
-def series_ready_for_removal(engine: Engine, limit: int = 50) -> list[int]:
-    """Series rounds whose files can go: unmatched, or matched with every job submitted.
+def series_ready_for_removal(
+    engine: Engine, limit: int = 50, *, delete_on_post: bool = True
+) -> list[int]:
+    """Series rounds whose files can go: those a person had deleted (`discarded`) and,
+    with DELETE_ON_POST, unmatched ones and matched ones with every job submitted.
 
     A job that failed at its submit keeps them, so that `isdr jobs retry` can send it.
     """
@@ -334,16 +337,19 @@ def series_ready_for_removal(engine: Engine, limit: int = 50) -> list[int]:
         ),
     )
     unfinished = select(Job.id).where(Job.series_id == Series.id, unsent).exists()
+    removable = [Series.state == SeriesState.DISCARDED]
+    if delete_on_post:
+        removable += [
+            Series.state == SeriesState.UNMATCHED,
+            and_(Series.state == SeriesState.MATCHED, ~unfinished),
+        ]
     with Session(engine) as session:
         return list(
             session.scalars(
                 select(Series.id)
                 .where(
                     Series.files_removed_at.is_(None),
-                    or_(
-                        Series.state == SeriesState.UNMATCHED,
-                        and_(Series.state == SeriesState.MATCHED, ~unfinished),
-                    ),
+                    or_(*removable),
                 )
                 .limit(limit)
             )

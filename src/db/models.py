@@ -97,6 +97,8 @@ class Series(Base):
     state: Mapped[str] = mapped_column(String(32), default=SeriesState.RECEIVING, index=True)
     state_reason: Mapped[str] = mapped_column(Text, default="")
     files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A person released the round from `held`: it is submitted as it is, never held again.
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -114,6 +116,9 @@ class Instance(Base):
     path: Mapped[str] = mapped_column(Text, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The instance's own; None in rows recorded before they were kept (read as the round's).
+    patient_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

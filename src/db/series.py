@@ -8,12 +8,15 @@ from datetime import datetime
 from typing import cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from isdr.db.engine import unavailable_reason
 from isdr.db.models import Instance, Series, UTCDateTime
 from isdr.db.views import SeriesView, view_of
+from isdr.domain.held import held_reason
 from isdr.domain.states import SeriesState
+from isdr.errors import DatabaseUnavailable
 
 SERIES = cast(Table, Series.__table__)
 INSTANCE = cast(Table, Instance.__table__)
@@ -49,13 +52,29 @@ class Recorded:
     series_is_new: bool
     duplicate: bool
     replaced_path: str = ""  # a duplicate stored at another path: that older file
+    held: str = ""  # the round went `held` with this instance: why
+    agrees_again: bool = False  # the round was held, and this resend made it agree again
+
+
+@dataclass(frozen=True)
+class _Round:
+    """The open round an instance joins: what its agreement check needs."""
+
+    id: int
+    sop_classes: list[str]
+    is_new: bool
+    patient_id: str
+    study_instance_uid: str
+    state: str
+    released: bool
 
 
 def record_instance(engine: Engine, new: NewInstance) -> Recorded:
     """Add an instance to the open round of its series (opening one if needed).
 
     A SOP instance already in that round is a duplicate: nothing is added. Plain SQL
-    statements rather than the ORM: this runs once per received instance.
+    statements rather than the ORM: this runs once per received instance. A database
+    that is locked, full or unreachable raises DatabaseUnavailable; nothing is recorded.
     """
     for attempt in range(3):
         try:
@@ -65,21 +84,35 @@ def record_instance(engine: Engine, new: NewInstance) -> Recorded:
             # Another association opened the same round at the same moment: read it again.
             if attempt == 2:
                 raise
+        except OperationalError as exc:
+            reason = unavailable_reason(str(exc.orig))
+            if reason is None:
+                raise
+            raise DatabaseUnavailable(reason) from exc
     raise AssertionError("unreachable")
 
 
 def _record(connection: Connection, new: NewInstance) -> Recorded:
-    series_id, sop_classes, is_new = _open_round(connection, new)
+    opened = _open_round(connection, new)
+    series_id, sop_classes = opened.id, opened.sop_classes
     duplicate = connection.execute(
         _FIND_INSTANCE, {"series_id": series_id, "sop": new.sop_instance_uid}
     ).first()
     if duplicate is not None:
         # The latest copy wins: it may be a resend with a corrected tag, stored elsewhere.
         connection.execute(
-            _REPLACE_INSTANCE, {"instance": duplicate.id, "path": new.path, "size": new.size}
+            _REPLACE_INSTANCE,
+            {
+                "instance": duplicate.id,
+                "path": new.path,
+                "size": new.size,
+                "patient": new.patient_id,
+                "study": new.study_instance_uid,
+            },
         )
         replaced = duplicate.path if duplicate.path != new.path else ""
-        return Recorded(series_id, series_is_new=False, duplicate=True, replaced_path=replaced)
+        held, agrees = _check_agreement(connection, opened, new, duplicate=True)
+        return Recorded(series_id, False, True, replaced, held, agrees)
     connection.execute(
         _INSERT_INSTANCE,
         {
@@ -89,6 +122,8 @@ def _record(connection: Connection, new: NewInstance) -> Recorded:
             "path": new.path,
             "size": new.size,
             "received_at": new.received_at,
+            "patient_id": new.patient_id,
+            "study_instance_uid": new.study_instance_uid,
         },
     )
     connection.execute(
@@ -98,15 +133,44 @@ def _record(connection: Connection, new: NewInstance) -> Recorded:
         connection.execute(
             _SET_SOP_CLASSES, {"series": series_id, "classes": [*sop_classes, new.sop_class_uid]}
         )
-    return Recorded(series_id, series_is_new=is_new, duplicate=False)
+    held, agrees = _check_agreement(connection, opened, new, duplicate=False)
+    return Recorded(series_id, opened.is_new, False, "", held, agrees)
 
 
-def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str], bool]:
-    row = connection.execute(
-        _FIND_OPEN_ROUND, {"uid": new.series_instance_uid, "state": SeriesState.RECEIVING}
-    ).first()
+def _check_agreement(
+    connection: Connection, opened: _Round, new: NewInstance, *, duplicate: bool
+) -> tuple[str, bool]:
+    """Hold the round when its instances come to disagree on the patient or study, and
+    let it go on when a resend made them agree again. Returns (why it went held, whether
+    it agrees again).
+
+    Costs a query only when the instance differs from the round's label, or replaces one
+    in a held round: a round whose instances agree is never counted.
+    """
+    same = (opened.patient_id, opened.study_instance_uid) == (
+        new.patient_id,
+        new.study_instance_uid,
+    )
+    held = opened.state == SeriesState.HELD
+    if opened.released or (same and not (held and duplicate)):
+        return "", False
+    counts = connection.execute(_AGREEMENT, {"series": opened.id}).one()
+    reason = held_reason(counts.patients, counts.studies)
+    if reason is not None:
+        connection.execute(_HOLD, {"series": opened.id, "reason": reason})
+        return ("" if held else reason), False
+    label = {"series": opened.id, "patient": counts.patient, "study": counts.study}
+    connection.execute(_AGREE, label)
+    return "", held
+
+
+def _open_round(connection: Connection, new: NewInstance) -> _Round:
+    row = connection.execute(_FIND_OPEN_ROUND, {"uid": new.series_instance_uid}).first()
     if row is not None:
-        return int(row.id), list(row.sop_class_uids or []), False
+        return _Round(
+            int(row.id), list(row.sop_class_uids or []), False, row.patient_id,
+            row.study_instance_uid, row.state, row.released_at is not None,
+        )  # fmt: skip
     last_round = connection.scalar(_LAST_ROUND, {"uid": new.series_instance_uid})
     inserted = connection.execute(
         insert(SERIES).values(
@@ -130,17 +194,25 @@ def _open_round(connection: Connection, new: NewInstance) -> tuple[int, list[str
         )
     ).inserted_primary_key
     assert inserted is not None
-    return int(inserted[0]), [], True
+    return _Round(
+        int(inserted[0]), [], True, new.patient_id, new.study_instance_uid,
+        SeriesState.RECEIVING, False,
+    )  # fmt: skip
 
 
 # Built once: these run for every received instance, and building a statement costs more
 # than executing it.
+# A held round stays open: the rest of its series joins it while a person decides.
+_OPEN_STATES = (SeriesState.RECEIVING, SeriesState.HELD)
 _FIND_OPEN_ROUND = (
-    select(SERIES.c.id, SERIES.c.sop_class_uids)
-    .where(SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state == bindparam("state"))
+    select(
+        SERIES.c.id, SERIES.c.sop_class_uids, SERIES.c.patient_id, SERIES.c.study_instance_uid,
+        SERIES.c.state, SERIES.c.released_at,
+    )
+    .where(SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state.in_(_OPEN_STATES))
     .order_by(SERIES.c.round.desc())
     .limit(1)
-)
+)  # fmt: skip
 _LAST_ROUND = select(func.max(SERIES.c.round)).where(
     SERIES.c.series_instance_uid == bindparam("uid")
 )
@@ -152,7 +224,40 @@ _INSERT_INSTANCE = insert(INSTANCE)
 _REPLACE_INSTANCE = (
     update(INSTANCE)
     .where(INSTANCE.c.id == bindparam("instance"))
-    .values(path=bindparam("path"), size=bindparam("size"))
+    .values(
+        path=bindparam("path"),
+        size=bindparam("size"),
+        patient_id=bindparam("patient"),
+        study_instance_uid=bindparam("study"),
+    )
+)
+# An instance recorded before instances kept their own PatientID and study is the round's.
+_PATIENT = func.coalesce(INSTANCE.c.patient_id, SERIES.c.patient_id)
+_STUDY = func.coalesce(INSTANCE.c.study_instance_uid, SERIES.c.study_instance_uid)
+_AGREEMENT = (
+    select(
+        func.count(_PATIENT.distinct()).label("patients"),
+        func.count(_STUDY.distinct()).label("studies"),
+        func.min(_PATIENT).label("patient"),
+        func.min(_STUDY).label("study"),
+    )
+    .select_from(INSTANCE.join(SERIES, SERIES.c.id == INSTANCE.c.series_id))
+    .where(INSTANCE.c.series_id == bindparam("series"))
+)
+_HOLD = (
+    update(SERIES)
+    .where(SERIES.c.id == bindparam("series"))
+    .values(state=SeriesState.HELD, state_reason=bindparam("reason"))
+)
+_AGREE = (
+    update(SERIES)
+    .where(SERIES.c.id == bindparam("series"))
+    .values(
+        state=SeriesState.RECEIVING,
+        state_reason="",
+        patient_id=bindparam("patient"),
+        study_instance_uid=bindparam("study"),
+    )
 )
 _COUNT_INSTANCE = (
     update(SERIES)
@@ -187,3 +292,37 @@ def recorded_paths(engine: Engine) -> set[str]:
     """The path (relative to INCOMING_DIR) of every recorded instance."""
     with Session(engine) as session:
         return set(session.scalars(select(Instance.path)))
+
+
+def release_held(engine: Engine, series_id: int, now: datetime) -> SeriesView | None:
+    """`isdr series release`: a held round goes on as one series (routed once quiet, and
+    never held again); None unless it was held."""
+    return _decide(engine, series_id, SeriesState.RECEIVING, "released by a person", now)
+
+
+def discard_held(engine: Engine, series_id: int, now: datetime) -> SeriesView | None:
+    """`isdr series delete`: a held round is never submitted; the post daemon removes its
+    files. None unless it was held."""
+    return _decide(engine, series_id, SeriesState.DISCARDED, "deleted by a person", now)
+
+
+def _decide(
+    engine: Engine, series_id: int, state: SeriesState, who: str, now: datetime
+) -> SeriesView | None:
+    with Session(engine) as session, session.begin():
+        series = session.get(Series, series_id, with_for_update=True)
+        if series is None or series.state != SeriesState.HELD:
+            return None
+        held_for = series.state_reason.removeprefix("held: ")
+        series.state, series.state_reason = state, f"{who} at {now:%Y-%m-%d %H:%M} ({held_for})"
+        if state == SeriesState.RECEIVING:
+            series.released_at = now
+        logger.info("series %d: %s", series.id, series.state_reason)
+        return view_of(SeriesView, series)
+
+
+def get_series(engine: Engine, series_id: int) -> SeriesView | None:
+    """One series round, or None."""
+    with Session(engine) as session:
+        row = session.get(Series, series_id)
+        return None if row is None else view_of(SeriesView, row)

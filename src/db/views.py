@@ -40,6 +40,7 @@ class SeriesView:
     state: str
     state_reason: str
     files_removed_at: datetime | None
+    released_at: datetime | None
 
 
 @dataclass(frozen=True)

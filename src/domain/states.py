@@ -14,6 +14,8 @@ class SeriesState(StrEnum):
     RECEIVING = "receiving"  # instances are arriving; not quiet for POST_AFTER yet
     MATCHED = "matched"  # quiet, and one job per matching fingerprint was created
     UNMATCHED = "unmatched"  # quiet, and no fingerprint matched
+    HELD = "held"  # its instances disagree on the patient or study: a person decides
+    DISCARDED = "discarded"  # a held round a person had deleted: its files go, nothing is sent
 
 
 class JobState(StrEnum):

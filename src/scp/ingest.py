@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -17,12 +19,15 @@ from isdr.dicom.headers import read_file_sort_keys, read_sort_keys
 from isdr.domain.clock import Clock, utcnow
 from isdr.domain.keys import SortKeys
 from isdr.domain.text import shown
+from isdr.errors import DatabaseUnavailable, InstanceRejected
 from isdr.locks import SharedLock
 from isdr.scp.paths import instance_relpath, resolve_inside
-from isdr.scp.storage import AtomicWriter, file_meta_bytes
+from isdr.scp.storage import TEMP_SUFFIX, AtomicWriter, file_meta_bytes
 from isdr.scp.wellformed import check_matches_command, check_received
 
 logger = logging.getLogger(__name__)
+
+STATUS_OUT_OF_RESOURCES = 0xA700
 
 
 class Ingestor:
@@ -64,8 +69,35 @@ class Ingestor:
         )
         size = len(meta) + len(dataset)
         with self.tree_lock.shared():
-            self.writer.write(path, (meta, dataset), size)
+            earlier = _set_aside(path)
+            try:
+                self.writer.write(path, (meta, dataset), size)
+                return self._record_written(
+                    keys, path, size, earlier, calling_ae_title, peer_address
+                )
+            finally:
+                if earlier is not None:
+                    earlier.unlink(missing_ok=True)
+
+    def _record_written(
+        self,
+        keys: SortKeys,
+        path: Path,
+        size: int,
+        earlier: Path | None,
+        calling_ae_title: str,
+        peer_address: str,
+    ) -> Recorded:
+        """Record a file just written; if that fails, the file is undone before the sender
+        hears of the failure (the copy it replaced, if any, is put back)."""
+        try:
             return self._record(keys, path, size, calling_ae_title, peer_address)
+        except DatabaseUnavailable as exc:
+            _undo(path, earlier)
+            raise InstanceRejected(STATUS_OUT_OF_RESOURCES, f"{exc}: not stored") from exc
+        except BaseException:
+            _undo(path, earlier)
+            raise
 
     def adopt_file(self, path: Path, source: str = "inbox") -> Recorded:
         """Sort a file that appeared under INCOMING_DIR into place and record it."""
@@ -103,6 +135,8 @@ class Ingestor:
         )
         if recorded.replaced_path:
             (self.root / recorded.replaced_path).unlink(missing_ok=True)
+        if recorded.held or recorded.agrees_again:
+            _log_hold(keys, recorded)
         if recorded.series_is_new:
             logger.info(
                 "series %s (series id %d, %s, %r) started receiving from %s %s",
@@ -114,3 +148,45 @@ class Ingestor:
                 peer_address,
             )
         return recorded
+
+
+def _log_hold(keys: SortKeys, recorded: Recorded) -> None:
+    """One line when a round goes held (counts only: no PatientID above DEBUG), one when
+    a resend made it agree again."""
+    series, number = keys.series_instance_uid, recorded.series_id
+    if recorded.agrees_again:
+        logger.info(
+            "series %s (series id %d): its instances agree again on one patient and one "
+            "study: no longer held", series, number,
+        )  # fmt: skip
+        return
+    logger.warning(
+        "series %s (series id %d) %s: nothing is submitted until a person decides: "
+        "`isdr series release %d` submits it as one series, `isdr series delete %d` "
+        "removes it", series, number, recorded.held, number, number,
+    )  # fmt: skip
+    logger.debug(
+        "series %d: instance %s names PatientID %r, StudyInstanceUID %s",
+        number, keys.sop_instance_uid, keys.patient_id, keys.study_instance_uid,
+    )  # fmt: skip
+
+
+def _set_aside(path: Path) -> Path | None:
+    """A second name (a hard link, a temporary dot-name) for a file already at `path`, so
+    that it can be put back if what replaces it is not recorded; None if there is none."""
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.link(path, aside)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a file system without hard links: a copy does (resends are rare)
+        shutil.copyfile(path, aside)
+    return aside
+
+
+def _undo(path: Path, earlier: Path | None) -> None:
+    """Remove a file written but not recorded; put back the copy it replaced, if any."""
+    if earlier is None:
+        path.unlink(missing_ok=True)
+    else:
+        os.replace(earlier, path)

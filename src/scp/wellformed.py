@@ -9,12 +9,15 @@ are walked (values are skipped, never decoded): every element must have a known 
 (explicit VR), fit inside the bytes received, and every undefined length must end with
 its delimiter. It costs microseconds per element, and no allocation.
 
-Deflated data sets are not walked: their end can only be found by inflating them all.
+A deflated data set is inflated first (into memory, with a bound: see `inflate_bounded`)
+and its inflated bytes are walked alike; what is stored is still the deflated bytes as
+received.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -24,6 +27,12 @@ from isdr.domain.keys import SortKeys
 from isdr.errors import InstanceRejected
 
 MAX_DEPTH = 32  # nested sequences; real data rarely goes beyond 5
+# A deflated data set may inflate to INFLATE_RATIO times its size, at least INFLATE_FLOOR
+# bytes, and never more than INFLATE_CAP bytes: a sender pays for the memory it makes the
+# relay spend, and a deflate bomb (1,000:1 and more) is refused before it is inflated.
+INFLATE_RATIO = 64
+INFLATE_FLOOR = 64 * 2**20
+INFLATE_CAP = 1 * 2**30
 UNDEFINED = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
@@ -75,7 +84,9 @@ _ENCODINGS = {
 def check_received(data: bytes | memoryview, transfer_syntax: str) -> None:
     """Raise Malformed (status 0xC210) unless `data` is a whole data set in its syntax."""
     syntax = UID(transfer_syntax)
-    if syntax == DeflatedExplicitVRLittleEndian or not syntax.is_transfer_syntax:
+    if syntax == DeflatedExplicitVRLittleEndian:
+        data = inflate_bounded(data)
+    elif not syntax.is_transfer_syntax:
         return
     encoding = _ENCODINGS[bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)]
     if not data:
@@ -83,6 +94,36 @@ def check_received(data: bytes | memoryview, transfer_syntax: str) -> None:
     if len(data) >= 8:
         _check_first_element(data, encoding)
     _Walker(data, encoding).elements(0, len(data), depth=0, top=True)
+
+
+def inflate_limit(size: int) -> int:
+    """How many bytes a deflated data set of `size` bytes may inflate to."""
+    return min(max(INFLATE_RATIO * size, INFLATE_FLOOR), INFLATE_CAP)
+
+
+def inflate_bounded(data: bytes | memoryview) -> bytes:
+    """The inflated bytes of a deflated data set (raw deflate, as PS3.5 A.5 says).
+
+    Raises Malformed when they do not inflate, when the deflate stream is cut short, or
+    when they would inflate beyond `inflate_limit`: at most that many bytes are ever made.
+    Bytes after the end of the stream (a pad to an even length) are ignored.
+    """
+    limit = inflate_limit(len(data))
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise Malformed(
+            f"the data set does not inflate, as its deflated context says it must: {exc}"
+        ) from exc
+    if len(inflated) > limit:
+        raise Malformed(
+            f"the deflated data set of {len(data)} bytes inflates to more than {limit} bytes, "
+            "the most the relay inflates (a deflate bomb?)"
+        )
+    if not inflater.eof:
+        raise Malformed("the deflated data set is cut short: its deflate stream does not end")
+    return inflated
 
 
 def _check_first_element(data: bytes | memoryview, encoding: _Encoding) -> None:

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -620,3 +622,72 @@ def test_hostile_associations_in_parallel_leave_a_good_sender_untouched(
         good.result(timeout=60)
         assert [f.result(timeout=60) for f in bad] == [CANNOT_UNDERSTAND] * 3
     nothing_of_the_bad_case_is_left(relay, good=10)
+
+
+# --- 13: deflated data sets ---------------------------------------------------------
+
+DEFLATED = DeflatedExplicitVRLittleEndian
+
+
+def deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def deflate_bomb(ds: Dataset, gigabytes: int) -> bytes:
+    """A data set whose pixel data is `gigabytes` GiB of zeros, deflated 1000:1.
+
+    After a full flush a deflater starts afresh, so each MiB of zeros deflates to the same
+    bytes: the stream is made by repeating them, without deflating a GiB.
+    """
+    head = encode(ds)
+    head = head[: head.index(b"\xe0\x7f\x10\x00")]  # up to the pixel data
+    head += struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OB", gigabytes * 2**30)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    zeros = packer.compress(bytes(2**20)) + packer.flush(zlib.Z_FULL_FLUSH)
+    return start + zeros * (gigabytes * 1024) + packer.flush()
+
+
+def test_a_whole_deflated_data_set_with_sequences_passes_the_check() -> None:
+    check_received(deflate(encode(with_sequences(instance()))), DEFLATED)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda ds: deflate(cut_in_a_value(ds)), "element (7FE0,0010) at byte"),
+        (lambda ds: deflate(cut_in_a_header(ds)), "cut short in an element header"),
+        (lambda ds: deflate(encode(ds, ImplicitVRLittleEndian)), "in implicit VR, but its"),
+        (lambda ds: deflate(encode(ds))[:-300], "its deflate stream does not end"),
+        (lambda ds: encode(ds), "does not inflate"),
+        (lambda ds: random.Random(3).randbytes(6000), "does not inflate"),
+    ],
+    ids=["cut-in-a-value", "cut-in-a-header", "implicit-inside", "stream-cut", "plain", "random"],
+)
+def test_a_deflated_data_set_that_is_broken_inside_or_not_deflated_is_refused_with_why(
+    relay: Relay, caplog: pytest.LogCaptureFixture, make: Callable[[Dataset], bytes], reason: str
+) -> None:
+    ds = instance()
+    answer = store(relay, ds, make(ds), DEFLATED)
+    assert answer.status == CANNOT_UNDERSTAND, answer
+    line = logged_once(caplog, f"refused instance {ds.SOPInstanceUID}", reason)
+    assert answer.comment and answer.comment in line, "the sender is told why (0000,0902)"
+    assert "0xC210" in line and "Traceback" not in caplog.text
+    good_series_is_stored(relay)
+    nothing_of_the_bad_case_is_left(relay)
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it_into_memory(
+    relay: Relay, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = instance()
+    bomb = deflate_bomb(ds, 2)  # 2 GiB in 2 MB: whole and well-formed once inflated
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+    answer = store(relay, ds, bomb, DEFLATED)
+    assert answer.status == CANNOT_UNDERSTAND, answer
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 512 * 1024, f"grew by {grown} kB, not by at most 128 MiB (64 times 2 MB)"
+    logged_once(caplog, f"refused instance {ds.SOPInstanceUID}", "inflates to more than")
+    good_series_is_stored(relay)
+    nothing_of_the_bad_case_is_left(relay)

@@ -6,6 +6,10 @@ The steps are driven one by one with a clock the test sets: no sleeping for POST
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,8 +29,8 @@ from isdr.db.series import list_series
 from isdr.demo.standin import StandIn
 from isdr.domain.clock import utcnow
 from isdr.domain.states import JobState
-from isdr.synthetic import SeriesSpec, write_series
-from tests.helpers import free_port, relay_settings, stored_files
+from isdr.synthetic import SeriesSpec, make_instance, write_series
+from tests.helpers import free_port, relay_env, relay_settings, send_datasets, stored_files
 
 
 @pytest.fixture
@@ -605,3 +609,87 @@ def test_a_fingerprint_can_take_series_from_some_senders_only(
         relay.scp.stop(1.0)
     route_now(relay)
     assert [job.fingerprint_name for job in jobs(relay)] == ["onco.json"]
+
+
+@pytest.fixture
+def listening(make_relay: Any, standin: StandIn) -> Iterator[Relay]:
+    """A relay whose Store SCP listens (the daemons are driven by the test), with a
+    fingerprint that takes every CT series."""
+    relay = make_relay()
+    fingerprint(relay, "ct.json", modality_regex="CT", inference_server_url=standin.url_v1,
+                model_human_readable_id="ct-model")  # fmt: skip
+    relay.scp.start()
+    yield relay
+    relay.scp.stop(5)
+
+
+def isdr_series(relay: Relay, *args: str) -> subprocess.CompletedProcess[str]:
+    """`isdr series ...`, run as a person would, on the relay's database."""
+    env = {**os.environ, **relay_env(relay.settings)}
+    command = [sys.executable, "-m", "isdr", "series", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+
+def two_patients_in_one_series(relay: Relay) -> int:
+    """pynetdicom sends one series whose instances name two PatientIDs; its series id."""
+    spec = SeriesSpec(modality="CT", count=3, patient_id="PID-FIRST-8812")
+    datasets = [make_instance(spec, i, "1.2.826.0.1.20", "1.2.826.0.1.20.1") for i in range(3)]
+    datasets[1].PatientID = "PID-OTHER-4471"
+    assert send_datasets(relay.scp.port, datasets) == [0, 0, 0], "stored, and held"
+    [series] = list_series(relay.engine)
+    return series.id
+
+
+def test_a_series_of_two_patients_is_held_visibly_and_never_submitted_on_its_own(
+    listening: Relay, standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = listening
+    series_id = two_patients_in_one_series(relay)
+    run_steps(relay)
+    run_steps(relay, after_seconds=3600)
+    assert standin.submissions == [] and jobs(relay) == []
+    [series] = list_series(relay.engine)
+    reason = "held: instances of two patients (2 PatientIDs) in one series"
+    assert (series.state, series.state_reason, series.instance_count) == ("held", reason, 3)
+    [line] = [r.getMessage() for r in caplog.records if "held" in r.getMessage()
+              and r.levelno == logging.WARNING]  # fmt: skip
+    assert reason in line and f"isdr series release {series_id}" in line
+    for record in caplog.records:
+        if record.levelno > logging.DEBUG:
+            assert "PID-" not in record.getMessage(), record.getMessage()
+    listed = isdr_series(relay)
+    assert listed.returncode == 0 and "PID-" not in listed.stdout
+    assert f"series {series_id} {reason}" in listed.stdout
+    assert [str(series_id), "held"] in [line.split()[:2] for line in listed.stdout.splitlines()]
+
+
+def test_a_held_series_released_by_a_person_is_submitted_as_one(
+    listening: Relay, standin: StandIn
+) -> None:
+    relay = listening
+    series_id = two_patients_in_one_series(relay)
+    run_steps(relay)
+    assert standin.submissions == []
+    released = isdr_series(relay, "release", str(series_id))
+    assert released.returncode == 0, released.stderr
+    assert "submits it as one series" in released.stdout
+    run_steps(relay)
+    [submitted] = standin.submissions
+    assert len(submitted.members) == 3
+    assert list_series(relay.engine)[0].state == "matched"
+    again = isdr_series(relay, "release", str(series_id))
+    assert again.returncode == 1 and "only a held series can be released" in again.stderr
+
+
+def test_a_held_series_deleted_by_a_person_loses_its_files_and_is_never_submitted(
+    listening: Relay, standin: StandIn
+) -> None:
+    relay = listening
+    series_id = two_patients_in_one_series(relay)
+    assert isdr_series(relay, "delete", str(series_id)).returncode == 0
+    run_steps(relay)
+    run_steps(relay, after_seconds=3600)
+    assert standin.submissions == []
+    [series] = list_series(relay.engine)
+    assert series.state == "discarded" and series.files_removed_at is not None
+    assert stored_files(relay.settings.INCOMING_DIR) == []

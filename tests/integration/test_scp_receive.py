@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.presentation import StoragePresentationContexts
 
 from isdr.app import Relay, build_relay
+from isdr.config import Settings
+from isdr.db.engine import make_engine
 from isdr.db.series import list_series
+from isdr.scp.ingest import Ingestor
+from isdr.scp.server import StoreSCP
+from isdr.scp.storage import AtomicWriter
 from isdr.synthetic import SeriesSpec, make_instance, write_series
 from tests.helpers import dataset_part, relay_settings, send_datasets, stored_files
 
@@ -208,3 +218,100 @@ def test_a_resend_with_a_corrected_patient_id_replaces_the_earlier_file(relay: R
     assert stored.relative_to(relay.settings.INCOMING_DIR).parts[0] == "RIGHT-1"
     [series] = list_series(relay.engine)
     assert series.instance_count == 1
+
+
+# --- a database that cannot take the record ---------------------------------------
+
+
+@contextmanager
+def impatient_scp(settings: Settings) -> Iterator[StoreSCP]:
+    """The relay's Store SCP on a database whose writers wait 0.2 s for a lock, not 60 s."""
+    writer = AtomicWriter(settings.INCOMING_DIR, fsync=False, min_free_bytes=0)
+    engine = make_engine(settings.database_url, busy_timeout=0.2)
+    scp = StoreSCP(
+        Ingestor(settings.INCOMING_DIR, writer, engine),
+        ae_title=settings.SCP_AE_TITLE, host="127.0.0.1", port=0, max_pdu=settings.MAX_PDU_SIZE,
+    )  # fmt: skip
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop(5)
+        engine.dispose()
+
+
+@contextmanager
+def database_locked(settings: Settings) -> Iterator[sqlite3.Connection]:
+    """Another process's writer holding the database: BEGIN EXCLUSIVE, until the end."""
+    holder = sqlite3.connect(settings.DATA_DIR / "isdr.sqlite3", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield holder
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def answers(port: int, datasets: list[Dataset]) -> list[tuple[int, str]]:
+    """(status, error comment) of each C-STORE, sent by pynetdicom in one association."""
+    ae = AE(ae_title="PYNET")
+    ae.requested_contexts = StoragePresentationContexts
+    assoc = ae.associate("127.0.0.1", port, ae_title="ISDR_TEST")
+    assert assoc.is_established
+    try:
+        return [
+            (int(answer.Status), str(answer.get("ErrorComment", "")))
+            for answer in (assoc.send_c_store(ds) for ds in datasets)
+        ]
+    finally:
+        assoc.release()
+
+
+def test_a_locked_database_answers_out_of_resources_and_keeps_no_file(tmp_path: Path) -> None:
+    settings = relay_settings(tmp_path)
+    ds = make_instance(SeriesSpec(), 0, "1.2.826.0.1.11", "1.2.826.0.1.11.1")
+    settings.DATA_DIR.mkdir(parents=True)
+    with impatient_scp(settings) as scp, database_locked(settings):
+        [(status, comment)] = answers(scp.port, [ds])
+        assert status == 0xA700, "Out of resources: the sender sends it again later"
+        assert comment == "the database is locked by another writer: not stored"
+        assert list(settings.INCOMING_DIR.rglob("*.dcm")) == [], "told failed, not kept"
+    relay = build_relay(settings)
+    relay.start()  # the next start finds nothing to record
+    try:
+        assert list_series(relay.engine) == []
+        assert send_datasets(relay.scp.port, [ds]) == [0], "the resend is stored"
+        assert [s.instance_count for s in list_series(relay.engine)] == [1]
+    finally:
+        relay.stop()
+
+
+def test_a_resend_refused_for_a_locked_database_leaves_the_copy_stored_before(
+    tmp_path: Path,
+) -> None:
+    settings = relay_settings(tmp_path)
+    ds = make_instance(SeriesSpec(), 0, "1.2.826.0.1.12", "1.2.826.0.1.12.1")
+    settings.DATA_DIR.mkdir(parents=True)
+    with impatient_scp(settings) as scp:
+        assert answers(scp.port, [ds])[0][0] == 0
+        [stored] = stored_files(settings.INCOMING_DIR)
+        first = stored.read_bytes()
+        ds.SeriesDescription = "corrected"  # the same instance, to the same file
+        with database_locked(settings):
+            assert answers(scp.port, [ds])[0][0] == 0xA700
+        assert stored_files(settings.INCOMING_DIR) == [stored]
+        assert stored.read_bytes() == first, "the copy that got Success is still there"
+        assert [p.name for p in settings.INCOMING_DIR.rglob(".*")] == []
+
+
+def test_an_unexpected_database_error_answers_processing_failure_and_keeps_no_file(
+    tmp_path: Path,
+) -> None:
+    settings = relay_settings(tmp_path)
+    ds = make_instance(SeriesSpec(), 0, "1.2.826.0.1.13", "1.2.826.0.1.13.1")
+    settings.DATA_DIR.mkdir(parents=True)
+    with impatient_scp(settings) as scp:
+        with sqlite3.connect(settings.DATA_DIR / "isdr.sqlite3") as broken:
+            broken.execute("ALTER TABLE instance RENAME TO instance_gone")
+        assert answers(scp.port, [ds]) == [(0xC211, "internal error while storing")]
+        assert list(settings.INCOMING_DIR.rglob("*.dcm")) == []

@@ -127,3 +127,23 @@ def test_a_file_with_an_undefined_length_sequence_is_complete(tmp_path: Path) ->
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(path.read_bytes()[:-10])
     assert not file_is_complete(cut)
+
+
+def test_a_deflated_file_whose_sorting_tags_lie_far_in_is_refused_not_inflated_whole(
+    tmp_path: Path,
+) -> None:
+    [path] = write_series(tmp_path, SeriesSpec(count=1, series_description="far"))
+    ds = dcmread(path)
+    ds.add_new(0x00090010, "LO", "BIG CREATOR")
+    ds.add_new(0x00091000, "OB", bytes(80 * 2**20))  # 80 kB deflated: past the first 64 KiB
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size > 64 * 1024
+    with pytest.raises(InstanceRejected, match="missing"):
+        read_file_sort_keys(path)  # pydicom's dcmread would inflate all 80 MiB to find them
+
+
+def test_bytes_that_do_not_inflate_are_refused_as_not_understood() -> None:
+    with pytest.raises(InstanceRejected) as caught:
+        read_sort_keys(encoded(ExplicitVRLittleEndian), DeflatedExplicitVRLittleEndian, "")
+    assert caught.value.status == 0xC210
