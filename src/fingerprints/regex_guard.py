@@ -1,10 +1,14 @@
-"""Refusing regular expressions that would take too long to match (catastrophic backtracking).
+r"""Refusing regular expressions that would take too long to match (catastrophic backtracking).
 
-Python's `re` cannot be interrupted, and a fingerprint's pattern runs on every quiet
-series, so a pattern like `(a+)+$` could stall routing. At load, each pattern that could
-backtrack (a group that holds a quantifier) is tried on test strings of DICOM length in
-a child process; one that takes longer than TIME_LIMIT is refused. It is a heuristic:
-it catches the classic shapes, not every possible slow pattern.
+Python's `re` cannot be interrupted and holds the interpreter while it runs, so a slow
+pattern would stall routing and, through the interpreter lock, receiving too. A pattern
+is searched in at most SEARCHED characters of a value (isdr.domain.text), which bounds
+the polynomial cases (`.*lung` on a megabyte). The exponential ones are caught at load:
+each pattern whose parsed shape can backtrack (a repeat holding another repeat or an
+alternation, at any depth of groups, or several unbounded repeats) is tried on test
+strings of SEARCHED characters in a child process; one that takes longer than TIME_LIMIT
+is refused. It is a heuristic: it catches the classic shapes (`(a+)+$`, `((a+))+$`,
+`(a|aa)+$`, `(\w+\s?)*$`, `(.*a){20}`...), not every possible slow pattern.
 """
 
 from __future__ import annotations
@@ -13,20 +17,34 @@ import json
 import re
 import subprocess
 import sys
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # re's own (3.11+)
+from typing import Any
+
+from isdr.domain.text import SEARCHED
 
 TIME_LIMIT = 0.5  # seconds, per pattern
-PROBE_LENGTH = 64  # LO, the longest VR matched here
-_RISKY = re.compile(r"\([^)]*[+*}][^)]*\)\s*[+*{]|\([^)]*\|[^)]*\)\s*[+*{]")
+PROBE_LENGTH = SEARCHED
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+_UNBOUNDED = 0xFFFFFFFF  # sre's MAXREPEAT
 
 _CHILD = r"""
 import json, re, sys
 patterns, length = json.loads(sys.stdin.read())
 for name, pattern in patterns:
     print(name, flush=True)
-    letters = sorted({c for c in pattern if c.isalnum()} | {"a", "0", " "})
     compiled = re.compile(pattern, re.IGNORECASE)
+    letters = sorted({c for c in pattern if c.isalnum()} | {"a", "A", "0", " ", "."})
+    word = "".join(c for c in pattern if c.isalnum())[:8] or "a"
+    letters.append(word)
     for c in letters:
-        for probe in (c * length, c * length + "!", c * (length // 2) + "!" + c * (length // 2)):
+        for probe in (
+            c * (length // len(c)),
+            c * (length // len(c)) + "!",
+            c * (length // len(c) // 2) + "!" + c * (length // len(c) // 2),
+            (c + " ") * (length // (len(c) + 1)) + "!",
+            c * 16 + "!" * (length - 16),
+            c * 24,
+        ):
             compiled.search(probe)
 print("done", flush=True)
 """
@@ -34,7 +52,46 @@ print("done", flush=True)
 
 def risky(pattern: str) -> bool:
     """Whether a pattern has a shape that can backtrack catastrophically."""
-    return bool(_RISKY.search(pattern))
+    try:
+        parsed = sre_parse.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return True  # the loader refuses it anyway; probing costs nothing more
+    return _nested(parsed, inside_repeat=False) or _unbounded_repeats(parsed) >= 2
+
+
+def _nested(items: Any, *, inside_repeat: bool) -> bool:
+    """A repeat (or alternation) inside a repeat, through groups at any depth."""
+    for op, value in items:
+        name = str(op)
+        if name in _REPEATS:
+            low, high, body = value
+            if inside_repeat and (high > 1 or low != high):
+                return True
+            if _nested(body, inside_repeat=inside_repeat or high > 1):
+                return True
+        elif name == "BRANCH":
+            if inside_repeat:
+                return True
+            if any(_nested(branch, inside_repeat=False) for branch in value[1]):
+                return True
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+            body = value[-1]
+            if _nested(body, inside_repeat=inside_repeat):
+                return True
+    return False
+
+
+def _unbounded_repeats(items: Any) -> int:
+    count = 0
+    for op, value in items:
+        name = str(op)
+        if name in _REPEATS:
+            count += (value[1] == _UNBOUNDED) + _unbounded_repeats(value[2])
+        elif name == "BRANCH":
+            count += max(_unbounded_repeats(branch) for branch in value[1])
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+            count += _unbounded_repeats(value[-1])
+    return count
 
 
 def too_slow(patterns: dict[str, str]) -> str | None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from isdr.domain.fingerprint import Fingerprint
 from isdr.fingerprints.loader import MAX_BYTES, FingerprintError, load_file, load_folder
+from isdr.fingerprints.regex_guard import risky, too_slow
 from tests.unit.test_fingerprint_loader import ORIGINAL, errors_of, write
 
 
@@ -77,3 +78,36 @@ def test_the_loader_never_crashes_on_any_text(text: str) -> None:
     assert isinstance(result, Fingerprint) or (
         result and all(isinstance(error, FingerprintError) for error in result)
     )
+
+
+CATASTROPHIC = [
+    r"(a+)+$",
+    r"(a*)*$",
+    r"(a|a)*$",
+    r"(a|aa)+$",
+    r"((a+))+$",
+    r"(?:(?:a+))+$",
+    r"(([a-z])+.)+[A-Z]([a-z])+$",
+    r"(\w+\s?)*$",
+    r"(.*a){20}",
+    r"(x+x+)+y",
+    r"((ab)*)+$",
+    r"(.*)*x",
+    r"(a?){30}a{30}",
+]
+HARMLESS = [r"lung", r"^CT$", r"T1|T2", r".*lung", r"(thorax )+lung", r"[0-9]+ mm", r"^1\.2\.840"]
+
+
+@pytest.mark.parametrize("pattern", CATASTROPHIC)
+def test_every_classic_catastrophic_shape_is_taken_for_a_trial(pattern: str) -> None:
+    assert risky(pattern)
+
+
+@pytest.mark.parametrize("pattern", HARMLESS)
+def test_plain_patterns_load_without_a_trial(pattern: str) -> None:
+    assert not risky(pattern)
+
+
+@pytest.mark.parametrize("pattern", [r"((a+))+$", r"(a?){30}a{30}", r"((ab)*)+$"])
+def test_nested_and_counted_catastrophic_shapes_are_refused(pattern: str) -> None:
+    assert too_slow({"series_description_regex": pattern}) == "series_description_regex"
