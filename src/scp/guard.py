@@ -106,13 +106,14 @@ class PduGuard:
         except TimeoutError:
             return self._give_up(self._late(what))
         except OSError as exc:
-            self.problem = f"connection error in the middle of {what}: {exc.strerror or exc}"
-            raise
+            return self._give_up(f"connection error in the middle of {what}: {exc.strerror or exc}")
         if data:
             self.last_data = time.monotonic()
         if len(data) < count:
             if data or body is not None:
                 self.problem = f"the connection closed in the middle of {what}"
+            if not self.associated and self._wake is not None:
+                self._wake()  # no request is coming: the association's thread can go
             return data
         if body is None:
             return self._on_header(data)

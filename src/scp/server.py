@@ -37,6 +37,7 @@ from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
 from isdr.scp.guard import WireLimits, guard_of, how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import CannotListen, cannot_listen
+from isdr.scp.spool import discard, spool_large_data_sets
 from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class StoreSCP:
             self.limits.network_timeout,
             lambda: self._ended_waiting(event.assoc),
         )
+        spool_large_data_sets(event.assoc, self.ingestor.writer.staging or self.ingestor.root)
         if isinstance(sock, ssl.SSLSocket):
             _handshake(sock, str(event.assoc.requestor.address), self.limits.associate_timeout)
 
@@ -276,7 +278,9 @@ class StoreSCP:
         with self._lock:
             stats = self._stats.pop(id(event.assoc), None)
         ending = how_it_ended(event.assoc, stopping=self._server is None)
-        event.assoc.dimse.message = None  # an instance cut off: its bytes go now
+        cut_off, event.assoc.dimse.message = event.assoc.dimse.message, None
+        if cut_off is not None:  # an instance cut off: its bytes go now
+            discard(cut_off.data_set)
         guard = guard_of(event.assoc)
         if stats is not None:
             _log_summary(stats, ending)
@@ -327,6 +331,7 @@ class StoreSCP:
             return _failure(STATUS_PROCESSING_FAILURE, "internal error while storing")
         finally:
             data.release()
+            discard(request.DataSet)
         stats.bytes += size
         if recorded.duplicate:
             stats.duplicates += 1

@@ -189,8 +189,12 @@ class AtomicWriter:
         return (self.staging or path.parent) / name
 
     def room(self) -> int:
-        """How many bytes may be written before the free space falls to the reserve."""
-        stats = os.statvfs(self.root)
+        """How many bytes may be written before the free space falls to the reserve
+        (without limit when that cannot be told: the write will say why it fails)."""
+        try:
+            stats = os.statvfs(self.root)
+        except OSError:
+            return 1 << 62
         return max(0, stats.f_bavail * stats.f_frsize - max(0, self.min_free_bytes))
 
     def check_space(self, size: int) -> None:

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from isdr.app import Relay
+from isdr.scp.spool import SPOOL_AFTER
+from isdr.synthetic import SeriesSpec, make_instance
+from tests.helpers import stored_files
 from tests.integration.test_hostile_dicom import (
     HOSTILE,
     RawPeer,
     _started,
     associate_rq,
     c_store_rq,
+    encode,
     good_series_is_stored,
     nothing_of_the_bad_case_is_left,
     p_data,
@@ -259,3 +264,42 @@ def test_a_data_set_with_no_end_is_cut_at_max_instance_mb_and_leaves_nothing(
     peer.close()
     good_series_is_stored(relay)
     nothing_of_the_bad_case_is_left(relay)
+
+
+def test_a_data_set_with_no_end_past_the_spool_size_is_held_on_disk_not_in_memory(
+    start: Callable[..., Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = start(MAX_INSTANCE_MB=48)
+    peer = RawPeer(relay.scp.port, relay.settings.SCP_AE_TITLE).associate(CT)
+    peer.send(p_data(pdv(1, 0x03, c_store_rq(CTImageStorage, generate_uid()))))
+    fragment = p_data(pdv(1, 0x00, b"\x00" * 65000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(OSError):
+            for _ in range(2000):  # 130 MB, never the last fragment
+                peer.send(fragment)
+        wait_for_line(caplog, "sent a data set of more than 50331648 bytes")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < SPOOL_AFTER + 16 * 2**20, f"{peak / 2**20:.0f} MiB held in memory"
+    peer.close()
+    good_series_is_stored(relay)
+    nothing_of_the_bad_case_is_left(relay)
+
+
+def test_an_instance_larger_than_the_spool_size_is_stored_whole_and_its_spool_removed(
+    start: Callable[..., Relay],
+) -> None:
+    relay = start()
+    ds = make_instance(SeriesSpec(rows=2100, columns=2100), 0, generate_uid(), generate_uid())
+    data = encode(ds)
+    assert len(data) > SPOOL_AFTER
+    peer = RawPeer(relay.scp.port, relay.settings.SCP_AE_TITLE).associate(CT)
+    answer = peer.store(data, sop_class=ds.SOPClassUID, sop_instance=ds.SOPInstanceUID)
+    peer.release()
+    assert answer.status == 0x0000
+    [stored] = stored_files(relay.settings.INCOMING_DIR)
+    assert stored.read_bytes().endswith(data)
+    staging = relay.writer.staging
+    assert staging is not None and list(staging.iterdir()) == []
