@@ -14,8 +14,9 @@ instance stays recorded and on disk), as a subprocess.
 Checked at the end: both runs of storescu (one before the attack, one during) exit 0 and
 every instance is recorded; the relay's peak RSS during the attack is within 2x its RSS
 when idle (after a warm-up series); once the attackers leave, its thread count is back
-to the idle count; no ERROR line. Measured: the legitimate sender's time with and without
-the attack (a ratio), RSS, peak RSS, threads, CPU, and what the relay logged of the attack.
+to the idle count within a minute; no ERROR line. Measured: the legitimate sender's time
+with and without the attack (a ratio), RSS, peak RSS, threads, the relay's CPU, and what
+the relay logged of the attack.
 
     .venv/bin/python bench/soak.py                     # the issue's sizes (about a minute)
     .venv/bin/python bench/soak.py --instances 200     # a quick one
@@ -55,6 +56,7 @@ from isdr.synthetic import SeriesSpec, write_series
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 AE_TITLE = "SOAK"
 DRIP_EVERY = 2.0  # seconds between a dripper's bytes
+DRAIN_LIMIT = 60.0  # seconds the relay has to be back to its idle threads
 FRAGMENT = 64000  # bytes of each fragment of the endless data set
 STORESCU = ["storescu", "-aet", "GOOD", "-aec", AE_TITLE, "+sd", "+r", "+sp", "*.dcm"]
 
@@ -226,7 +228,9 @@ class Result:
     idle: Sample | None = None
     peak_during_attack_mb: float = 0.0
     threads_during_attack_max: int = 0
+    relay_cpu_during_attack: float = 0.0  # cores
     after: Sample | None = None
+    drained_seconds: float = 0.0  # from the attackers' leaving to the idle thread count
     recorded: int = 0
     attack_connections: dict[str, int] = field(default_factory=dict)
     endless_mb_sent: float = 0.0
@@ -323,11 +327,23 @@ def _soak(
     during = sampler.samples
     result.peak_during_attack_mb = max((s.rss_mb for s in during), default=0.0)
     result.threads_during_attack_max = max((s.threads for s in during), default=0)
+    if len(during) > 1:
+        spent = during[-1].cpu_seconds - during[0].cpu_seconds
+        result.relay_cpu_during_attack = round(spent / (during[-1].at - during[0].at), 2)
     result.attack_connections = dict(attack.connections)
     result.endless_mb_sent = round(attack.endless_bytes / 1e6, 1)
-    time.sleep(15)  # the relay drops what the attackers left behind
-    result.after = sample(pid, began)
-    say(f"after the attack: {result.after.rss_mb} MB, {result.after.threads} threads")
+    left = time.monotonic()
+    while True:  # the relay drops what the attackers left behind
+        result.after = sample(pid, began)
+        result.drained_seconds = round(time.monotonic() - left, 1)
+        idle = result.idle.threads
+        if result.after.threads <= idle + 2 or result.drained_seconds > DRAIN_LIMIT:
+            break
+        time.sleep(1)
+    say(
+        f"after the attack: {result.after.rss_mb} MB, {result.after.threads} threads "
+        f"({result.drained_seconds} s after the attackers left)"
+    )
 
 
 def _send(result: Result, what: str, done: tuple[int, float, str]) -> tuple[int, float, str]:
@@ -351,7 +367,9 @@ def _check(result: Result) -> None:
             f"RSS reached {result.peak_during_attack_mb} MB under attack, idle {idle.rss_mb} MB"
         )
     if idle is not None and after is not None and after.threads > idle.threads + 2:
-        result.failures.append(f"{after.threads} threads after the attack, {idle.threads} before")
+        result.failures.append(
+            f"{after.threads} threads {DRAIN_LIMIT:.0f} s after the attack, {idle.threads} before"
+        )
     if result.log_lines.get("ERROR"):
         result.failures.append(f"{result.log_lines['ERROR']} ERROR line(s) in the relay's log")
 
@@ -368,7 +386,9 @@ def report(result: Result) -> str:
         f"  RSS: idle {idle.rss_mb} MB, peak under attack {result.peak_during_attack_mb} MB "
         f"(x{result.peak_during_attack_mb / idle.rss_mb:.2f}), after {after.rss_mb} MB",
         f"  threads: idle {idle.threads}, under attack up to {result.threads_during_attack_max}, "
-        f"after {after.threads}",
+        f"back to {after.threads} {result.drained_seconds} s after the attackers left",
+        f"  relay CPU under attack: {result.relay_cpu_during_attack} of a core (of "
+        f"{os.cpu_count()}, shared with the sender and the attackers)",
         f"  attack: {result.attack_connections} connections; endless data set "
         f"{result.endless_mb_sent} MB sent",
         f"  relay log: {result.log_lines}",
