@@ -5,20 +5,23 @@ is accepted, and counts a connection that has sent nothing as one of its associa
 65 idle sockets lock every real sender out. Here a connection is *waiting* until its
 A-ASSOCIATE-RQ is in, then *associated*. Connections are bounded per peer address and
 in all; when a bound is reached, the oldest waiting connection (of that peer first) is
-closed to make room, so a sender that associates at once always gets in, however many
-idle sockets are open. Only when every connection in the way is associated is the new
-one refused. Associations have their own bound.
+closed to make room (one that has said nothing first), so a sender that associates at
+once always gets in, however many idle sockets are open. Only when every connection in
+the way is associated is the new one refused. Associations have their own bound.
 
 The decisions are pure functions of the open connections; `ConnectionTable` keeps them.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from isdr.scp.guard import guard_of
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Connection:
     peer: str  # the peer's address
     opened: float
     associated: bool = False
+    spoken: bool = False  # it has sent something (its request is on its way)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,10 @@ def association_refusal(
 
 
 def _oldest_waiting(connections: Iterable[Connection]) -> Connection | None:
+    """The waiting connection to close first: one that has said nothing, then the oldest
+    (a real sender's request, sent as soon as it connects, is not cut in a crowd)."""
     waiting = [c for c in connections if not c.associated]
-    return min(waiting, key=lambda c: c.opened) if waiting else None
+    return min(waiting, key=lambda c: (c.spoken, c.opened)) if waiting else None
 
 
 def _full(count: int, where: str, suffix: str) -> str:
@@ -128,7 +134,7 @@ class ConnectionTable:
         (`release` them to close them)."""
         with self._lock:
             self._forget_closed()
-            admission = admit(list(self._open.values()), peer, self.limits)
+            admission = admit(self._snapshot(peer), peer, self.limits)
             if admission.refusal is None:
                 for gone in admission.evict:
                     self._open.pop(gone.key, None)
@@ -171,6 +177,25 @@ class ConnectionTable:
         if association is not None:
             self._keys.pop(id(association), None)
         return self._sockets.pop(key, None), association
+
+    def _snapshot(self, peer: str) -> list[Connection]:
+        """The open connections; when a bound is reached, with which have spoken."""
+        open_now = list(self._open.values())
+        mine = sum(1 for c in open_now if c.peer == peer)
+        if mine < self.limits.per_peer and len(open_now) < self.limits.total:
+            return open_now
+        return [c if c.associated else replace(c, spoken=self._spoken(c.key)) for c in open_now]
+
+    def _spoken(self, key: int) -> bool:
+        """Whether a waiting connection has sent anything: bytes read by its guard, or
+        bytes (or its end) waiting in the socket."""
+        guard = guard_of(self._associations[key]) if key in self._associations else None
+        if guard is not None and guard.heard:
+            return True
+        try:
+            return bool(select.select([self._sockets[key]], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # closed: it goes by itself
 
     def _forget_closed(self) -> None:
         """Connections whose socket was closed without an ending reaching the table."""

@@ -91,6 +91,7 @@ class PduGuard:
         self._data_set_limit = 0
         self.problem: str | None = None  # what went wrong, for the closing log line
         self.reported = False  # the problem has been logged
+        self.heard = 0  # bytes read
         self.peer_aborted = False
         self.last_data = time.monotonic()
 
@@ -109,6 +110,7 @@ class PduGuard:
             return self._give_up(f"connection error in the middle of {what}: {exc.strerror or exc}")
         if data:
             self.last_data = time.monotonic()
+            self.heard += len(data)
         if len(data) < count:
             if data or body is not None:
                 self.problem = f"the connection closed in the middle of {what}"

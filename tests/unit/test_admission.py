@@ -83,3 +83,9 @@ def test_a_refusal_is_logged_once_per_peer_per_minute_with_a_count_of_the_rest()
     assert throttle.due("10.0.0.1", 20.0) is None
     assert throttle.due("10.0.0.2", 20.0) == 0
     assert throttle.due("10.0.0.1", 61.0) == 2
+
+
+def test_a_connection_that_has_said_nothing_makes_room_before_one_whose_request_is_coming() -> None:
+    sender = Connection(1, "10.0.0.1", opened=1.0, spoken=True)
+    idle = Connection(2, "10.0.0.1", opened=5.0)
+    assert [c.key for c in admit([sender, idle], "10.0.0.1", LIMITS).evict] == [2]
