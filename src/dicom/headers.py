@@ -6,6 +6,7 @@ SeriesInstanceUID (0020,000E). Parse failures are translated into InstanceReject
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zlib
@@ -103,16 +104,39 @@ def keys_from_dataset(dataset: Dataset, sop_class_fallback: str = "") -> SortKey
 
 def _inflated_head(data: bytes | memoryview) -> BinaryIO:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    return io.BytesIO(inflater.decompress(data, _INFLATE_LIMIT))
+    try:
+        return io.BytesIO(inflater.decompress(data, _INFLATE_LIMIT))
+    except zlib.error as exc:
+        raise InstanceRejected(
+            STATUS_CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}"
+        ) from exc
+
+
+SORT_HEAD = 1 << 16  # bytes of a data set the sort tags are looked for in first
 
 
 def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid: str) -> SortKeys:
-    """SortKeys of a dataset received over the network (no file meta), in its syntax."""
+    """SortKeys of a dataset received over the network (no file meta), in its syntax.
+
+    They are read from the first SORT_HEAD bytes (a copy of those only: a spooled
+    instance of gigabytes is not copied into memory), and from the whole data set only
+    when a large element before them pushes them further.
+    """
     syntax = UID(transfer_syntax)
-    deflated = syntax == DeflatedExplicitVRLittleEndian
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return keys_from_dataset(_parsed(_inflated_head(data), syntax), sop_class_uid)
+    if len(data) > SORT_HEAD:
+        with contextlib.suppress(InstanceRejected):
+            stream = io.BytesIO(data[:SORT_HEAD])
+            head = _parsed(stream, syntax)
+            if stream.tell() < SORT_HEAD:  # stopped past the sort tags, all of them whole
+                return keys_from_dataset(head, sop_class_uid)
+    return keys_from_dataset(_parsed(io.BytesIO(data), syntax), sop_class_uid)
+
+
+def _parsed(stream: BinaryIO, syntax: UID) -> Dataset:
     try:
-        stream: BinaryIO = _inflated_head(data) if deflated else io.BytesIO(data)
-        dataset = read_dataset(
+        return read_dataset(
             stream,
             syntax.is_implicit_VR,
             syntax.is_little_endian,
@@ -122,7 +146,6 @@ def read_sort_keys(data: bytes | memoryview, transfer_syntax: str, sop_class_uid
         raise InstanceRejected(
             STATUS_CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}"
         ) from exc
-    return keys_from_dataset(dataset, sop_class_uid)
 
 
 def read_file_sort_keys(path: Path) -> SortKeys:

@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -44,6 +45,9 @@ class Ingestor:
         # post daemon while it removes a series' files: neither can undo the other's work
         # halfway, and C-STOREs of parallel associations do not wait for each other.
         self.tree_lock = SharedLock()
+        # Two C-STOREs of one instance (a resend on another association while the first
+        # still waits for the database) must not undo each other's file: one at a time.
+        self._path_locks = [threading.Lock() for _ in range(64)]
 
     def store_received(
         self,
@@ -68,30 +72,33 @@ class Ingestor:
             keys.sop_class_uid, keys.sop_instance_uid, transfer_syntax, calling_ae_title
         )
         size = len(meta) + len(dataset)
-        with self.tree_lock.shared():
+        with self.tree_lock.shared(), self._path_locks[hash(path) % len(self._path_locks)]:
             earlier = _set_aside(path)
             try:
-                self.writer.write(path, (meta, dataset), size)
-                return self._record_written(
-                    keys, path, size, earlier, calling_ae_title, peer_address
+                recorded = self._write_and_record(
+                    keys, path, (meta, dataset, size), earlier, calling_ae_title, peer_address
                 )
             finally:
                 if earlier is not None:
                     earlier.unlink(missing_ok=True)
+            self._after_record(keys, recorded, calling_ae_title, peer_address)
+        return recorded
 
-    def _record_written(
+    def _write_and_record(
         self,
         keys: SortKeys,
         path: Path,
-        size: int,
+        content: tuple[bytes, bytes | memoryview, int],
         earlier: Path | None,
         calling_ae_title: str,
         peer_address: str,
     ) -> Recorded:
-        """Record a file just written; if that fails, the file is undone before the sender
+        """Write and record a file; if either fails, the file is undone before the sender
         hears of the failure (the copy it replaced, if any, is put back)."""
+        meta, dataset, size = content
         try:
-            return self._record(keys, path, size, calling_ae_title, peer_address)
+            self.writer.write(path, (meta, dataset), size)
+            return self._record_only(keys, path, size, calling_ae_title, peer_address)
         except DatabaseUnavailable as exc:
             _undo(path, earlier)
             raise InstanceRejected(STATUS_OUT_OF_RESOURCES, f"{exc}: not stored") from exc
@@ -108,13 +115,15 @@ class Ingestor:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.writer.recent.add(target)
                 os.replace(path, target)
-            return self._record(keys, target, target.stat().st_size, "", source)
+            recorded = self._record_only(keys, target, target.stat().st_size, "", source)
+        self._after_record(keys, recorded, "", source)
+        return recorded
 
-    def _record(
+    def _record_only(
         self, keys: SortKeys, path: Path, size: int, calling_ae_title: str, peer_address: str
     ) -> Recorded:
         relpath = path.relative_to(self.root)
-        recorded = record_instance(
+        return record_instance(
             self.engine,
             NewInstance(
                 patient_id=keys.patient_id,
@@ -133,6 +142,11 @@ class Ingestor:
                 received_at=self.clock(),
             ),
         )
+
+    def _after_record(
+        self, keys: SortKeys, recorded: Recorded, calling_ae_title: str, peer_address: str
+    ) -> None:
+        """What follows a recorded instance (its row is committed: no undo from here)."""
         if recorded.replaced_path:
             (self.root / recorded.replaced_path).unlink(missing_ok=True)
         if recorded.held or recorded.agrees_again:
@@ -147,7 +161,6 @@ class Ingestor:
                 shown(calling_ae_title) or "-",
                 peer_address,
             )
-        return recorded
 
 
 def _log_hold(keys: SortKeys, recorded: Recorded) -> None:

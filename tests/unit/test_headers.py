@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -12,9 +14,15 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    generate_uid,
 )
 
-from isdr.dicom.headers import file_is_complete, read_file_sort_keys, read_sort_keys
+from isdr.dicom.headers import (
+    SORT_HEAD,
+    file_is_complete,
+    read_file_sort_keys,
+    read_sort_keys,
+)
 from isdr.errors import InstanceRejected
 from isdr.synthetic import SeriesSpec, make_instance, write_series
 
@@ -147,3 +155,30 @@ def test_bytes_that_do_not_inflate_are_refused_as_not_understood() -> None:
     with pytest.raises(InstanceRejected) as caught:
         read_sort_keys(encoded(ExplicitVRLittleEndian), DeflatedExplicitVRLittleEndian, "")
     assert caught.value.status == 0xC210
+
+
+def _explicit(ds: Any) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def test_the_sort_keys_of_a_large_instance_are_read_without_copying_it_whole() -> None:
+    ds = make_instance(SeriesSpec(rows=2100, columns=2100), 0, generate_uid(), generate_uid())
+    data = memoryview(_explicit(ds))
+    tracemalloc.start()
+    keys = read_sort_keys(data, ExplicitVRLittleEndian, ds.SOPClassUID)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert keys.sop_instance_uid == ds.SOPInstanceUID
+    assert peak < 2 * 2**20, f"{peak} bytes for a {len(data)}-byte data set"
+
+
+def test_sort_tags_beyond_the_head_are_read_whole_from_the_whole_data_set() -> None:
+    ds = make_instance(SeriesSpec(), 0, generate_uid(), generate_uid())
+    ds.add_new(0x00091010, "OB", b"x" * (SORT_HEAD * 3))  # a private blob before them
+    ds.SeriesDescription = "D" * 64
+    keys = read_sort_keys(memoryview(_explicit(ds)), ExplicitVRLittleEndian, ds.SOPClassUID)
+    assert keys.series_description == "D" * 64
+    assert keys.series_instance_uid == ds.SeriesInstanceUID

@@ -60,3 +60,35 @@ def test_the_file_meta_group_is_what_pydicom_reads_back(tmp_path: Path, source_a
     assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert meta.FileMetaInformationGroupLength == path.stat().st_size - 144
     assert meta.get("SourceApplicationEntityTitle", "") == source_ae
+
+
+def test_a_write_that_fails_after_its_rename_leaves_no_file_the_sender_was_told_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    import isdr.scp.storage
+    from isdr.db.engine import make_engine
+    from isdr.db.series import list_series
+    from isdr.scp.ingest import Ingestor
+    from isdr.synthetic import SeriesSpec, make_instance
+
+    root = tmp_path / "incoming"
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    ingestor = Ingestor(root, AtomicWriter(root, fsync=True, min_free_bytes=0), engine)
+    ds = make_instance(SeriesSpec(), 0, generate_uid(), generate_uid())
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, ds)
+
+    def broken_disk(folder: Path) -> None:
+        if any(folder.glob("*.dcm")):  # the folder of the file just renamed into place
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(isdr.scp.storage, "_fsync_folder", broken_disk)
+    with pytest.raises(OSError):
+        ingestor.store_received(fp.getvalue(), ExplicitVRLittleEndian, ds.SOPClassUID, "A", "x")
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert list_series(engine) == []
