@@ -125,8 +125,8 @@ class Settings(BaseSettings):
         131072,
         ge=0,
         le=0xFFFFFFFF,
-        description=f"largest PDU the Store SCP accepts (0 = unlimited; else {MIN_PDU_SIZE} "
-        "or more)",
+        description=f"largest PDU the Store SCP accepts (0 = none negotiated, 64 MiB held to; "
+        f"else {MIN_PDU_SIZE} or more)",
     )
     MAX_INSTANCE_MB: float = Field(
         2048.0,
@@ -150,12 +150,12 @@ class Settings(BaseSettings):
     SCP_MAX_CONNECTIONS: int = Field(
         128,
         ge=1,
-        le=4096,
+        le=900,  # pynetdicom watches sockets with select(), blind past descriptor 1023
         description="connections open at once, associated or not; over it, the oldest not yet "
         "associated is closed",
     )
     SCP_MAX_CONNECTIONS_PER_PEER: int = Field(
-        32, ge=1, le=4096, description="the same, from one peer address"
+        32, ge=1, le=900, description="the same, from one peer address"
     )
     RECEIVER: Literal["pynetdicom", "dcmtk"] = Field(
         "pynetdicom",

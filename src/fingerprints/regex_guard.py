@@ -28,10 +28,11 @@ _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 _UNBOUNDED = 0xFFFFFFFF  # sre's MAXREPEAT
 
 _CHILD = r"""
-import json, re, sys
+import json, re, sys, time
 patterns, length = json.loads(sys.stdin.read())
 for name, pattern in patterns:
     print(name, flush=True)
+    began = time.monotonic()
     compiled = re.compile(pattern, re.IGNORECASE)
     letters = sorted({c for c in pattern if c.isalnum()} | {"a", "A", "0", " ", "."})
     word = "".join(c for c in pattern if c.isalnum())[:8] or "a"
@@ -46,6 +47,7 @@ for name, pattern in patterns:
             c * 24,
         ):
             compiled.search(probe)
+    print(name, time.monotonic() - began, flush=True)
 print("done", flush=True)
 """
 
@@ -111,4 +113,15 @@ def too_slow(patterns: dict[str, str]) -> str | None:
         started = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else exc.stdout
         names = (started or "").split()
         return names[-1] if names else checked[0][0]
-    return None if done.stdout.split()[-1:] == ["done"] else checked[0][0]
+    if done.stdout.split()[-1:] != ["done"]:
+        return checked[0][0]
+    return _slowest(done.stdout)
+
+
+def _slowest(report: str) -> str | None:
+    """The first pattern whose trials took over TIME_LIMIT, from the child's lines."""
+    for line in report.splitlines():
+        name, _, seconds = line.partition(" ")
+        if seconds and float(seconds) > TIME_LIMIT:
+            return name
+    return None

@@ -99,9 +99,14 @@ class Throttle:
     every: float = 60.0
     _last: dict[str, float] = field(default_factory=dict)
     _held: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def due(self, key: str, now: float) -> int | None:
         """How many lines were held back since the last, when one is due now; else None."""
+        with self._lock:
+            return self._due(key, now)
+
+    def _due(self, key: str, now: float) -> int | None:
         last = self._last.get(key)
         if last is not None and now - last < self.every:
             self._held[key] = self._held.get(key, 0) + 1

@@ -37,6 +37,7 @@ P_DATA_TF = 0x04
 A_ABORT = 0x07
 PDU_TYPES = range(0x01, 0x08)
 MAX_OTHER_PDU = 1 << 20  # an A-ASSOCIATE-RQ with every storage class is about 20 kB
+UNLIMITED_PDATA = 64 << 20  # with MAX_PDU_SIZE=0: a PDU is read whole before it is counted
 MAX_COMMAND_SET = 1 << 16  # a C-STORE-RQ's command set is about 200 bytes
 _HEADER = struct.Struct(">BxI")
 _PDV_LENGTH = struct.Struct(">I")
@@ -138,7 +139,9 @@ class PduGuard:
         if pdu_type not in PDU_TYPES:
             self.problem = f"sent an unknown PDU type 0x{pdu_type:02X}: aborted"
             return data  # pynetdicom answers it with an A-ABORT, and reads no body
-        limit = self.limits.max_pdata if pdu_type == P_DATA_TF else MAX_OTHER_PDU
+        limit = (
+            (self.limits.max_pdata or UNLIMITED_PDATA) if pdu_type == P_DATA_TF else MAX_OTHER_PDU
+        )
         if limit and length > limit:
             return self._refuse(pdu_type, length, limit)
         self.peer_aborted |= pdu_type == A_ABORT

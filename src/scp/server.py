@@ -37,7 +37,7 @@ from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
 from isdr.scp.guard import WireLimits, guard_of, how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import CannotListen, cannot_listen
-from isdr.scp.spool import discard, spool_large_data_sets
+from isdr.scp.spool import discard, spool_large_data_sets, spool_problem
 from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ SERVICE_USER = 0x01  # A-ASSOCIATE-RJ source
 # Source: the service provider (presentation related); reason: local limit exceeded.
 LOCAL_LIMIT_EXCEEDED = (REJECTED_TRANSIENT, 0x03, 0x02)
 STATUS_PROCESSING_FAILURE = 0xC211
+STATUS_OUT_OF_RESOURCES = 0xA700
 # Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
 # a sender that proposes both should not be made to transcode to implicit VR.
 UNCOMPRESSED = [
@@ -181,10 +182,24 @@ class StoreSCP:
         return admission.refusal is None
 
     def _log_refusal(self, peer: str, what: str) -> None:
-        held = self._refusals.due(f"{peer} {what[:20]}", time.monotonic())
+        self._warn_once_a_minute(peer, what[:20], f"{peer}: {what}")
+
+    def _warn_once_a_minute(self, peer: str, kind: str, line: str) -> None:
+        """A WARNING line of this kind for this peer, unless one went out less than a
+        minute ago (then it is counted, and the count goes with the next)."""
+        held = self._refusals.due(f"{peer} {kind}", time.monotonic())
         if held is not None:
             more = f" ({held} more like it in the last minute)" if held else ""
-            logger.warning("%s: %s%s", peer, what, more)
+            logger.warning("%s%s", line, more)
+
+    def _log_ended_waiting(self, association: Any, why: str) -> None:
+        requestor = association.requestor
+        self._warn_once_a_minute(
+            str(requestor.address),
+            "ended waiting",
+            f"connection from {requestor.address}:{requestor.port} ended before an "
+            f"association: {why}",
+        )
 
     def _on_open(self, event: Any) -> None:
         sock = getattr(event.assoc.dul.socket, "socket", None)
@@ -199,7 +214,11 @@ class StoreSCP:
         )
         spool_large_data_sets(event.assoc, self.ingestor.writer.staging or self.ingestor.root)
         if isinstance(sock, ssl.SSLSocket):
-            _handshake(sock, str(event.assoc.requestor.address), self.limits.associate_timeout)
+            peer = str(event.assoc.requestor.address)
+            failure = _handshake(sock, self.limits.associate_timeout)
+            if failure is not None:
+                line = f"TLS handshake with {peer} failed ({failure}): connection closed"
+                self._warn_once_a_minute(peer, "TLS", line)
 
     def _ended_waiting(self, association: Any) -> None:
         """The guard ended a connection before its association: say why, and wake the
@@ -207,7 +226,7 @@ class StoreSCP:
         guard = guard_of(association)
         if guard is not None and guard.problem is not None and not guard.reported:
             guard.reported = True
-            _log_ended_waiting(association, guard.problem)
+            self._log_ended_waiting(association, guard.problem)
         association.dul.to_user_queue.put(None)
 
     def _wire_limits(self) -> WireLimits:
@@ -241,8 +260,8 @@ class StoreSCP:
             return
         too_many = self.connections.associate(event.assoc)
         if too_many is not None:
-            self._log_refusal(address, f"association refused: {too_many}")
             _reject(event.assoc, *LOCAL_LIMIT_EXCEEDED)
+            self._log_refusal(address, f"association refused: {too_many}")
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -285,21 +304,32 @@ class StoreSCP:
         if stats is not None:
             _log_summary(stats, ending)
         elif ending is not None and not (guard is not None and guard.reported):
-            _log_ended_waiting(event.assoc, ending)
+            self._log_ended_waiting(event.assoc, ending)
 
     def _on_store(self, event: Any) -> int | Dataset:
         with self._lock:
             self._in_flight += 1
             stats = self._stats.get(id(event.assoc)) or AssociationStats("", "")
+        guard = guard_of(event.assoc)
+        if guard is not None:
+            guard.last_data = time.monotonic() + 3600  # busy: its reader must not doze off
         try:
             return self._store(event, stats)
         finally:
+            if guard is not None:
+                guard.last_data = time.monotonic()
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
 
     def _store(self, event: Any, stats: AssociationStats) -> int | Dataset:
         request = event.request
+        problem = spool_problem(request.DataSet)
+        if problem is not None:
+            discard(request.DataSet)
+            stats.refused += 1
+            logger.warning("refused an instance from %s: %s (status 0xA700)", stats.peer, problem)
+            return _failure(STATUS_OUT_OF_RESOURCES, problem)
         data = request.DataSet.getbuffer()
         size = data.nbytes
         try:
@@ -380,6 +410,10 @@ class _Acceptor(ThreadedAssociationServer):
         else:
             self.shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An error serving one connection: logged in the relay's format, not printed."""
+        log_exception(logger, f"unexpected error with a connection from {client_address}")
+
 
 def _close_waiting(sock: Any, association: Any) -> None:
     """Close a connection that has not associated, and wake its association's thread
@@ -391,35 +425,25 @@ def _close_waiting(sock: Any, association: Any) -> None:
         association.dul.to_user_queue.put(None)
 
 
-def _log_ended_waiting(association: Any, why: str) -> None:
-    requestor = association.requestor
-    logger.warning(
-        "connection from %s:%s ended before an association: %s",
-        requestor.address,
-        requestor.port,
-        why,
-    )
-
-
 def _reject(association: Any, result: int, source: int, reason: int) -> None:
     association.acse.send_reject(result, source, reason)
     association.kill()  # returns once the A-ASSOCIATE-RJ is out (as pynetdicom's own)
 
 
-def _handshake(sock: ssl.SSLSocket, peer: str, seconds: float) -> None:
-    """The TLS handshake (within `seconds`); a failure is logged once and the connection
-    closed, so pynetdicom sees a peer that went away."""
+def _handshake(sock: ssl.SSLSocket, seconds: float) -> str | None:
+    """The TLS handshake (within `seconds`); on failure the connection is closed, so
+    pynetdicom sees a peer that went away, and the reason returned."""
     timeout = sock.gettimeout()
     sock.settimeout(seconds)
     try:
         sock.do_handshake()
     except (OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else repr(exc)
-        logger.warning("TLS handshake with %s failed (%s): connection closed", peer, reason)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+        return exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else repr(exc)
     finally:
         sock.settimeout(timeout)
+    return None
 
 
 def _asks_client_cert(context: ssl.SSLContext) -> bool:
@@ -431,7 +455,7 @@ def _make_ae(ae_title: str, max_pdu: int, limits: ReceiveLimits) -> AE:
     ae.maximum_pdu_size = max_pdu
     # pynetdicom counts waiting connections as associations; ConnectionTable counts them
     # apart, so pynetdicom's own bound must never be the one met.
-    ae.maximum_associations = limits.connections.total + 1
+    ae.maximum_associations = 2 * limits.connections.total + 64  # closed ones wind down
     ae.acse_timeout = limits.associate_timeout  # waiting for the A-ASSOCIATE-RQ
     ae.dimse_timeout = limits.network_timeout
     ae.network_timeout = limits.network_timeout

@@ -35,11 +35,17 @@ class SpooledDataSet(BytesIO):
         self._file: BinaryIO = os.fdopen(handle, "w+b")
         self._map: mmap.mmap | None = None
         self._closed = weakref.finalize(self, _remove, self._file, self.path)
+        self.failed: OSError | None = None  # the disk's error: the rest is dropped
         with head.getbuffer() as view:
-            self._file.write(view)
+            self.write(view)
 
     def write(self, data: Any) -> int:
-        return self._file.write(data)
+        if self.failed is None:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self.failed = exc
+        return len(data)
 
     def tell(self) -> int:
         return self._file.tell()
@@ -87,10 +93,18 @@ def spool_large_data_sets(association: Any, folder: Path) -> None:
         if message is not None:
             data_set = message.data_set
             if type(data_set) is BytesIO and data_set.tell() > SPOOL_AFTER:
-                message.data_set = SpooledDataSet(folder, data_set)
+                with contextlib.suppress(OSError):  # cannot spool: it stays in memory
+                    message.data_set = SpooledDataSet(folder, data_set)
         receive(primitive)
 
     dimse.receive_primitive = receive_primitive
+
+
+def spool_problem(data_set: object) -> str | None:
+    """Why a spooled data set is not whole (a write to its file failed), or None."""
+    if isinstance(data_set, SpooledDataSet) and data_set.failed is not None:
+        return f"the disk failed while it arrived ({data_set.failed.strerror or 'error'})"
+    return None
 
 
 def discard(data_set: object) -> None:

@@ -17,6 +17,7 @@ received.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -82,12 +83,24 @@ _ENCODINGS = {
 
 
 def check_received(data: bytes | memoryview, transfer_syntax: str) -> None:
-    """Raise Malformed (status 0xC210) unless `data` is a whole data set in its syntax."""
+    """Raise Malformed (status 0xC210) unless `data` is a whole data set in its syntax.
+
+    Deflated data sets are inflated and walked one at a time (they are rare): parallel
+    associations cannot each hold an inflation of up to a GiB.
+    """
     syntax = UID(transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
-        data = inflate_bounded(data)
-    elif not syntax.is_transfer_syntax:
+        with _ONE_INFLATION:
+            _check_plain(inflate_bounded(data), syntax)
         return
+    if syntax.is_transfer_syntax:
+        _check_plain(data, syntax)
+
+
+_ONE_INFLATION = threading.Lock()
+
+
+def _check_plain(data: bytes | memoryview, syntax: UID) -> None:
     encoding = _ENCODINGS[bool(syntax.is_implicit_VR), bool(syntax.is_little_endian)]
     if not data:
         raise Malformed("the data set is empty")

@@ -124,3 +124,10 @@ def test_a_read_past_its_deadline_says_which_phase_was_late() -> None:
     assert guard(6) == b""  # as if closed: pynetdicom closes the connection
     assert guard.problem is not None and "PDU header was not whole within" in guard.problem
     assert woken
+
+
+def test_with_no_pdu_size_negotiated_a_pdu_is_still_held_to_64_mib() -> None:
+    wire = Wire(struct.pack(">BxI", 0x04, 100 << 20))
+    guard = guard_on(wire)  # max_pdata 0: MAX_PDU_SIZE=0
+    assert guard(6) == b""
+    assert guard.problem is not None and "over the 67108864" in guard.problem
