@@ -189,23 +189,18 @@ class ConnectionTable:
         mine = sum(1 for c in open_now if c.peer == peer)
         if mine < self.limits.per_peer and len(open_now) < self.limits.total:
             return open_now
-        spoken = self._spoken([c.key for c in open_now if not c.associated])
-        return [replace(c, spoken=True) if c.key in spoken else c for c in open_now]
+        return [c if c.associated else replace(c, spoken=self._spoken(c.key)) for c in open_now]
 
-    def _spoken(self, keys: list[int]) -> set[int]:
-        """Which waiting connections have sent anything: bytes read by their guard, or
-        bytes (or their end) waiting in the socket (one select for all)."""
-        heard = set()
-        for key in keys:
-            guard = guard_of(self._associations[key]) if key in self._associations else None
-            if guard is not None and guard.heard:
-                heard.add(key)
-        sockets = {self._sockets[key]: key for key in keys if key not in heard}
+    def _spoken(self, key: int) -> bool:
+        """Whether a waiting connection has sent anything: bytes read by its guard, or
+        bytes (or its end) waiting in the socket."""
+        guard = guard_of(self._associations[key]) if key in self._associations else None
+        if guard is not None and guard.heard:
+            return True
         try:
-            readable = select.select(list(sockets), [], [], 0)[0] if sockets else []
+            return bool(select.select([self._sockets[key]], [], [], 0)[0])
         except (OSError, ValueError):
-            return heard  # a socket closed meanwhile: the next admission forgets it
-        return heard | {sockets[sock] for sock in readable}
+            return True  # closed: it goes by itself
 
     def _forget_closed(self) -> None:
         """Connections whose socket was closed without an ending reaching the table."""

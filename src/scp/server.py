@@ -38,7 +38,7 @@ from isdr.scp.guard import WireLimits, guard_of, how_it_ended
 from isdr.scp.ingest import Ingestor
 from isdr.scp.listen import CannotListen, cannot_listen
 from isdr.scp.spool import discard, spool_large_data_sets, spool_problem
-from isdr.scp.tuning import tune_association, tune_connection
+from isdr.scp.tuning import tune_connection
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,6 @@ class StoreSCP:
             self._log_refusal(address, f"association refused: {too_many}")
 
     def _on_accepted(self, event: Any) -> None:
-        tune_association(event.assoc)
         requestor = event.assoc.requestor
         accepted = event.assoc.accepted_contexts
         stats = AssociationStats(
@@ -397,9 +396,6 @@ class _Acceptor(ThreadedAssociationServer):
 
     tls: ssl.SSLContext | None = None
     admission: Callable[[socket.socket, str], bool] = staticmethod(lambda sock, peer: True)
-    # socketserver listens with a backlog of 5: under a flood of connections a real
-    # sender's SYN would be dropped and retried a second later.
-    request_queue_size = 256
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None

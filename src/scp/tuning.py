@@ -39,16 +39,6 @@ logger = logging.getLogger(__name__)
 
 
 DUL_LOOP_DELAY = 0.0002
-# Until it associates, a connection keeps pynetdicom's own delay: the thread that ends a
-# waiting connection spins on it while the reader winds down, and under a flood of idle
-# sockets hundreds of such spins at 0.2 ms starve the thread that accepts (measured: 200
-# idle connections took 28 s to accept).
-WAITING_LOOP_DELAY = 0.001
-
-
-def tune_association(association: Any) -> None:
-    """The fast loop, for a connection whose association was just accepted."""
-    association.dul._run_loop_delay = DUL_LOOP_DELAY
 
 
 def tune_libraries(*, pynetdicom_logging: bool) -> None:
@@ -72,7 +62,7 @@ def tune_connection(
     and each phase to its time; between reads the socket has `idle_timeout`, so that a
     send to a peer that stopped reading cannot hold the thread (or a stop) forever.
     """
-    association.dul._run_loop_delay = WAITING_LOOP_DELAY
+    association.dul._run_loop_delay = DUL_LOOP_DELAY
     association_socket = association.dul.socket
     sock = getattr(association_socket, "socket", None)
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
@@ -90,9 +80,7 @@ IDLE_WAIT = 0.05  # how long a quiet connection's threads block for news
 
 
 def _is_quiet(guard: PduGuard) -> bool:
-    """Quiet: nothing heard yet (a connection that has not spoken is waited on from its
-    first moment), or nothing for QUIET_AFTER."""
-    return not guard.heard or time.monotonic() - guard.last_data > QUIET_AFTER
+    return time.monotonic() - guard.last_data > QUIET_AFTER
 
 
 def _wait_when_quiet(association: Any, guard: PduGuard) -> None:
