@@ -23,7 +23,7 @@ import httpx
 from isdr.domain.fingerprint import Fingerprint
 from isdr.errors import IsdrError
 from isdr.inference.deadline import Deadline, Reaper
-from isdr.inference.transport import KeepAliveTransport
+from isdr.inference.transport import KeepAliveTransport, cut_error
 
 logger = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def _read_small(response: httpx.Response, deadline: Deadline) -> httpx.Response:
         if len(body) > ANSWER_MAX_BYTES:
             raise AnswerTooLarge(response.status_code)
     if deadline.fired:  # the reaper's cut ended a body that has no length: not whole
-        raise httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
+        raise cut_error(deadline)
     headers = [(k, v) for k, v in response.headers.multi_items() if k != "content-encoding"]
     return httpx.Response(response.status_code, headers=headers, content=bytes(body))
 
@@ -571,7 +571,7 @@ def _save(response: httpx.Response, output: Path, max_bytes: int, deadline: Dead
                     )
                 handle.write(chunk)
         if deadline.fired:
-            raise httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
+            raise cut_error(deadline)
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

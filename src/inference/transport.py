@@ -56,7 +56,7 @@ class _Body(httpx.SyncByteStream):
     def _check(self) -> None:
         if self._deadline is not None and self._deadline.fired:
             self._release(reuse=False)
-            raise httpx.ReadTimeout(f"cut: no whole answer within {self._deadline.describe()}")
+            raise cut_error(self._deadline)
 
     def close(self) -> None:
         fired = self._deadline is not None and self._deadline.fired
@@ -197,11 +197,17 @@ def _port(url: httpx.URL) -> int:
     return 443 if url.scheme == "https" else 80
 
 
+def cut_error(deadline: Deadline) -> httpx.ReadTimeout:
+    """The error of an exchange the reaper cut at `deadline`: never a short body taken
+    for a whole one."""
+    return httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
+
+
 def _translate(
     exc: BaseException, *, connecting: bool = False, deadline: Deadline | None = None
 ) -> httpx.TransportError:
     if deadline is not None and deadline.fired:
-        return httpx.ReadTimeout(f"cut: no whole answer within {deadline.describe()}")
+        return cut_error(deadline)
     if isinstance(exc, TimeoutError | socket.timeout):
         return httpx.ConnectTimeout(str(exc)) if connecting else httpx.ReadTimeout(str(exc))
     if connecting or isinstance(exc, ssl.SSLError):
