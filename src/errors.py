@@ -25,8 +25,11 @@ class InstanceRejected(IsdrError):
         self.reason = reason
 
 
+STATUS_OUT_OF_RESOURCES = 0xA700  # the sender may send it again later (PS3.4 B.2.3)
+
+
 class OutOfSpace(InstanceRejected):
     """Storing would eat into the configured free-disk reserve."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(0xA700, reason)
+        super().__init__(STATUS_OUT_OF_RESOURCES, reason)

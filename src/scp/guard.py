@@ -93,6 +93,7 @@ class PduGuard:
         self.problem: str | None = None  # what went wrong, for the closing log line
         self.reported = False  # the problem has been logged
         self.heard = 0  # bytes read
+        self.busy = False  # a C-STORE of this connection is being stored
         self.peer_aborted = False
         self.last_data = time.monotonic()
 
@@ -115,8 +116,7 @@ class PduGuard:
         if len(data) < count:
             if data or body is not None:
                 self.problem = f"the connection closed in the middle of {what}"
-            if not self.associated and self._wake is not None:
-                self._wake()  # no request is coming: the association's thread can go
+            self._wake_waiting()  # no request is coming: the association's thread can go
             return data
         if body is None:
             return self._on_header(data)
@@ -202,9 +202,14 @@ class PduGuard:
         """Read nothing more: pynetdicom sees the connection close, and closes it."""
         self.problem = problem
         self._refused = True
+        self._wake_waiting()
+        return b""
+
+    def _wake_waiting(self) -> None:
+        """Tell the association's thread, if it still waits for a request, that none is
+        coming."""
         if not self.associated and self._wake is not None:
             self._wake()
-        return b""
 
     def _abort(self, problem: str) -> bytes:
         """Send an A-ABORT and read nothing more: pynetdicom sees the connection close."""

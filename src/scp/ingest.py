@@ -20,15 +20,13 @@ from isdr.dicom.headers import read_file_sort_keys, read_sort_keys
 from isdr.domain.clock import Clock, utcnow
 from isdr.domain.keys import SortKeys
 from isdr.domain.text import shown
-from isdr.errors import DatabaseUnavailable, InstanceRejected
+from isdr.errors import STATUS_OUT_OF_RESOURCES, DatabaseUnavailable, InstanceRejected
 from isdr.locks import SharedLock
 from isdr.scp.paths import instance_relpath, resolve_inside
 from isdr.scp.storage import TEMP_SUFFIX, AtomicWriter, file_meta_bytes
 from isdr.scp.wellformed import check_matches_command, check_received
 
 logger = logging.getLogger(__name__)
-
-STATUS_OUT_OF_RESOURCES = 0xA700
 
 
 class Ingestor:

@@ -31,7 +31,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from isdr.domain.access import VERIFICATION, AccessPolicy, is_health_check
-from isdr.errors import InstanceRejected
+from isdr.errors import STATUS_OUT_OF_RESOURCES, InstanceRejected
 from isdr.logs import log_exception
 from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
 from isdr.scp.guard import WireLimits, guard_of, how_it_ended
@@ -50,7 +50,6 @@ SERVICE_USER = 0x01  # A-ASSOCIATE-RJ source
 # Source: the service provider (presentation related); reason: local limit exceeded.
 LOCAL_LIMIT_EXCEEDED = (REJECTED_TRANSIENT, 0x03, 0x02)
 STATUS_PROCESSING_FAILURE = 0xC211
-STATUS_OUT_OF_RESOURCES = 0xA700
 # Explicit VR first: pynetdicom accepts the first of these that the sender proposes, and
 # a sender that proposes both should not be made to transcode to implicit VR.
 UNCOMPRESSED = [
@@ -72,7 +71,9 @@ class ReceiveLimits:
     max_instance_bytes: int  # MAX_INSTANCE_MB
 
 
-DEFAULT_LIMITS = ReceiveLimits(10.0, 120.0, ConnectionLimits(128, 32, 64), 4 << 30)
+# The Settings' defaults (tests/unit/test_config.py holds them together), for a Store SCP
+# built without settings.
+DEFAULT_LIMITS = ReceiveLimits(10.0, 120.0, ConnectionLimits(128, 32, 64), 2048 << 20)
 
 
 @dataclass
@@ -175,14 +176,15 @@ class StoreSCP:
             _close_waiting(*self.connections.release(gone.key))
             self._log_refusal(
                 gone.peer,
+                "made room",
                 "a connection that had not associated was closed to make room for another",
             )
         if admission.refusal is not None:
-            self._log_refusal(peer, f"connection refused: {admission.refusal}")
+            self._log_refusal(peer, "refused", f"connection refused: {admission.refusal}")
         return admission.refusal is None
 
-    def _log_refusal(self, peer: str, what: str) -> None:
-        self._warn_once_a_minute(peer, what[:20], f"{peer}: {what}")
+    def _log_refusal(self, peer: str, kind: str, what: str) -> None:
+        self._warn_once_a_minute(peer, kind, f"{peer}: {what}")
 
     def _warn_once_a_minute(self, peer: str, kind: str, line: str) -> None:
         """A WARNING line of this kind for this peer, unless one went out less than a
@@ -227,7 +229,7 @@ class StoreSCP:
         if guard is not None and guard.problem is not None and not guard.reported:
             guard.reported = True
             self._log_ended_waiting(association, guard.problem)
-        association.dul.to_user_queue.put(None)
+        _wake_waiting(association)
 
     def _wire_limits(self) -> WireLimits:
         return WireLimits(
@@ -261,7 +263,7 @@ class StoreSCP:
         too_many = self.connections.associate(event.assoc)
         if too_many is not None:
             _reject(event.assoc, *LOCAL_LIMIT_EXCEEDED)
-            self._log_refusal(address, f"association refused: {too_many}")
+            self._log_refusal(address, "too many", f"association refused: {too_many}")
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -312,27 +314,24 @@ class StoreSCP:
             stats = self._stats.get(id(event.assoc)) or AssociationStats("", "")
         guard = guard_of(event.assoc)
         if guard is not None:
-            guard.last_data = time.monotonic() + 3600  # busy: its reader must not doze off
+            guard.busy = True  # its reader must not doze off while the answer is made
         try:
             return self._store(event, stats)
         finally:
-            if guard is not None:
-                guard.last_data = time.monotonic()
+            if guard is not None:  # awake a while longer: the answer is still to go out
+                guard.busy, guard.last_data = False, time.monotonic()
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
 
     def _store(self, event: Any, stats: AssociationStats) -> int | Dataset:
         request = event.request
-        problem = spool_problem(request.DataSet)
-        if problem is not None:
-            discard(request.DataSet)
-            stats.refused += 1
-            logger.warning("refused an instance from %s: %s (status 0xA700)", stats.peer, problem)
-            return _failure(STATUS_OUT_OF_RESOURCES, problem)
         data = request.DataSet.getbuffer()
         size = data.nbytes
         try:
+            problem = spool_problem(request.DataSet)
+            if problem is not None:
+                raise InstanceRejected(STATUS_OUT_OF_RESOURCES, problem)
             recorded = self.ingestor.store_received(
                 data,
                 str(event.context.transfer_syntax),
@@ -422,7 +421,12 @@ def _close_waiting(sock: Any, association: Any) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     if association is not None:
-        association.dul.to_user_queue.put(None)
+        _wake_waiting(association)
+
+
+def _wake_waiting(association: Any) -> None:
+    """Tell an association's thread, waiting for an A-ASSOCIATE-RQ, that none is coming."""
+    association.dul.to_user_queue.put(None)
 
 
 def _reject(association: Any, result: int, source: int, reason: int) -> None:

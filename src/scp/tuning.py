@@ -80,7 +80,7 @@ IDLE_WAIT = 0.05  # how long a quiet connection's threads block for news
 
 
 def _is_quiet(guard: PduGuard) -> bool:
-    return time.monotonic() - guard.last_data > QUIET_AFTER
+    return not guard.busy and time.monotonic() - guard.last_data > QUIET_AFTER
 
 
 def _wait_when_quiet(association: Any, guard: PduGuard) -> None:

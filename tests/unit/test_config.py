@@ -148,3 +148,11 @@ def test_the_limits_leave_the_usual_values_alone(
 ) -> None:
     monkeypatch.setenv(name, value)
     assert str(getattr(load_settings(), name)) == value
+
+
+def test_a_store_scp_built_without_settings_has_the_settings_defaults(tmp_path: Path) -> None:
+    from isdr.app import _receive_limits
+    from isdr.scp.server import DEFAULT_LIMITS
+    from tests.helpers import relay_settings
+
+    assert _receive_limits(relay_settings(tmp_path)) == DEFAULT_LIMITS
