@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def dead_port() -> Iterator[int]:
+    """A port nobody listens on, for as long as the block lasts.
+
+    A port from free_port() is free only for a moment: a test thread may bind it, or
+    the connect may be given it as its own source port and talk to itself (seen once
+    in CI as an "aborted" association). This one stays bound, without listening, so a
+    connect to it is refused.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 def dataset_part(path: Path) -> bytes:

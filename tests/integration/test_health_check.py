@@ -18,7 +18,7 @@ from isdr.app import Relay
 from isdr.domain.access import HEALTH_CHECK_AE_TITLE
 from isdr.scu.echo import echo
 from isdr.synthetic import SeriesSpec, make_instance
-from tests.helpers import free_port, send_datasets
+from tests.helpers import dead_port, send_datasets
 from tests.integration.conftest import relays
 
 SERVER_LOG = "isdr.scp.server"
@@ -85,7 +85,8 @@ def test_a_rejected_echo_says_result_source_and_reason(
 
 
 def test_an_echo_to_a_port_nobody_listens_on_says_connection_refused() -> None:
-    answer = echo("127.0.0.1", free_port(), "ANY")
+    with dead_port() as port:
+        answer = echo("127.0.0.1", port, "ANY")
     assert not answer.ok and "connection refused" in answer.detail
 
 

@@ -30,7 +30,7 @@ from isdr.demo.standin import StandIn
 from isdr.domain.clock import utcnow
 from isdr.domain.states import JobState
 from isdr.synthetic import SeriesSpec, make_instance, write_series
-from tests.helpers import free_port, relay_env, relay_settings, send_datasets, stored_files
+from tests.helpers import dead_port, relay_env, relay_settings, send_datasets, stored_files
 
 
 @pytest.fixture
@@ -435,17 +435,20 @@ def test_a_server_that_cannot_be_reached_does_not_hold_up_the_others(
     make_relay: Any, standin: StandIn
 ) -> None:
     relay = make_relay()
-    dead = f"https://localhost:{free_port()}/api/tasks/"
-    fingerprint(relay, "a-dead.json", inference_server_url=dead, model_human_readable_id="ct-model")
-    fingerprint(
-        relay,
-        "b-live.json",
-        inference_server_url=standin.url_v1,
-        model_human_readable_id="ct-model",
-    )
-    receive(relay, SeriesSpec(modality="CT", count=1, series_description="one"))
-    receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
-    run_steps(relay)
+    with dead_port() as port:
+        dead = f"https://localhost:{port}/api/tasks/"
+        fingerprint(
+            relay, "a-dead.json", inference_server_url=dead, model_human_readable_id="ct-model"
+        )
+        fingerprint(
+            relay,
+            "b-live.json",
+            inference_server_url=standin.url_v1,
+            model_human_readable_id="ct-model",
+        )
+        receive(relay, SeriesSpec(modality="CT", count=1, series_description="one"))
+        receive(relay, SeriesSpec(modality="CT", count=1, series_description="two"))
+        run_steps(relay)
     states = sorted((j.fingerprint_name, j.state, j.attempts) for j in jobs(relay))
     assert states == [
         ("a-dead.json", JobState.PENDING, 0),  # skipped: its server was found down this round

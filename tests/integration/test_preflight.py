@@ -9,7 +9,7 @@ from typing import Any
 
 from isdr.app import check_fingerprints
 from isdr.demo.standin import StandIn
-from tests.helpers import free_port, relay_settings
+from tests.helpers import dead_port, relay_settings
 from tests.peers import Storescp
 
 
@@ -66,13 +66,14 @@ def test_an_unknown_model_an_untrusted_certificate_and_a_silent_destination_are_
         model_human_readable_id="no-such-model",
         inference_server_token=standin.internal_token,
     )
-    write(
-        folder,
-        "pacs.json",
-        inference_server_url=standin.url_v1,
-        scus=[{"scu_ip": "127.0.0.1", "scu_port": free_port(), "scu_ae_title": "NOBODY"}],
-    )
-    text, ok = online(tmp_path, standin)
+    with dead_port() as port:
+        write(
+            folder,
+            "pacs.json",
+            inference_server_url=standin.url_v1,
+            scus=[{"scu_ip": "127.0.0.1", "scu_port": port, "scu_ae_title": "NOBODY"}],
+        )
+        text, ok = online(tmp_path, standin)
     assert not ok
     assert "does not know the model 'no-such-model' (it lists: ct-model, mr-model)" in text
     assert "ERROR  pacs.json: NOBODY@127.0.0.1" in text

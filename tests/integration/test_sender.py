@@ -15,7 +15,7 @@ from isdr.dicom.files import describe
 from isdr.domain.destination import Destination
 from isdr.scu.sender import FileToSend, Report, SendOptions, send_files
 from isdr.synthetic import SeriesSpec, write_series
-from tests.helpers import free_port
+from tests.helpers import dead_port
 from tests.peers import RecordingSCP, Storescp
 
 OPTIONS = SendOptions("ISDR_TEST", timeout=1.0)
@@ -115,7 +115,8 @@ def test_a_sop_class_the_destination_does_not_take_is_refused_for_those_files(
 def test_a_destination_that_is_down_ends_the_session_with_the_reason(
     ct: list[FileToSend],
 ) -> None:
-    confirmed, report = send(Destination.at("127.0.0.1", free_port(), "NOBODY"), ct)
+    with dead_port() as port:
+        confirmed, report = send(Destination.at("127.0.0.1", port, "NOBODY"), ct)
     assert confirmed == [] and "cannot connect" in report.error
 
 
