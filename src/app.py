@@ -112,14 +112,14 @@ class Relay:
             self.scheduler.add_job(
                 tick, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
             )
-        self.post.on_new_jobs = lambda: self._run_now("submit_tick")
+        self.post.on_new_jobs = lambda: self.run_now("submit_tick")
         self.post.on_submitted = self.poller.wake
-        self.poller.on_output = lambda: self._run_now("delivery_tick")
+        self.poller.on_output = lambda: self.run_now("delivery_tick")
         self.scheduler.start()
         self.poller.start()
         self.scp.start()
 
-    def _run_now(self, tick: str) -> None:
+    def run_now(self, tick: str) -> None:
         """Run a tick now rather than at its next interval: work was handed over."""
         with contextlib.suppress(JobLookupError):
             self.scheduler.modify_job(tick, next_run_time=utcnow())
@@ -193,9 +193,12 @@ def build_relay(settings: Settings) -> Relay:
         inbox = Inbox(ingestor, engine)
     # storescp's files reach the database only through the watcher: it always watches.
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
-    return Relay(
+    relay = Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
+    # A round may be complete at the end of its association: routed now, not at the tick.
+    ingestor.on_association_released = lambda: relay.run_now("route_tick")
+    return relay
 
 
 def make_folder(variable: str, folder: Path) -> None:

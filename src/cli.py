@@ -134,7 +134,8 @@ def _show_job(engine: app.Engine, job_id: int) -> int:
         return 1
     job, events = found
     model, server = job.model, job.server
-    print(f"job {job.id}: {job.state}; series {job.series_id}; fingerprint {job.fingerprint_name}; "
+    series = ", ".join(map(str, job.series_ids))
+    print(f"job {job.id}: {job.state}; series {series}; fingerprint {job.fingerprint_name}; "
           f"model {model!r} on {server}")  # fmt: skip
     failed_at = f" (failed at: {job.failed_step})" if job.failed_step else ""
     print(f"attempts {job.attempts}; task {job.task_uid or '-'}; "
@@ -186,7 +187,8 @@ def _list_jobs(engine: app.Engine, limit: int) -> int:
     rows = [header]
     for job in app.list_jobs(engine, limit):
         model = job.model
-        rows.append((str(job.id), job.state, str(job.series_id), job.fingerprint_name, model,
+        series = ",".join(map(str, job.series_ids))
+        rows.append((str(job.id), job.state, series, job.fingerprint_name, model,
                      str(job.attempts), _age(now, job.created_at), _age(now, job.updated_at),
                      job.task_uid or "-",
                      job.last_error[:80] or "-"))  # fmt: skip
@@ -285,6 +287,8 @@ def _list_series(engine: app.Engine, limit: int) -> int:
             print(f"series {row.id} {row.state_reason}: nothing is submitted until "
                   f"`isdr series release {row.id}` (as one series) or "
                   f"`isdr series delete {row.id}`")  # fmt: skip
+        elif row.state_reason:
+            print(f"series {row.id} {row.state}: {row.state_reason}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The post daemon: quiet series are matched, archived and submitted to InferenceServers.
 
 Each tick runs three steps, each claiming rows in one state and moving them on:
-route (receiving -> matched/unmatched, creating pending jobs), submit (pending ->
+route (receiving -> matched/unmatched/waiting/incomplete, creating pending jobs; see
+isdr.fingerprints.decide), submit (pending ->
 submitting -> submitted, or back to pending with a backoff, or failed), and remove the
 files of series that are done with (DELETE_ON_POST).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from isdr.db import jobs
+from isdr.db import jobs, routing
 from isdr.db.models import InvalidSnapshot
 from isdr.db.views import InstanceView
 from isdr.domain.backoff import doubling
@@ -27,7 +28,7 @@ from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.states import JobState, Step
 from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
-from isdr.fingerprints.match import SeriesFacts, matching
+from isdr.fingerprints.decide import route_study
 from isdr.inference.archive import Member, archive_name, build_archive
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target, server_of
 from isdr.locks import SharedLock
@@ -153,7 +154,8 @@ class PostDaemon:
         return not any(lane.is_alive() for lane in lanes)
 
     def route(self) -> None:
-        """Match every quiet series: jobs for the matches, or unmatched."""
+        """Decide about every study with a round that may be decided now: jobs for what
+        matches, waiting for what is in part there, an end for the rest."""
         fingerprints = self.fingerprints()
         if not fingerprints:
             self._warn_held()
@@ -161,9 +163,9 @@ class PostDaemon:
         self._held_warned = False
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.post_after)
-        for quiet in jobs.quiet_series(self.engine, cutoff):
-            what = f"post daemon: routing series {quiet.id}"
-            guarded(logger, what, self._route_one, quiet, fingerprints, cutoff, now)
+        for study in routing.studies_to_route(self.engine, cutoff):
+            what = "post daemon: routing a study"
+            guarded(logger, what, self._route_study, study, fingerprints, now)
 
     def _warn_held(self) -> None:
         if not self._held_warned:
@@ -173,22 +175,16 @@ class PostDaemon:
             )
             self._held_warned = True
 
-    def _route_one(
-        self,
-        quiet: jobs.QuietSeries,
-        fingerprints: Mapping[str, Fingerprint],
-        cutoff: datetime,
-        now: datetime,
+    def _route_study(
+        self, study: routing.Study, fingerprints: Mapping[str, Fingerprint], now: datetime
     ) -> None:
-        facts = SeriesFacts(
-            quiet.modality, quiet.series_description, quiet.study_description,
-            quiet.sop_class_uids, quiet.calling_ae_title,
-        )  # fmt: skip
-        names = matching(facts, fingerprints)
-        route = jobs.Route(
-            quiet.id, {name: fingerprints[name] for name in names}, len(fingerprints)
-        )
-        if jobs.apply_route(self.engine, route, cutoff, now):
+        checks = any(t.checks_completeness for f in fingerprints.values() for t in f.rules())
+        rounds = routing.open_rounds(self.engine, study, with_slices=checks)
+        decided = route_study(rounds, fingerprints, now, self.settings.post_after)
+        if not decided.decisions and not decided.outcomes:
+            return
+        seen = [routing.Seen(r.id, r.instance_count, r.last_received_at) for r in rounds]
+        if routing.apply_routing(self.engine, seen, decided, fingerprints, now):
             self.on_new_jobs()
 
     def submit(self) -> None:
@@ -275,7 +271,7 @@ class PostDaemon:
         self._record(job_id, answer, archive, target, unreachable)
 
     def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
-        members = [self._member(i, work.series_instance_uid) for i in work.instances]
+        members = [self._member(i, s) for s in work.series for i in s.instances]
         target_file = self.settings.jobs_dir / str(job_id) / archive_name(job_id, api)
         try:
             return build_archive(target_file, members, api)
@@ -333,12 +329,13 @@ class PostDaemon:
             jobs.mark_files_removed(self.engine, series_id, self.clock())
         logger.info("series %d: removed its %d file(s)", series_id, len(paths))
 
-    def _member(self, instance: InstanceView, series_instance_uid: str) -> Member:
+    def _member(self, instance: InstanceView, series: jobs.JobSeries) -> Member:
         return Member(
             path=self.settings.incoming_dir / instance.path,
             sop_instance_uid=instance.sop_instance_uid,
             sop_class_uid=instance.sop_class_uid,
-            series_instance_uid=series_instance_uid,
+            series_instance_uid=series.series_instance_uid,
+            trigger=series.trigger,
         )
 
     def _retry(self, job_id: int, failure: SubmitFailure, model: str = "") -> None:

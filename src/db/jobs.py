@@ -1,4 +1,4 @@
-"""The job queue: creating jobs from quiet series and moving them between states.
+"""The job queue: creating jobs and moving them between states.
 
 Each function is one short transaction. Every state change adds a line to the job's
 timeline and one log line with the job id.
@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Engine, and_, or_, select, type_coerce, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, selectinload
 
-from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series
+from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series, SeriesDecision
 from isdr.db.views import EventView, InstanceView, JobView, job_view, view_of
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.states import JobState, SeriesState, Step
@@ -24,91 +24,7 @@ from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class QuietSeries:
-    """What routing needs to know of a series round that went quiet."""
-
-    id: int
-    modality: str
-    series_description: str
-    study_description: str
-    sop_class_uids: tuple[str, ...]
-    calling_ae_title: str
-
-
-@dataclass(frozen=True)
-class Route:
-    """The routing decision for one quiet series: fingerprint name -> snapshot."""
-
-    series_id: int
-    fingerprints: dict[str, Fingerprint]
-    checked: int
-
-
-def quiet_series(engine: Engine, cutoff: datetime, limit: int = 100) -> list[QuietSeries]:
-    """Series rounds still receiving whose last instance arrived before `cutoff`."""
-    with Session(engine) as session:
-        rows = session.scalars(
-            select(Series)
-            .where(Series.state == SeriesState.RECEIVING, Series.last_received_at <= cutoff)
-            .order_by(Series.last_received_at)
-            .limit(limit)
-        ).all()
-        return [
-            QuietSeries(
-                r.id,
-                r.modality,
-                r.series_description,
-                r.study_description,
-                tuple(r.sop_class_uids),
-                r.calling_ae_title,
-            )
-            for r in rows
-        ]
-
-
-def apply_route(engine: Engine, route: Route, cutoff: datetime, now: datetime) -> list[int]:
-    """Mark the round matched (with one job per fingerprint) or unmatched.
-
-    Nothing happens when an instance arrived since the round was found quiet: the check
-    and the change are one transaction, serialised with the Store SCP's writes.
-    """
-    with Session(engine) as session, session.begin():
-        series = session.get(Series, route.series_id, with_for_update=True)
-        if series is None or series.state != SeriesState.RECEIVING:
-            return []
-        if series.last_received_at > cutoff:
-            return []
-        if not route.fingerprints:
-            series.state = SeriesState.UNMATCHED
-            series.state_reason = f"no fingerprint matched ({route.checked} checked)"
-            logger.info("series %d went quiet, unmatched: %s", series.id, series.state_reason)
-            return []
-        series.state = SeriesState.MATCHED
-        series.state_reason = "matched " + ", ".join(sorted(route.fingerprints))
-        models = ", ".join(
-            f"{name} -> model {snap.model_human_readable_id}"
-            for name, snap in sorted(route.fingerprints.items())
-        )
-        logger.info("series %d went quiet and matched: %s", series.id, models)
-        jobs = [
-            _new_job(series.id, name, snap, now)
-            for name, snap in sorted(route.fingerprints.items())
-        ]
-        session.add_all(jobs)
-        session.flush()
-        for job in jobs:
-            change_state(
-                session,
-                job,
-                JobState.PENDING,
-                f"created for series {series.id} ({job.fingerprint_name})",
-                now,
-            )
-        return [job.id for job in jobs]
-
-
-def _new_job(series_id: int, name: str, snapshot: Fingerprint, now: datetime) -> Job:
+def new_job(series_id: int, name: str, snapshot: Fingerprint, now: datetime) -> Job:
     return Job(
         series_id=series_id,
         fingerprint_name=name,
@@ -182,25 +98,54 @@ def _url_of(copy: object) -> str:
 
 
 @dataclass(frozen=True)
+class JobSeries:
+    """One series round of a job: its instances, and the trigger it met ("" if none)."""
+
+    series_id: int
+    series_instance_uid: str
+    trigger: str
+    instances: list[InstanceView]
+
+
+@dataclass(frozen=True)
 class JobInput:
     """What submitting a job needs."""
 
     job_id: int
     fingerprint: Fingerprint
-    series_instance_uid: str
-    instances: list[InstanceView]
+    series: list[JobSeries]
+
+    @property
+    def instances(self) -> list[InstanceView]:
+        """Every instance of every series of the job."""
+        return [instance for series in self.series for instance in series.instances]
 
 
 def job_input(engine: Engine, job_id: int) -> JobInput:
-    """The job's fingerprint snapshot and the instances of its series round."""
+    """The job's fingerprint snapshot and the instances of its series rounds: those each
+    round held when the job was made (a job made before jobs held several rounds: its
+    one round, whole)."""
     with Session(engine) as session:
         job = session.get_one(Job, job_id)
-        rows = session.scalars(
-            select(Instance).where(Instance.series_id == job.series_id).order_by(Instance.id)
-        )
-        instances = [view_of(InstanceView, row) for row in rows]
-        uid = session.get_one(Series, job.series_id).series_instance_uid
-        return JobInput(job.id, job.fingerprint, uid, instances)
+        members = session.execute(
+            select(
+                SeriesDecision.series_id, SeriesDecision.trigger, SeriesDecision.last_instance_id
+            )
+            .where(SeriesDecision.job_id == job_id)
+            .order_by(SeriesDecision.series_id)
+        ).all()
+        rounds = [(row[0], row[1], row[2]) for row in members] or [(job.series_id, "", None)]
+        series = [_job_series(session, *member) for member in rounds]
+        return JobInput(job.id, job.fingerprint, series)
+
+
+def _job_series(session: Session, series_id: int, trigger: str, last: int | None) -> JobSeries:
+    query = select(Instance).where(Instance.series_id == series_id)
+    if last is not None:
+        query = query.where(Instance.id <= last)
+    instances = [view_of(InstanceView, row) for row in session.scalars(query.order_by(Instance.id))]
+    uid = session.get_one(Series, series_id).series_instance_uid
+    return JobSeries(series_id, uid, trigger, instances)
 
 
 def move(
@@ -336,11 +281,15 @@ def series_ready_for_removal(
             or_(Job.failed_step.is_(None), Job.failed_step == Step.SUBMIT),
         ),
     )
-    unfinished = select(Job.id).where(Job.series_id == Series.id, unsent).exists()
+    held_by_job = or_(
+        Job.series_id == Series.id,
+        Job.id.in_(select(SeriesDecision.job_id).where(SeriesDecision.series_id == Series.id)),
+    )
+    unfinished = select(Job.id).where(held_by_job, unsent).exists()
     removable = [Series.state == SeriesState.DISCARDED]
     if delete_on_post:
         removable += [
-            Series.state == SeriesState.UNMATCHED,
+            Series.state.in_((SeriesState.UNMATCHED, SeriesState.INCOMPLETE)),
             and_(Series.state == SeriesState.MATCHED, ~unfinished),
         ]
     with Session(engine) as session:
@@ -389,7 +338,9 @@ def mark_files_removed(engine: Engine, series_id: int, now: datetime) -> None:
 def list_jobs(engine: Engine, limit: int = 200) -> list[JobView]:
     """The newest jobs first."""
     with Session(engine) as session:
-        rows = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit))
+        rows = session.scalars(
+            select(Job).options(selectinload(Job.members)).order_by(Job.id.desc()).limit(limit)
+        )
         return [job_view(row) for row in rows]
 
 

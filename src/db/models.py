@@ -99,6 +99,10 @@ class Series(Base):
     files_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # A person released the round from `held`: it is submitted as it is, never held again.
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The association that sent its instances ("*" when several did; None: none, as for the
+    # inbox), and when that association was released after the round's last instance.
+    association_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    association_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
@@ -119,8 +123,31 @@ class Instance(Base):
     # The instance's own; None in rows recorded before they were kept (read as the round's).
     patient_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     study_instance_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Where it sits in a stack, as the data says (DICOM's own text; None: absent).
+    image_position: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    image_orientation: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    images_in_acquisition: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    temporal_positions: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class SeriesDecision(Base):
+    """What one fingerprint decided about one series round: a job holding it (under one
+    of its triggers), or given up with the reason. A round is decided once per fingerprint."""
+
+    __tablename__ = "series_decision"
+    __table_args__ = (UniqueConstraint("series_id", "fingerprint_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    fingerprint_name: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), nullable=True, index=True)
+    trigger: Mapped[str] = mapped_column(String(64), default="")
+    # The job takes the round's instances up to this one (those that joined later do not).
+    last_instance_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Job(Base):
@@ -164,6 +191,15 @@ class Job(Base):
     poll_errors: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
+    # The rounds it holds (none recorded for a job made before jobs held several: series_id).
+    members: Mapped[list[SeriesDecision]] = relationship(
+        viewonly=True, order_by="SeriesDecision.series_id"
+    )
+
+    @property
+    def series_ids(self) -> tuple[int, ...]:
+        """Every series round the job holds."""
+        return tuple(member.series_id for member in self.members) or (self.series_id,)
 
 
 class JobEvent(Base):

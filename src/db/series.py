@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,8 @@ from isdr.errors import DatabaseUnavailable
 
 SERIES = cast(Table, Series.__table__)
 INSTANCE = cast(Table, Instance.__table__)
+
+SEVERAL = "*"  # the association_uid of a round that several associations sent
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ class NewInstance:
     calling_ae_title: str
     peer_address: str
     received_at: datetime
+    association_uid: str = ""  # "": not received over an association of ours (the inbox)
+    image_position: str = ""
+    image_orientation: str = ""
+    images_in_acquisition: int | None = None
+    temporal_positions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,20 @@ def _record(connection: Connection, new: NewInstance) -> Recorded:
             "received_at": new.received_at,
             "patient_id": new.patient_id,
             "study_instance_uid": new.study_instance_uid,
+            "image_position": new.image_position or None,
+            "image_orientation": new.image_orientation or None,
+            "images_in_acquisition": new.images_in_acquisition,
+            "temporal_positions": new.temporal_positions,
         },
     )
     connection.execute(
-        _COUNT_INSTANCE, {"series": series_id, "size": new.size, "at": new.received_at}
+        _COUNT_INSTANCE,
+        {
+            "series": series_id,
+            "size": new.size,
+            "at": new.received_at,
+            "association": new.association_uid,
+        },
     )
     if new.sop_class_uid and new.sop_class_uid not in sop_classes:
         connection.execute(
@@ -202,8 +219,9 @@ def _open_round(connection: Connection, new: NewInstance) -> _Round:
 
 # Built once: these run for every received instance, and building a statement costs more
 # than executing it.
-# A held round stays open: the rest of its series joins it while a person decides.
-_OPEN_STATES = (SeriesState.RECEIVING, SeriesState.HELD)
+# A held round stays open: the rest of its series joins it while a person decides; so does
+# a waiting one, while a fingerprint waits for the rest of its study or its missing slices.
+_OPEN_STATES = (SeriesState.RECEIVING, SeriesState.WAITING, SeriesState.HELD)
 _FIND_OPEN_ROUND = (
     select(
         SERIES.c.id, SERIES.c.sop_class_uids, SERIES.c.patient_id, SERIES.c.study_instance_uid,
@@ -266,6 +284,14 @@ _COUNT_INSTANCE = (
         instance_count=SERIES.c.instance_count + 1,
         total_bytes=SERIES.c.total_bytes + bindparam("size"),
         last_received_at=bindparam("at", type_=UTCDateTime()),
+        # The association that sent the round, "*" once a second one adds to it; and an
+        # instance since the association's release means the sender goes on.
+        association_uid=case(
+            (SERIES.c.instance_count == 0, bindparam("association")),
+            (SERIES.c.association_uid == bindparam("association"), bindparam("association")),
+            else_=SEVERAL,
+        ),
+        association_ended_at=None,
     )
 )
 _SET_SOP_CLASSES = (
@@ -273,6 +299,21 @@ _SET_SOP_CLASSES = (
     .where(SERIES.c.id == bindparam("series"))
     .values(sop_class_uids=bindparam("classes", type_=SERIES.c.sop_class_uids.type))
 )
+
+
+def association_released(engine: Engine, association_uid: str, now: datetime) -> int:
+    """Record that an association was released: the open rounds it alone sent may be
+    complete now. How many rounds it sent."""
+    with engine.begin() as connection:
+        done = connection.execute(
+            update(SERIES)
+            .where(
+                SERIES.c.association_uid == association_uid,
+                SERIES.c.state.in_((SeriesState.RECEIVING, SeriesState.WAITING)),
+            )
+            .values(association_ended_at=now)
+        )
+        return int(done.rowcount or 0)
 
 
 def is_recorded(engine: Engine, path: str) -> bool:

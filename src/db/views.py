@@ -78,6 +78,7 @@ class JobView:
     remote_delete_attempts: int | None
     ambiguous_submits: int | None
     poll_errors: int | None
+    series_ids: tuple[int, ...]  # every series round it holds (series_id is the first)
 
     @property
     def model(self) -> str:

@@ -1,7 +1,9 @@
 """Read the few tags an instance is sorted by, without decoding the rest of it.
 
-All of them sit in groups 0008 to 0020, before the pixel data, so parsing stops at
-SeriesInstanceUID (0020,000E). Parse failures are translated into InstanceRejected.
+All of them sit in groups 0008 to 0020, before the pixel data, so parsing stops after
+ImagesInAcquisition (0020,1002). Parse failures of the sort tags are translated into
+InstanceRejected; the stack's tags (position, orientation, counts) are read as text and
+never refuse an instance: a broken one is read as absent.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator, read_dataset, read_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from isdr.domain.keys import SortKeys
 from isdr.errors import InstanceRejected
 
-LAST_SORT_TAG = 0x0020000E
+LAST_SORT_TAG = 0x00201002  # ImagesInAcquisition: the last of the stack's tags
 _HEAD_BYTES = 64 * 1024
 _LONG_VRS = {
     b"OB",
@@ -91,6 +94,7 @@ def keys_from_dataset(dataset: Dataset, sop_class_fallback: str = "") -> SortKey
     if missing:
         raise InstanceRejected(STATUS_MISSING_UIDS, f"missing {', '.join(missing)}")
     return SortKeys(
+        **_stack_tags(dataset),
         patient_id=values["PatientID"],
         study_instance_uid=values["StudyInstanceUID"],
         series_instance_uid=values["SeriesInstanceUID"],
@@ -100,6 +104,40 @@ def keys_from_dataset(dataset: Dataset, sop_class_fallback: str = "") -> SortKey
         study_description=values["StudyDescription"],
         series_description=values["SeriesDescription"],
     )
+
+
+_STACK_TEXT = {"image_position": 0x00200032, "image_orientation": 0x00200037}
+_STACK_COUNTS = {"images_in_acquisition": 0x00201002, "temporal_positions": 0x00200105}
+_STACK_TEXT_LIMIT = 200  # characters: 6 decimal strings of 16 and their separators fit
+
+
+def _stack_tags(dataset: Dataset) -> dict[str, Any]:
+    """The stack's tags as their text (and counts as numbers); absent when broken."""
+    found: dict[str, Any] = {}
+    for name, tag in _STACK_TEXT.items():
+        text = _raw_text(dataset, tag)
+        found[name] = text if len(text) <= _STACK_TEXT_LIMIT else ""
+    for name, tag in _STACK_COUNTS.items():
+        text = _raw_text(dataset, tag)
+        found[name] = int(text) if text.isdigit() and 0 < len(text) <= 6 else None
+    return found
+
+
+def _raw_text(dataset: Dataset, tag: int) -> str:
+    """A tag's value as the text that was sent, without pydicom's conversion (which
+    refuses a malformed number); "" when absent or unreadable."""
+    try:
+        element = dataset.get_item(tag)
+    except _PARSE_ERRORS:
+        return ""
+    if element is None:
+        return ""
+    value = element.value
+    if isinstance(value, bytes):
+        return value[: _STACK_TEXT_LIMIT + 1].decode("ascii", "replace").strip(" \x00")
+    if isinstance(value, list | tuple):
+        return "\\".join(str(item) for item in value)
+    return "" if value is None else str(value).strip(" \x00")
 
 
 def _inflated_head(data: bytes | memoryview) -> BinaryIO:
@@ -195,9 +233,18 @@ def _split_file_meta(head: bytes) -> tuple[str, str, int] | None:
     return values[0x0010], values.get(0x0002, ""), offset
 
 
+_SLOW_TAGS = [Tag(keyword) for keyword in _KEYWORDS] + [
+    Tag(tag) for tag in (*_STACK_TEXT.values(), *_STACK_COUNTS.values())
+]
+
+
 def _read_file_sort_keys_slowly(path: Path) -> SortKeys:
     try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(_KEYWORDS))
+        dataset = dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=_SLOW_TAGS,
+        )
     except (*_PARSE_ERRORS, OSError) as exc:
         raise InstanceRejected(
             STATUS_CANNOT_UNDERSTAND, f"cannot parse {path.name}: {exc}"

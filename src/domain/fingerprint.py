@@ -41,6 +41,76 @@ def has_control_character(text: str) -> bool:
     return any(unicodedata.category(character) == "Cc" for character in text)
 
 
+_RULE_KEYS = (
+    "modality_regex",
+    "series_description_regex",
+    "study_description_regex",
+    "sop_class_uid_regex",
+    "calling_ae_title_regex",
+    "exclude_regex",
+)
+ExpectedInstances = Annotated[int, Field(ge=1)] | Literal["from_data"]
+MAX_WAIT_LIMIT = 7 * 24 * 3600.0  # seconds: a week
+
+
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+class Trigger(BaseModel):
+    """One series a fingerprint needs: the rules it must meet, how many such series, and
+    when such a series counts as complete."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("", max_length=64)  # said in reasons: "no series for trigger 'MR T1'"
+    modality_regex: Regex = ""
+    series_description_regex: Regex = ""
+    study_description_regex: Regex = ""
+    sop_class_uid_regex: Regex = ""
+    calling_ae_title_regex: Regex = ""
+    exclude_regex: Regex = "a^"
+    min_series: int = Field(1, ge=1)
+    max_series: int | None = Field(None, ge=1)
+    min_instances: int = Field(1, ge=1)  # a series with fewer does not meet the trigger
+    # Complete only once it holds this many instances, or as many as its data says.
+    expected_instances: ExpectedInstances | None = None
+    # Complete only once its slices are evenly spaced, with no gap and no duplicate.
+    check_geometry: bool = False
+
+    @field_validator(*_RULE_KEYS)
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        return _compiles(value)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        if has_control_character(name):
+            raise ValueError("the name holds a control character")
+        return name
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> Trigger:
+        if self.max_series is not None and self.max_series < self.min_series:
+            raise ValueError("max_series is smaller than min_series")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How reasons name it: its name, or the rules it stands for."""
+        return self.name or self.modality_regex or "series"
+
+    @property
+    def checks_completeness(self) -> bool:
+        """Whether a series meeting it is checked beyond being settled."""
+        return self.check_geometry or self.expected_instances is not None
+
+
 class Fingerprint(BaseModel):
     """One fingerprint file."""
 
@@ -65,22 +135,23 @@ class Fingerprint(BaseModel):
     # Or, kept out of the fingerprint file and out of the database's job copies:
     inference_server_token_env: str | None = Field(None, min_length=1)  # a variable's name
     inference_server_token_file: str | None = Field(None, min_length=1)  # a file's path
+    # Completeness of the one series a flat fingerprint takes (in `triggers`: each its own).
+    min_instances: int = Field(1, ge=1)
+    expected_instances: ExpectedInstances | None = None
+    check_geometry: bool = False
+    # Several series of one study, each meeting its own trigger: one job holding them all.
+    triggers: list[Trigger] = Field(default_factory=list, max_length=16)
+    # A series is complete when the association that sent it is released (not only after
+    # POST_AFTER seconds of quiet), if that association sent all of it, 2 instances or more.
+    complete_on_association_end: bool = False
+    # Seconds a series (study) that meets the fingerprint in part, or is incomplete, is
+    # waited for from its first instance; then it ends visibly, not submitted.
+    max_wait: float = Field(3600.0, gt=0, le=MAX_WAIT_LIMIT)
 
-    @field_validator(
-        "modality_regex",
-        "series_description_regex",
-        "study_description_regex",
-        "sop_class_uid_regex",
-        "calling_ae_title_regex",
-        "exclude_regex",
-    )
+    @field_validator(*_RULE_KEYS)
     @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value, re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
+    def _regex_compiles(cls, value: str) -> str:
+        return _compiles(value)
 
     @field_validator("inference_server_token")
     @classmethod
@@ -110,6 +181,34 @@ class Fingerprint(BaseModel):
                 "and inference_server_token_file"
             )
         return self
+
+    @model_validator(mode="after")
+    def _rules_in_one_place(self) -> Fingerprint:
+        if not self.triggers:
+            return self
+        fields = type(self).model_fields
+        keys = (*_RULE_KEYS, *_COMPLETENESS_KEYS)
+        flat = [key for key in keys if getattr(self, key) != fields[key].default]
+        if flat:
+            raise ValueError(
+                f"with triggers, give {', '.join(flat)} in each trigger, not at the top level"
+            )
+        names = [trigger.name for trigger in self.triggers]
+        if len(self.triggers) > 1 and ("" in names or len(set(names)) < len(names)):
+            raise ValueError("with several triggers, give each a name of its own")
+        return self
+
+    @property
+    def study_level(self) -> bool:
+        """Whether it matches a study (its triggers) rather than one series at a time."""
+        return bool(self.triggers)
+
+    def rules(self) -> tuple[Trigger, ...]:
+        """Its triggers; a flat fingerprint is one trigger made of its top-level rules."""
+        if self.triggers:
+            return tuple(self.triggers)
+        keys = (*_RULE_KEYS, *_COMPLETENESS_KEYS)
+        return (Trigger.model_validate({key: getattr(self, key) for key in keys}),)
 
     def token(self) -> str | None:
         """The token to send, read from the environment or its file when named so;
@@ -156,6 +255,8 @@ def _printable(token: str, source: str) -> str:
     return token
 
 
+_COMPLETENESS_KEYS = ("min_instances", "expected_instances", "check_geometry")
 KNOWN_KEYS = tuple(Fingerprint.model_fields)
+TRIGGER_KEYS = tuple(Trigger.model_fields)
 DESTINATION_KEYS = tuple(Destination.model_fields)
 TLS_KEYS = tuple(DestinationTls.model_fields)

@@ -17,3 +17,8 @@ class SortKeys:
     modality: str
     study_description: str
     series_description: str
+    # Where the instance sits in a stack: DICOM's own text, "" when absent.
+    image_position: str = ""
+    image_orientation: str = ""
+    images_in_acquisition: int | None = None
+    temporal_positions: int | None = None

@@ -13,7 +13,9 @@ class SeriesState(StrEnum):
 
     RECEIVING = "receiving"  # instances are arriving; not quiet for POST_AFTER yet
     MATCHED = "matched"  # quiet, and one job per matching fingerprint was created
-    UNMATCHED = "unmatched"  # quiet, and no fingerprint matched
+    UNMATCHED = "unmatched"  # quiet, and no fingerprint matched (or one gave up waiting)
+    WAITING = "waiting"  # settled; a fingerprint waits for the rest of its study, or slices
+    INCOMPLETE = "incomplete"  # a fingerprint gave up waiting for it to be complete
     HELD = "held"  # its instances disagree on the patient or study: a person decides
     DISCARDED = "discarded"  # a held round a person had deleted: its files go, nothing is sent
 

@@ -16,7 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from isdr.domain.destination import AE_TITLE_MAX
-from isdr.domain.fingerprint import DESTINATION_KEYS, KNOWN_KEYS, TLS_KEYS, Fingerprint
+from isdr.domain.fingerprint import (
+    DESTINATION_KEYS,
+    KNOWN_KEYS,
+    TLS_KEYS,
+    TRIGGER_KEYS,
+    Fingerprint,
+)
 from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 
 SUFFIX = ".json"
@@ -119,15 +125,24 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
     except ValidationError as exc:
         errors = [_describe(path.name, text, error) for error in exc.errors()]
         return sorted(errors, key=lambda error: (error.line or 0, error.column or 0))
-    slow = too_slow({key: getattr(fingerprint, key) for key in REGEX_KEYS})
+    slow = too_slow(_patterns(fingerprint))
     if slow is not None:
-        line, column = _position(text, slow, [slow])
+        location = slow.split(".")
+        line, column = _position(text, location[-1], location)
         message = (
             f"this regular expression takes more than {TIME_LIMIT} s to search a "
             f"{PROBE_LENGTH}-character string (catastrophic backtracking): simplify it"
         )
         return [FingerprintError(path.name, message, line, column, slow)]
     return fingerprint
+
+
+def _patterns(fingerprint: Fingerprint) -> dict[str, str]:
+    """Every regular expression of a fingerprint, by where it is (`triggers.1.modality_regex`)."""
+    patterns = {key: getattr(fingerprint, key) for key in REGEX_KEYS}
+    for index, trigger in enumerate(fingerprint.triggers):
+        patterns |= {f"triggers.{index}.{key}": getattr(trigger, key) for key in REGEX_KEYS}
+    return patterns
 
 
 class RepeatedKey(ValueError):
@@ -162,10 +177,13 @@ def _describe(file: str, text: str, error: Any) -> FingerprintError:
 
 
 def _keys_at(location: list[str]) -> tuple[str, ...]:
-    """The keys allowed where an unknown one was found: top level, scus[n], or its tls."""
+    """The keys allowed where an unknown one was found: top level, scus[n], its tls, or
+    triggers[n]."""
     if len(location) > 3 and location[2] == "tls":
         return TLS_KEYS
-    return DESTINATION_KEYS if len(location) > 1 else KNOWN_KEYS
+    if len(location) > 1:
+        return TRIGGER_KEYS if location[0] == "triggers" else DESTINATION_KEYS
+    return KNOWN_KEYS
 
 
 def _message(error: Any) -> str:

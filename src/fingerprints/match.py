@@ -13,19 +13,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.fingerprint import Fingerprint, Trigger
+from isdr.domain.routing import SeriesFacts
 from isdr.domain.text import searched, shown
-
-
-@dataclass(frozen=True)
-class SeriesFacts:
-    """The tags of a series that fingerprints look at."""
-
-    modality: str
-    series_description: str
-    study_description: str
-    sop_class_uids: tuple[str, ...]
-    calling_ae_title: str = ""  # of the association that sent the series
 
 
 @dataclass(frozen=True)
@@ -44,30 +34,39 @@ def _found(pattern: str, values: Sequence[str]) -> bool:
     return any(compiled.search(searched(value)) for value in values)
 
 
-def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
-    """Check every rule of one fingerprint against a series."""
+def failed_rules(facts: SeriesFacts, trigger: Trigger) -> tuple[str, ...]:
+    """The rules of one trigger (a flat fingerprint is one) the series fails; () if none."""
     sop_classes = facts.sop_class_uids or ("",)
     rules = (
-        ("modality_regex", fingerprint.modality_regex, (facts.modality,)),
-        (
-            "series_description_regex",
-            fingerprint.series_description_regex,
-            (facts.series_description,),
-        ),
-        (
-            "study_description_regex",
-            fingerprint.study_description_regex,
-            (facts.study_description,),
-        ),
-        ("sop_class_uid_regex", fingerprint.sop_class_uid_regex, sop_classes),
-        ("calling_ae_title_regex", fingerprint.calling_ae_title_regex, (facts.calling_ae_title,)),
-    )
+        ("modality_regex", trigger.modality_regex, (facts.modality,)),
+        ("series_description_regex", trigger.series_description_regex,
+         (facts.series_description,)),
+        ("study_description_regex", trigger.study_description_regex, (facts.study_description,)),
+        ("sop_class_uid_regex", trigger.sop_class_uid_regex, sop_classes),
+        ("calling_ae_title_regex", trigger.calling_ae_title_regex, (facts.calling_ae_title,)),
+    )  # fmt: skip
     failed = [f"{key} {pattern!r} not found in {_shown(values)}" for key, pattern, values in rules
               if not _found(pattern, values)]  # fmt: skip
     everything = (facts.modality, facts.series_description, facts.study_description, *sop_classes)
-    if _found(fingerprint.exclude_regex, everything):
-        failed.append(f"exclude_regex {fingerprint.exclude_regex!r} found")
-    return Verdict(name, not failed, tuple(failed))
+    if _found(trigger.exclude_regex, everything):
+        failed.append(f"exclude_regex {trigger.exclude_regex!r} found")
+    return tuple(failed)
+
+
+def judge(facts: SeriesFacts, name: str, fingerprint: Fingerprint) -> Verdict:
+    """Check every rule of one fingerprint against a series: for one with triggers, the
+    series matches when it meets one of them (the study decides the rest)."""
+    triggers = fingerprint.rules()
+    verdicts = [failed_rules(facts, trigger) for trigger in triggers]
+    if any(not failed for failed in verdicts):
+        return Verdict(name, True, ())
+    if not fingerprint.study_level:
+        return Verdict(name, False, verdicts[0])
+    failed = tuple(
+        f"trigger {trigger.label!r}: {'; '.join(rules)}"
+        for trigger, rules in zip(triggers, verdicts, strict=True)
+    )
+    return Verdict(name, False, failed)
 
 
 def _shown(values: Sequence[str]) -> str:

@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from isdr.dicom.headers import read_file_sort_keys
 from isdr.domain.destination import DestinationTls
-from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
+from isdr.domain.fingerprint import MAX_WAIT_LIMIT, Fingerprint, TokenUnavailable
+from isdr.domain.keys import SortKeys
+from isdr.domain.routing import GiveUp, OpenRound, SeriesFacts, Take, slice_facts
+from isdr.domain.stack import SliceFacts
 from isdr.errors import InstanceRejected
+from isdr.fingerprints.decide import decide
 from isdr.fingerprints.loader import Loaded
-from isdr.fingerprints.match import SeriesFacts, judge
+from isdr.fingerprints.match import failed_rules, judge
 
 
 def check_lines(folder: Path, loaded: Loaded) -> list[str]:
@@ -74,15 +79,25 @@ def _readable(path: Path) -> bool:
 
 @dataclass
 class _SeriesSeen:
+    study: tuple[str, str] = ("", "")
     modality: str = ""
     series_description: str = ""
     study_description: str = ""
     sop_classes: set[str] = field(default_factory=set)
-    files: int = 0
+    slices: list[SliceFacts] = field(default_factory=list)
+
+    def facts(self) -> SeriesFacts:
+        return SeriesFacts(self.modality, self.series_description, self.study_description,
+                           tuple(sorted(self.sop_classes)))  # fmt: skip
+
+
+_LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # every file counts as settled...
+_LATER = _LONG_AGO + timedelta(seconds=MAX_WAIT_LIMIT + 1)  # ...and waited for in vain
 
 
 def test_lines(path: Path, fingerprints: Mapping[str, Fingerprint]) -> list[str]:
-    """Per series found under `path`, per fingerprint: does it match, and if not, why."""
+    """Per study found under `path`: per series, which flat fingerprints match it and why
+    not; per fingerprint with triggers, which series met which trigger, and the verdict."""
     seen: dict[str, _SeriesSeen] = defaultdict(_SeriesSeen)
     lines: list[str] = []
     for file in _files(path):
@@ -91,24 +106,82 @@ def test_lines(path: Path, fingerprints: Mapping[str, Fingerprint]) -> list[str]
         except InstanceRejected as exc:
             lines.append(f"skipped {file}: {exc.reason}")
             continue
-        entry = seen[keys.series_instance_uid]
-        entry.modality, entry.series_description = keys.modality, keys.series_description
-        entry.study_description = keys.study_description
-        entry.sop_classes.add(keys.sop_class_uid)
-        entry.files += 1
+        _add(seen[keys.series_instance_uid], keys)
+    studies: dict[tuple[str, str], list[str]] = defaultdict(list)
     for uid, entry in sorted(seen.items()):
-        facts = SeriesFacts(entry.modality, entry.series_description, entry.study_description,
-                            tuple(sorted(entry.sop_classes)))  # fmt: skip
-        lines.append(f"series {uid} ({entry.modality}, {entry.series_description!r}, "
-                     f"study {entry.study_description!r}, {entry.files} file(s))")  # fmt: skip
-        for name, fingerprint in sorted(fingerprints.items()):
-            verdict = judge(facts, name, fingerprint)
-            if verdict.matched:
-                lines.append(f"  MATCH  {name}: model {fingerprint.model_human_readable_id!r}")
-            else:
-                lines.append(f"  no     {name}: " + "; ".join(verdict.failed_rules))
+        studies[entry.study].append(uid)
+    for (_, study_uid), uids in studies.items():
+        lines.append(f"study {study_uid} ({len(uids)} series)")
+        lines += _study_lines(uids, seen, fingerprints)
     if not seen:
         lines.append(f"no DICOM files under {path}")
+    return lines
+
+
+def _add(entry: _SeriesSeen, keys: SortKeys) -> None:
+    entry.study = (keys.patient_id, keys.study_instance_uid)
+    entry.modality, entry.series_description = keys.modality, keys.series_description
+    entry.study_description = keys.study_description
+    entry.sop_classes.add(keys.sop_class_uid)
+    entry.slices.append(
+        slice_facts(keys.image_position, keys.image_orientation,
+                    keys.images_in_acquisition, keys.temporal_positions)
+    )  # fmt: skip
+
+
+def _study_lines(
+    uids: list[str], seen: Mapping[str, _SeriesSeen], fingerprints: Mapping[str, Fingerprint]
+) -> list[str]:
+    rounds = [
+        OpenRound(number, seen[uid].facts(), len(seen[uid].slices), _LONG_AGO, _LONG_AGO,
+                  slices=tuple(seen[uid].slices))
+        for number, uid in enumerate(uids, start=1)
+    ]  # fmt: skip
+    lines = []
+    for round_, uid in zip(rounds, uids, strict=True):
+        facts = round_.facts
+        lines.append(f"  series {round_.id}: {uid} ({facts.modality}, "
+                     f"{facts.series_description!r}, study {facts.study_description!r}, "
+                     f"{round_.instance_count} file(s))")  # fmt: skip
+        for name, fingerprint in sorted(fingerprints.items()):
+            if not fingerprint.study_level:
+                lines += _flat_lines(round_, name, fingerprint)
+    for name, fingerprint in sorted(fingerprints.items()):
+        if fingerprint.study_level:
+            lines += _study_level_lines(rounds, name, fingerprint)
+    return lines
+
+
+def _flat_lines(round_: OpenRound, name: str, fingerprint: Fingerprint) -> list[str]:
+    verdict = judge(round_.facts, name, fingerprint)
+    if not verdict.matched:
+        return [f"    no     {name}: " + "; ".join(verdict.failed_rules)]
+    [decision] = decide([round_], name, fingerprint, _LATER, 0.0)
+    if isinstance(decision, GiveUp):
+        return [f"    no     {name}: {decision.reason}"]
+    return [f"    MATCH  {name}: model {fingerprint.model_human_readable_id!r}"]
+
+
+def _study_level_lines(rounds: list[OpenRound], name: str, fingerprint: Fingerprint) -> list[str]:
+    """Which series met which trigger (each goes to the first it meets), and the verdict
+    once the relay had waited for the rest as long as the fingerprint lets it."""
+    lines = [f"  {name}: model {fingerprint.model_human_readable_id!r}, "
+             f"{len(fingerprint.triggers)} trigger(s)"]  # fmt: skip
+    taken: set[int] = set()
+    for trigger in fingerprint.triggers:
+        meeting = [r.id for r in rounds if r.id not in taken and not failed_rules(r.facts, trigger)]
+        taken.update(meeting)
+        found = ", ".join(f"series {number}" for number in meeting) or "no series"
+        lines.append(f"    trigger {trigger.label!r}: {found}")
+    decisions = decide(rounds, name, fingerprint, _LATER, 0.0)
+    if not decisions:
+        return [*lines, f"    no     {name}: no series meets any trigger"]
+    for decision in decisions:
+        if isinstance(decision, Take):
+            held = ", ".join(f"{m.trigger} = series {m.round_id}" for m in decision.members)
+            lines.append(f"    MATCH  {name}: one job holding {held}")
+        elif isinstance(decision, GiveUp):
+            lines.append(f"    no     {name}: {decision.reason}")
     return lines
 
 

@@ -1,7 +1,11 @@
 """Archives of a series for an InferenceServer, streamed to a file, never whole in memory.
 
-Generation 1 takes a flat zip; generation 2 a tar laid out
-`<SOPClassUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, as the original relay 2.0 did.
+Generation 1 takes a zip: flat for one series, as the original relay sent it; for several
+series (a fingerprint with triggers), one folder per trigger and series,
+`<trigger>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, so that a model tells its CT from
+its MR by the folder, without reading a header. Generation 2 takes a tar laid out
+`<SOPClassUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, as the original relay 2.0 did,
+however many series.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class Member:
     sop_instance_uid: str
     sop_class_uid: str
     series_instance_uid: str
+    trigger: str = ""  # the trigger its series met, for generation 1's folders
 
 
 def archive_name(job_id: int, api: int) -> str:
@@ -50,17 +55,21 @@ def member_names(members: Sequence[Member], api: int) -> list[str]:
     to the same name (a trailing dot, a stray character) get `-2`, `-3`, ... in order."""
     taken: set[str] = set()
     names = []
+    several = len({member.series_instance_uid for member in members}) > 1
     for member in members:
-        name = _unique(_name(member, api), taken)
+        name = _unique(_name(member, api, several), taken)
         taken.add(name.casefold())
         names.append(name)
     return names
 
 
-def _name(member: Member, api: int) -> str:
+def _name(member: Member, api: int, several: bool) -> str:
     file = f"{_safe(member.sop_instance_uid)}.dcm"
-    if api == 1:
+    if api == 1 and not several:
         return file
+    if api == 1:
+        folder = _safe(member.trigger or "series")
+        return "/".join((folder, _safe(member.series_instance_uid), file))
     return "/".join((_safe(member.sop_class_uid), _safe(member.series_instance_uid), file))
 
 

@@ -11,11 +11,13 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from isdr.db.series import NewInstance, Recorded, record_instance
+from isdr.db.series import NewInstance, Recorded, association_released, record_instance
 from isdr.dicom.headers import read_file_sort_keys, read_sort_keys
 from isdr.domain.clock import Clock, utcnow
 from isdr.domain.keys import SortKeys
@@ -27,6 +29,15 @@ from isdr.scp.storage import TEMP_SUFFIX, AtomicWriter, file_meta_bytes
 from isdr.scp.wellformed import check_matches_command, check_received
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Sender:
+    """Who sent an instance: the association's calling AE title, the peer, its uid."""
+
+    calling_ae_title: str
+    peer_address: str
+    association_uid: str = ""
 
 
 class Ingestor:
@@ -46,6 +57,8 @@ class Ingestor:
         # Two C-STOREs of one instance (a resend on another association while the first
         # still waits for the database) must not undo each other's file: one at a time.
         self._path_locks = [threading.Lock() for _ in range(64)]
+        # app.py wakes the post daemon: a round may be complete at its association's end.
+        self.on_association_released: Callable[[], None] = lambda: None
 
     def store_received(
         self,
@@ -55,6 +68,7 @@ class Ingestor:
         calling_ae_title: str,
         peer_address: str,
         sop_instance_uid: str = "",
+        association_uid: str = "",
     ) -> Recorded:
         """Write a dataset received over the network and record it.
 
@@ -73,8 +87,9 @@ class Ingestor:
         with self.tree_lock.shared(), self._path_locks[hash(path) % len(self._path_locks)]:
             earlier = _set_aside(path)
             try:
+                sender = _Sender(calling_ae_title, peer_address, association_uid)
                 recorded = self._write_and_record(
-                    keys, path, (meta, dataset, size), earlier, calling_ae_title, peer_address
+                    keys, path, (meta, dataset, size), earlier, sender
                 )
             finally:
                 if earlier is not None:
@@ -88,15 +103,14 @@ class Ingestor:
         path: Path,
         content: tuple[bytes, bytes | memoryview, int],
         earlier: Path | None,
-        calling_ae_title: str,
-        peer_address: str,
+        sender: _Sender,
     ) -> Recorded:
         """Write and record a file; if either fails, the file is undone before the sender
         hears of the failure (the copy it replaced, if any, is put back)."""
         meta, dataset, size = content
         try:
             self.writer.write(path, (meta, dataset), size)
-            return self._record_only(keys, path, size, calling_ae_title, peer_address)
+            return self._record_only(keys, path, size, sender)
         except DatabaseUnavailable as exc:
             _undo(path, earlier)
             raise InstanceRejected(STATUS_OUT_OF_RESOURCES, f"{exc}: not stored") from exc
@@ -113,13 +127,16 @@ class Ingestor:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.writer.recent.add(target)
                 os.replace(path, target)
-            recorded = self._record_only(keys, target, target.stat().st_size, "", source)
+            recorded = self._record_only(keys, target, target.stat().st_size, _Sender("", source))
         self._after_record(keys, recorded, "", source)
         return recorded
 
-    def _record_only(
-        self, keys: SortKeys, path: Path, size: int, calling_ae_title: str, peer_address: str
-    ) -> Recorded:
+    def association_released(self, association_uid: str) -> None:
+        """The association was released: the rounds it alone sent may be complete now."""
+        if association_released(self.engine, association_uid, self.clock()):
+            self.on_association_released()
+
+    def _record_only(self, keys: SortKeys, path: Path, size: int, sender: _Sender) -> Recorded:
         relpath = path.relative_to(self.root)
         return record_instance(
             self.engine,
@@ -135,9 +152,14 @@ class Ingestor:
                 folder=relpath.parent.as_posix(),
                 path=relpath.as_posix(),
                 size=size,
-                calling_ae_title=calling_ae_title,
-                peer_address=peer_address,
+                calling_ae_title=sender.calling_ae_title,
+                peer_address=sender.peer_address,
                 received_at=self.clock(),
+                association_uid=sender.association_uid,
+                image_position=keys.image_position,
+                image_orientation=keys.image_orientation,
+                images_in_acquisition=keys.images_in_acquisition,
+                temporal_positions=keys.temporal_positions,
             ),
         )
 

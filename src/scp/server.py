@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from isdr.domain.access import VERIFICATION, AccessPolicy, is_health_check
 from isdr.errors import STATUS_OUT_OF_RESOURCES, InstanceRejected
-from isdr.logs import log_exception
+from isdr.logs import guarded, log_exception
 from isdr.scp.admission import ConnectionLimits, ConnectionTable, Throttle
 from isdr.scp.guard import WireLimits, guard_of, how_it_ended
 from isdr.scp.ingest import Ingestor
@@ -88,6 +89,8 @@ class AssociationStats:
     refused: int = 0
     bytes: int = 0
     echo_only: bool = False  # Verification alone (health checks): logged at DEBUG
+    # Names the association in the rounds it sends: their end may complete them.
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class StoreSCP:
@@ -305,6 +308,9 @@ class StoreSCP:
         guard = guard_of(event.assoc)
         if stats is not None:
             _log_summary(stats, ending)
+            if ending is None and stats.stored:
+                guarded(logger, "recording an association's release",
+                        self.ingestor.association_released, stats.uid)  # fmt: skip
         elif ending is not None and not (guard is not None and guard.reported):
             self._log_ended_waiting(event.assoc, ending)
 
@@ -339,6 +345,7 @@ class StoreSCP:
                 stats.calling_ae_title,
                 stats.peer,
                 str(request.AffectedSOPInstanceUID or ""),
+                stats.uid,
             )
         except InstanceRejected as exc:
             stats.refused += 1

@@ -61,3 +61,43 @@ def test_test_tells_which_fingerprint_matches_and_which_rule_failed(tmp_path: Pa
     assert "MATCH  ct.json" in result.stdout
     assert "no     mr.json: modality_regex 'MR' not found in ('CT',)" in result.stdout
     assert "2 file(s)" in result.stdout
+
+
+def test_test_explains_a_study_which_series_met_which_trigger_and_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "fp"
+    folder.mkdir()
+    triggers = [
+        {"name": "CT", "modality_regex": "^CT$", "check_geometry": True},
+        {"name": "MR T1", "modality_regex": "^MR$", "series_description_regex": "T1"},
+    ]
+    (folder / "ct-mr.json").write_text(json.dumps({
+        "inference_server_url": "https://s/api/tasks/", "model_human_readable_id": "m",
+        "triggers": triggers,
+    }))  # fmt: skip
+    study = "1.2.826.0.1.3680043.10.77"
+    gapped = SeriesSpec("CT", 6, study_instance_uid=study, series_instance_uid=study + ".1")
+    ct = write_series(tmp_path / "one" / "ct", gapped)
+    (ct[2]).unlink()  # a slice missing
+    result = isdr("fingerprints", "test", str(tmp_path / "one"), "--folder", str(folder),
+                  cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "trigger 'CT': series 1" in result.stdout
+    assert "trigger 'MR T1': no series" in result.stdout
+    assert "no     ct-mr.json: not matched: no series for trigger 'MR T1'" in result.stdout
+    mr = SeriesSpec("MR", 3, series_description="T1 axial", study_instance_uid=study,
+                    series_instance_uid=study + ".2")  # fmt: skip
+    write_series(tmp_path / "one" / "mr", mr)
+    result = isdr("fingerprints", "test", str(tmp_path / "one"), "--folder", str(folder),
+                  cwd=tmp_path)  # fmt: skip
+    assert "trigger 'MR T1': series 2" in result.stdout
+    assert (
+        "no     ct-mr.json: incomplete: series 1 (CT, 'Synthetic series'): a gap" in result.stdout
+    )
+    whole = gapped
+    write_series(tmp_path / "two" / "ct", whole)
+    write_series(tmp_path / "two" / "mr", mr)
+    result = isdr("fingerprints", "test", str(tmp_path / "two"), "--folder", str(folder),
+                  cwd=tmp_path)  # fmt: skip
+    assert "MATCH  ct-mr.json: one job holding CT = series 1, MR T1 = series 2" in result.stdout

@@ -127,3 +127,102 @@ def test_a_fingerprint_dropped_in_while_running_is_used_and_a_broken_one_harms_n
     wait_for(lambda: len(standin.submissions) == 1)
     log = (tmp_path / "relay.log").read_text()
     assert "broken.json:1:" in log and "1 fingerprint(s) loaded (ct.json)" in log
+
+
+def _series(env: dict[str, str]) -> str:
+    return subprocess.run(
+        [*ISDR, "series"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _ct_and_mr(folder: Path, study: str, *, mr: bool = True) -> list[Path]:
+    files = write_series(
+        folder / "ct", SeriesSpec(modality="CT", count=5, study_instance_uid=study)
+    )
+    if mr:
+        spec = SeriesSpec(modality="MR", count=7, series_description="T1 axial",
+                          study_instance_uid=study)  # fmt: skip
+        files += write_series(folder / "mr", spec)
+    return files
+
+
+def test_a_ct_and_an_mr_of_one_study_go_as_one_job_and_a_follow_up_makes_its_own(
+    settings: Settings, standin: StandIn, relay: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    write_fingerprint(
+        settings, "ct-mr.json", model_human_readable_id="ct-model",
+        inference_server_url=standin.url_v2, inference_server_api=2,
+        triggers=[{"name": "CT", "modality_regex": "^CT$"},
+                  {"name": "MR T1", "modality_regex": "^MR$", "series_description_regex": "T1"}],
+    )  # fmt: skip
+    time.sleep(1)
+    storescu(settings, _ct_and_mr(tmp_path / "first", "1.2.826.0.1.3680043.10.1"))
+    wait_for(lambda: len(standin.submissions) == 1)
+    [submission] = standin.submissions
+    assert len(submission.members) == 12
+    layout = {tuple(member.split("/")[:2]) for member in submission.members}
+    assert len(layout) == 2  # <SOPClassUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm, 2 series
+    # The same patient, descriptions and modalities a year on: another study, its own job.
+    storescu(settings, _ct_and_mr(tmp_path / "follow-up", "1.2.826.0.1.3680043.10.2"))
+    wait_for(lambda: len(standin.submissions) == 2)
+    assert len(standin.submissions[1].members) == 12
+    assert not set(standin.submissions[1].members) & set(submission.members)
+
+
+def test_a_study_with_the_ct_alone_is_not_submitted_and_ends_visibly(
+    settings: Settings, standin: StandIn, relay: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    write_fingerprint(
+        settings, "ct-mr.json", model_human_readable_id="ct-model",
+        inference_server_url=standin.url_v1, max_wait=3,
+        triggers=[{"name": "CT", "modality_regex": "^CT$"},
+                  {"name": "MR T1", "modality_regex": "^MR$"}],
+    )  # fmt: skip
+    time.sleep(1)
+    storescu(settings, _ct_and_mr(tmp_path, "1.2.826.0.1.3680043.10.3", mr=False))
+    env = {**os.environ, **relay_env(settings)}
+    wait_for(lambda: "waiting" in _series(env))
+    assert "no series for trigger 'MR T1'" in _series(env)
+    wait_for(lambda: "unmatched" in _series(env))
+    assert "ct-mr.json: not matched: no series for trigger 'MR T1'" in _series(env)
+    assert standin.submissions == []
+
+
+def test_a_ct_stack_with_a_slice_missing_is_held_until_the_slice_comes(
+    settings: Settings, standin: StandIn, relay: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    write_fingerprint(
+        settings, "ct.json", model_human_readable_id="ct-model", modality_regex="CT",
+        inference_server_url=standin.url_v1, check_geometry=True,
+    )  # fmt: skip
+    time.sleep(1)
+    stack = write_series(tmp_path / "ct", SeriesSpec(modality="CT", count=10))
+    storescu(settings, stack[:4] + stack[5:])
+    env = {**os.environ, **relay_env(settings)}
+    wait_for(lambda: "waiting" in _series(env))
+    assert "incomplete" in _series(env) and "a gap between 3 mm and 5 mm" in _series(env)
+    assert standin.submissions == []
+    storescu(settings, [stack[4]])
+    wait_for(lambda: len(standin.submissions) == 1)
+    assert len(standin.submissions[0].members) == 10
+
+
+def test_a_series_is_submitted_at_the_end_of_its_association_without_waiting_for_quiet(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    settings = relay_settings(
+        tmp_path, CERT_FILE=standin.ca_file, POST_AFTER=120, POST_INTERVAL=30
+    )  # the quiet timer and the tick alone would take minutes
+    settings.FINGERPRINT_DIR.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(
+        settings, "ct.json", model_human_readable_id="ct-model", modality_regex="CT",
+        inference_server_url=standin.url_v1, complete_on_association_end=True,
+    )  # fmt: skip
+    process = start_relay(settings, tmp_path / "relay.log")
+    try:
+        storescu(settings, write_series(tmp_path / "ct", SeriesSpec(modality="CT", count=3)))
+        wait_for(lambda: len(standin.submissions) == 1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    assert len(standin.submissions[0].members) == 3

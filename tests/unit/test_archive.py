@@ -63,3 +63,36 @@ def test_uids_that_clean_up_alike_get_distinct_tar_members(tmp_path: Path) -> No
 def test_member_names_are_the_same_for_the_same_members(tmp_path: Path) -> None:
     made = colliding(tmp_path)
     assert member_names(made, 2) == member_names(list(made), 2)
+
+
+def two_series(tmp_path: Path) -> list[Member]:
+    """A CT of two instances and an MR of one, each under the trigger it met."""
+    found = []
+    for index, (series, trigger, sop_class) in enumerate(
+        [("1.2.10", "CT", "1.2.840.10008.5.1.4.1.1.2")] * 2
+        + [("1.2.20", "MR T1", "1.2.840.10008.5.1.4.1.1.4")]
+    ):
+        path = tmp_path / f"{index}.dcm"
+        path.write_bytes(b"dicom %d" % index)
+        found.append(Member(path, f"1.2.3.{index}", sop_class, series, trigger))
+    return found
+
+
+def test_generation_1_gets_a_folder_per_trigger_and_series_when_a_job_holds_several(
+    tmp_path: Path,
+) -> None:
+    archive = build_archive(tmp_path / "out" / archive_name(9, 1), two_series(tmp_path), 1)
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == [
+            "CT/1.2.10/1.2.3.0.dcm", "CT/1.2.10/1.2.3.1.dcm", "MR_T1/1.2.20/1.2.3.2.dcm",
+        ]  # fmt: skip
+
+
+def test_generation_2_keeps_its_layout_for_several_series(tmp_path: Path) -> None:
+    archive = build_archive(tmp_path / "out" / archive_name(9, 2), two_series(tmp_path), 2)
+    with tarfile.open(archive) as opened:
+        assert sorted(opened.getnames()) == [
+            "1.2.840.10008.5.1.4.1.1.2/1.2.10/1.2.3.0.dcm",
+            "1.2.840.10008.5.1.4.1.1.2/1.2.10/1.2.3.1.dcm",
+            "1.2.840.10008.5.1.4.1.1.4/1.2.20/1.2.3.2.dcm",
+        ]

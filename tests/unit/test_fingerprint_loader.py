@@ -185,3 +185,58 @@ def test_a_key_given_twice_inside_a_destination_is_an_error_too(tmp_path: Path) 
     text = json.dumps(ORIGINAL).replace('"scu_port": 104,', '"scu_port": 104, "scu_port": 11112,')
     [error] = errors_of(write(tmp_path, "dest.json", text))
     assert error.field == "scu_port" and "dest.json" in str(error)
+
+
+TWO_TRIGGERS = {
+    "inference_server_url": "https://inference.example.org/api/tasks/",
+    "model_human_readable_id": "register",
+    "triggers": [
+        {"name": "CT", "modality_regex": "^CT$", "check_geometry": True},
+        {"name": "MR T1", "modality_regex": "^MR$", "series_description_regex": "T1"},
+    ],
+}
+
+
+def test_a_fingerprint_with_triggers_loads(tmp_path: Path) -> None:
+    fingerprint = load_file(write(tmp_path, "t.json", json.dumps(TWO_TRIGGERS, indent=2)))
+    assert isinstance(fingerprint, Fingerprint) and fingerprint.study_level
+    assert [trigger.label for trigger in fingerprint.rules()] == ["CT", "MR T1"]
+
+
+def test_a_misspelt_key_in_a_trigger_names_its_place_and_the_nearest_trigger_key(
+    tmp_path: Path,
+) -> None:
+    bad = json.loads(json.dumps(TWO_TRIGGERS))
+    bad["triggers"][1]["min_serie"] = 2
+    text = json.dumps(bad, indent=2)
+    [error] = errors_of(write(tmp_path, "t.json", text))
+    assert error.field == "triggers.1.min_serie" and "did you mean 'min_series'" in str(error)
+    assert error.line == next(
+        i for i, line in enumerate(text.splitlines(), 1) if "min_serie" in line
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"modality_regex": "CT"}, "give modality_regex in each trigger, not at the top level"),
+        ({"triggers": [{"modality_regex": "CT"}, {"modality_regex": "MR"}]},
+         "with several triggers, give each a name of its own"),
+        ({"triggers": [{"name": "CT", "min_series": 3, "max_series": 2}]},
+         "max_series is smaller than min_series"),
+        ({"max_wait": 0}, "greater than 0"),
+    ],
+)  # fmt: skip
+def test_a_trigger_mistake_is_named(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    errors = errors_of(write(tmp_path, "t.json", json.dumps(TWO_TRIGGERS | change, indent=2)))
+    assert any(message in str(error) for error in errors), errors
+
+
+def test_a_slow_pattern_inside_a_trigger_is_refused_at_its_place(tmp_path: Path) -> None:
+    slow = json.loads(json.dumps(TWO_TRIGGERS))
+    slow["triggers"][1]["series_description_regex"] = "(a+)+$"
+    [error] = errors_of(write(tmp_path, "s.json", json.dumps(slow, indent=2)))
+    assert error.field == "triggers.1.series_description_regex"
+    assert "catastrophic backtracking" in str(error)

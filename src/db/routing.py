@@ -1,0 +1,212 @@
+"""Routing in the database: the studies with open rounds, those rounds as routing sees
+them, and what was decided (jobs, decisions, the rounds' new states) in one transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.orm import Session
+
+from isdr.db.jobs import change_state, new_job
+from isdr.db.models import Instance, Series, SeriesDecision
+from isdr.db.series import SEVERAL
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.routing import (
+    GiveUp,
+    OpenRound,
+    Past,
+    Routing,
+    SeriesFacts,
+    Take,
+    slice_facts,
+)
+from isdr.domain.stack import SliceFacts
+from isdr.domain.states import JobState, SeriesState
+
+logger = logging.getLogger(__name__)
+
+OPEN = (SeriesState.RECEIVING, SeriesState.WAITING)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One patient's study: the unit a fingerprint with triggers decides on."""
+
+    patient_id: str
+    study_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A round as routing saw it: the decision holds only if it has not changed since."""
+
+    round_id: int
+    instance_count: int
+    last_received_at: datetime
+
+
+def studies_to_route(engine: Engine, cutoff: datetime, limit: int = 100) -> list[Study]:
+    """Studies with an open round that may be decided now: quiet since `cutoff`, sent by
+    an association that was released since, or waiting; those waiting longest first."""
+    ready = or_(
+        Series.last_received_at <= cutoff,
+        Series.association_ended_at.is_not(None),
+        Series.state == SeriesState.WAITING,
+    )
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Series.patient_id, Series.study_instance_uid)
+            .where(Series.state.in_(OPEN), ready)
+            .group_by(Series.patient_id, Series.study_instance_uid)
+            .order_by(func.min(Series.last_received_at))
+            .limit(limit)
+        ).all()
+    return [Study(row[0], row[1]) for row in rows]
+
+
+def open_rounds(engine: Engine, study: Study, *, with_slices: bool) -> list[OpenRound]:
+    """The study's open rounds, with what fingerprints decided of them before, and their
+    slices' places when a fingerprint checks completeness."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(Series)
+            .where(
+                Series.state.in_(OPEN),
+                Series.patient_id == study.patient_id,
+                Series.study_instance_uid == study.study_instance_uid,
+            )
+            .order_by(Series.id)
+        ).all()
+        ids = [row.id for row in rows]
+        past = _past_decisions(session, ids)
+        slices = _slices(session, ids) if with_slices else {}
+        return [_open_round(row, past.get(row.id, ()), slices.get(row.id, ())) for row in rows]
+
+
+def _open_round(row: Series, past: Sequence[Past], slices: Sequence[SliceFacts]) -> OpenRound:
+    facts = SeriesFacts(
+        row.modality, row.series_description, row.study_description,
+        tuple(row.sop_class_uids or ()), row.calling_ae_title,
+    )  # fmt: skip
+    return OpenRound(
+        row.id, facts, row.instance_count, row.first_received_at, row.last_received_at,
+        sent_whole=_sent_whole(row), past=tuple(past), slices=tuple(slices),
+    )  # fmt: skip
+
+
+def _sent_whole(row: Series) -> bool:
+    """Whether one association sent all of the round (2 instances or more: a sender that
+    opens one association per instance is judged by the quiet timer) and was released
+    after its last instance."""
+    ended = row.association_ended_at
+    return (
+        row.association_uid not in (None, "", SEVERAL)
+        and row.instance_count >= 2
+        and ended is not None
+        and ended >= row.last_received_at
+    )
+
+
+def _past_decisions(session: Session, ids: list[int]) -> dict[int, list[Past]]:
+    found: dict[int, list[Past]] = {}
+    rows = session.scalars(select(SeriesDecision).where(SeriesDecision.series_id.in_(ids)))
+    for row in rows:
+        found.setdefault(row.series_id, []).append(
+            Past(row.fingerprint_name, row.job_id is not None, row.reason)
+        )
+    return found
+
+
+def _slices(session: Session, ids: list[int]) -> dict[int, list[SliceFacts]]:
+    found: dict[int, list[SliceFacts]] = {}
+    rows = session.execute(
+        select(
+            Instance.series_id, Instance.image_position, Instance.image_orientation,
+            Instance.images_in_acquisition, Instance.temporal_positions,
+        ).where(Instance.series_id.in_(ids))
+    )  # fmt: skip
+    for series_id, position, orientation, images, temporal in rows:
+        facts = slice_facts(position or "", orientation or "", images, temporal)
+        found.setdefault(series_id, []).append(facts)
+    return found
+
+
+def apply_routing(
+    engine: Engine,
+    seen: Sequence[Seen],
+    routing: Routing,
+    fingerprints: Mapping[str, Fingerprint],
+    now: datetime,
+) -> list[int]:
+    """Record what routing decided about a study; the new jobs' ids.
+
+    Nothing happens when a round changed since it was seen (an instance arrived): the
+    check and the changes are one transaction, serialised with the Store SCP's writes.
+    """
+    with Session(engine) as session, session.begin():
+        rounds = {s.round_id: session.get(Series, s.round_id, with_for_update=True) for s in seen}
+        if not all(_unchanged(rounds[s.round_id], s) for s in seen):
+            return []
+        jobs = [
+            _make_job(session, take, fingerprints[take.fingerprint], now)
+            for take in routing.decisions
+            if isinstance(take, Take)
+        ]
+        for given_up in routing.decisions:
+            if isinstance(given_up, GiveUp):
+                session.add_all(
+                    SeriesDecision(series_id=round_id, fingerprint_name=given_up.fingerprint,
+                                   reason=given_up.reason, at=now)
+                    for round_id in given_up.round_ids
+                )  # fmt: skip
+        for outcome in routing.outcomes:
+            _set_state(rounds[outcome.round_id], outcome.state, outcome.reason)
+        return jobs
+
+
+def _unchanged(row: Series | None, seen: Seen) -> bool:
+    return (
+        row is not None
+        and row.state in OPEN
+        and row.instance_count == seen.instance_count
+        and row.last_received_at == seen.last_received_at
+    )
+
+
+def _make_job(session: Session, take: Take, snapshot: Fingerprint, now: datetime) -> int:
+    ids = [member.round_id for member in take.members]
+    job = new_job(ids[0], take.fingerprint, snapshot, now)
+    session.add(job)
+    session.flush()
+    for member in take.members:
+        last = session.scalar(
+            select(func.max(Instance.id)).where(Instance.series_id == member.round_id)
+        )
+        session.add(
+            SeriesDecision(
+                series_id=member.round_id, fingerprint_name=take.fingerprint, job_id=job.id,
+                trigger=member.trigger, last_instance_id=last, at=now,
+            )
+        )  # fmt: skip
+    held = ", ".join(
+        f"{m.trigger} = series {m.round_id}" if m.trigger else f"series {m.round_id}"
+        for m in take.members
+    )
+    change_state(session, job, JobState.PENDING, f"created for {held} ({take.fingerprint})", now)
+    logger.info(
+        "%s matched %s: job %d for model %s", held, take.fingerprint, job.id,
+        snapshot.model_human_readable_id,
+    )  # fmt: skip
+    return job.id
+
+
+def _set_state(row: Series | None, state: SeriesState, reason: str) -> None:
+    if row is None or (row.state, row.state_reason) == (state, reason):
+        return
+    row.state, row.state_reason = state, reason
+    level = logging.WARNING if state == SeriesState.INCOMPLETE else logging.INFO
+    logger.log(level, "series %d %s: %s", row.id, state, reason)
