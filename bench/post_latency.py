@@ -10,6 +10,13 @@ Run by hand, never as a test (see bench/README.md):
    InferenceServer receives the submit must be at most POST_AFTER + POST_INTERVAL + 0.5 s.
 2. Memory: a ~1 GB series (2000 CT instances of 0.5 MB) is received, archived and uploaded;
    the relay's peak resident memory (VmHWM) is read from /proc at the end.
+3. Completion (`--completion`): two relays with the default POST_AFTER (10 s) and
+   POST_INTERVAL (1 s), one whose fingerprint completes a series at the end of its
+   association (`complete_on_association_end`), one on the quiet timer; rounds alternate
+   between them. The association-end path must start the submit within 1 s of storescu's
+   exit (its association's release); the ratio to the timer path is printed.
+
+    .venv/bin/python bench/post_latency.py --completion --json bench/results/completion.json
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ def free_port() -> int:
 
 
 def start_relay(
-    work: Path, standin: StandIn, post_after: float, interval: float
+    work: Path,
+    standin: StandIn,
+    post_after: float,
+    interval: float,
+    at_association_end: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     fingerprints = work / "fingerprints"
@@ -51,6 +62,7 @@ def start_relay(
                 "modality_regex": "CT",
                 "inference_server_url": standin.url_v1,
                 "model_human_readable_id": "ct-model",
+                "complete_on_association_end": at_association_end,
             }
         )
     )
@@ -146,6 +158,33 @@ def latency(work: Path, rounds: int, post_after: float, interval: float) -> list
     return results
 
 
+def completion(work: Path, rounds: int) -> dict[str, list[float]]:
+    """Seconds from storescu's exit to the submit, per round, for each way of completing."""
+    modes = {"association_end": True, "quiet_timer": False}
+    relays = {}
+    for mode, at_end in modes.items():
+        (work / mode).mkdir(parents=True)
+        standin = StandIn(work / mode).start()
+        relay, port = start_relay(work / mode, standin, 10.0, 1.0, at_association_end=at_end)
+        relays[mode] = (standin, relay, port)
+    results: dict[str, list[float]] = {mode: [] for mode in modes}
+    try:
+        for index in range(rounds):
+            for mode, (standin, _, port) in relays.items():
+                folder = work / mode / f"series-{index}"
+                write_series(folder, SeriesSpec(modality="CT", count=20, rows=256, columns=256))
+                done = send(folder, port)
+                wait_submissions(standin, index + 1, 60)
+                results[mode].append(standin.submissions[index].started - done)
+                print(f"round {index + 1}, {mode}: submit began "
+                      f"{results[mode][-1]:.2f} s after the release", file=sys.stderr)  # fmt: skip
+    finally:
+        for standin, relay, _ in relays.values():
+            stop(relay)
+            standin.stop()
+    return results
+
+
 def gigabyte(work: Path) -> dict[str, float]:
     work.mkdir(parents=True)
     folder = work / "big"
@@ -181,9 +220,13 @@ def main() -> int:
     parser.add_argument("--post-after", type=float, default=2.0)
     parser.add_argument("--post-interval", type=float, default=0.5)
     parser.add_argument("--gigabyte", action="store_true", help="also the 1 GB memory run")
+    parser.add_argument("--completion", action="store_true", help="association end vs. timer")
+    parser.add_argument("--json", type=Path, help="write the completion figures here")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="isdr-post-bench-") as temp:
         work = Path(temp)
+        if opts.completion:
+            return _report_completion(completion(work / "completion", opts.rounds), opts.json)
         results = latency(work / "latency", opts.rounds, opts.post_after, opts.post_interval)
         bound = opts.post_after + opts.post_interval + 0.5
         print(
@@ -198,6 +241,22 @@ def main() -> int:
                 f"peak memory under 200 MB: {'met' if figures['peak_rss_mb'] < 200 else 'NOT MET'}"
             )
     return 0
+
+
+def _report_completion(results: dict[str, list[float]], path: Path | None) -> int:
+    at_end, timer = results["association_end"], results["quiet_timer"]
+    ratio = statistics.median(timer) / statistics.median(at_end)
+    met = max(at_end) <= 1.0
+    print(
+        f"release -> submit: association end median {statistics.median(at_end):.2f} s "
+        f"(max {max(at_end):.2f}), quiet timer median {statistics.median(timer):.2f} s "
+        f"(max {max(timer):.2f}); the timer path takes x{ratio:.1f} as long; "
+        f"within 1 s: {'met' if met else 'NOT MET'}"
+    )
+    if path is not None:
+        figures = {**results, "timer_over_association_end": ratio, "within_1s": met}
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

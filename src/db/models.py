@@ -73,7 +73,7 @@ class Base(DeclarativeBase):
 
 
 class Series(Base):
-    """One round of a series: the instances received until it went quiet and was taken."""
+    """One round of a series: the instances received until it was complete and decided."""
 
     __tablename__ = "series"
     __table_args__ = (UniqueConstraint("series_instance_uid", "round"),)

@@ -209,4 +209,7 @@ def _set_state(row: Series | None, state: SeriesState, reason: str) -> None:
         return
     row.state, row.state_reason = state, reason
     level = logging.WARNING if state == SeriesState.INCOMPLETE else logging.INFO
-    logger.log(level, "series %d %s: %s", row.id, state, reason)
+    if state == SeriesState.MATCHED:  # the reason says "matched ..." itself
+        logger.log(level, "series %d %s", row.id, reason)
+    else:
+        logger.log(level, "series %d %s: %s", row.id, state, reason)
