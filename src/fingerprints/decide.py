@@ -107,14 +107,14 @@ def _decide_settled(
         too_many = unmet.startswith("too many")
         if too_many or now >= until:
             return GiveUp(name, ids, f"not matched: {unmet.removeprefix('too many: ')}")
-        return Wait(name, ids, f"waiting until {until:%H:%M:%S} UTC: {unmet}", until)
+        return Wait(name, ids, f"waiting until {until:%Y-%m-%d %H:%M:%S} UTC: {unmet}", until)
     taken = [r for r in group if assigned[r.id] is not None]
     problem = _incomplete(taken, assigned)
     if problem is not None:
         if now >= until:
             return GiveUp(name, ids, f"incomplete: {problem}", incomplete=True)
-        return Wait(name, ids, f"incomplete until {until:%H:%M:%S} UTC at the latest: {problem}",
-                    until)  # fmt: skip
+        waiting = f"incomplete until {until:%Y-%m-%d %H:%M:%S} UTC at the latest: {problem}"
+        return Wait(name, ids, waiting, until)
     members = tuple(Member(r.id, _trigger_name(assigned[r.id])) for r in taken)
     return Take(name, members)
 

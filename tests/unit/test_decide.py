@@ -90,7 +90,7 @@ def test_a_study_with_a_ct_and_an_mr_makes_one_job_holding_both() -> None:
     ("rounds", "now", "expected"),
     [
         # the MR is not there yet: wait until the first instance of the CT + max_wait
-        ([round_(1, "CT")], T0, Wait("f", (1,), "waiting until 12:08:00 UTC: "
+        ([round_(1, "CT")], T0, Wait("f", (1,), "waiting until 2026-12-03 12:08:00 UTC: "
                                      "no series for trigger 'MR T1'", T0 + timedelta(seconds=480))),
         # ... and after that, the study ends visibly
         ([round_(1, "CT")], T0 + timedelta(seconds=480),
@@ -166,11 +166,11 @@ def test_an_expected_count_from_the_fingerprint_holds_a_short_series() -> None:
         ([round_(1, "US")], SeriesState.UNMATCHED, "no fingerprint matched (2 checked)"),
         # flat.json takes it at once; it waits on for ct-mr.json's MR
         ([round_(1, "CT")], SeriesState.WAITING,
-         "ct-mr.json: waiting until 12:08:00 UTC: no series for trigger 'MR T1'"),
+         "ct-mr.json: waiting until 2026-12-03 12:08:00 UTC: no series for trigger 'MR T1'"),
         ([round_(1, "CT", past=(Past("ct-mr.json", job=False, reason="not matched: x"),))],
          SeriesState.MATCHED, "matched flat.json; ct-mr.json: not matched: x"),
         ([round_(1, "MR", "T1")], SeriesState.WAITING,
-         "ct-mr.json: waiting until 12:08:00 UTC: no series for trigger 'CT'"),
+         "ct-mr.json: waiting until 2026-12-03 12:08:00 UTC: no series for trigger 'CT'"),
     ],
 )  # fmt: skip
 def test_each_round_ends_in_a_state_with_the_reason_in_words(

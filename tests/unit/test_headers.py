@@ -182,3 +182,36 @@ def test_sort_tags_beyond_the_head_are_read_whole_from_the_whole_data_set() -> N
     keys = read_sort_keys(memoryview(_explicit(ds)), ExplicitVRLittleEndian, ds.SOPClassUID)
     assert keys.series_description == "D" * 64
     assert keys.series_instance_uid == ds.SeriesInstanceUID
+
+
+def test_a_stacks_tags_are_read_as_sent() -> None:
+    keys = read_sort_keys(
+        encoded(ExplicitVRLittleEndian, ImagesInAcquisition=40), ExplicitVRLittleEndian, ""
+    )
+    assert (keys.image_position, keys.image_orientation) == (
+        "0.0\\0.0\\0.0",
+        "1.0\\0.0\\0.0\\0.0\\1.0\\0.0",
+    )
+    assert (keys.images_in_acquisition, keys.temporal_positions) == (40, None)
+
+
+@pytest.mark.parametrize(
+    ("sent", "broken"),
+    [
+        (b"12.5\\-3.25\\7.0", b"ab.c\\-d.ef\\g.h"),  # not numbers
+        (b"4093", b"-1.5"),  # ImagesInAcquisition not a count
+    ],
+)
+def test_broken_stack_tags_are_read_as_absent_and_never_refuse_the_instance(
+    sent: bytes, broken: bytes
+) -> None:
+    data = encoded(
+        ExplicitVRLittleEndian, ImagesInAcquisition=4093, ImagePositionPatient=[12.5, -3.25, 7.0]
+    )
+    assert len(sent) == len(broken) and data.count(sent) == 1
+    keys = read_sort_keys(data.replace(sent, broken), ExplicitVRLittleEndian, "")
+    assert keys.sop_instance_uid
+    if sent == b"4093":
+        assert keys.images_in_acquisition is None
+    else:
+        assert keys.image_position == "ab.c\\-d.ef\\g.h"  # as text: routing reads it as absent

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from isdr.db.engine import make_engine, unavailable_reason
@@ -13,6 +13,7 @@ from isdr.db.jobs import series_ready_for_removal
 from isdr.db.models import Series
 from isdr.db.series import (
     NewInstance,
+    association_released,
     discard_held,
     list_series,
     record_instance,
@@ -201,3 +202,24 @@ def test_a_round_is_held_in_words_when_its_instances_disagree(
     patients: int, studies: int, reason: str | None
 ) -> None:
     assert held_reason(patients, studies) == reason
+
+
+def test_a_round_names_the_association_that_sent_it_and_its_release(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    one = dataclasses.replace(NEW, association_uid="A")
+    record_instance(engine, one)
+    record_instance(engine, dataclasses.replace(one, sop_instance_uid="1.2.3.2"))
+    assert association_released(engine, "B", T0) == 0
+    assert association_released(engine, "A", T0 + timedelta(seconds=1)) == 1
+    with Session(engine) as session:
+        [series] = session.scalars(select(Series)).all()
+        assert (series.association_uid, series.association_ended_at) == (
+            "A", T0 + timedelta(seconds=1),
+        )  # fmt: skip
+    # Another association adds to it: its end no longer says the series is whole.
+    record_instance(
+        engine, dataclasses.replace(NEW, sop_instance_uid="1.2.3.3", association_uid="B")
+    )
+    with Session(engine) as session:
+        [series] = session.scalars(select(Series)).all()
+        assert (series.association_uid, series.association_ended_at) == ("*", None)
