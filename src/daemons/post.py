@@ -26,6 +26,7 @@ from isdr.db.views import InstanceView
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
+from isdr.domain.routing import GiveUp, Take
 from isdr.domain.states import JobState, Step
 from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 from isdr.fingerprints.decide import route_study
@@ -181,8 +182,10 @@ class PostDaemon:
         checks = any(t.checks_completeness for f in fingerprints.values() for t in f.rules())
         rounds = routing.open_rounds(self.engine, study, with_slices=checks)
         decided = route_study(rounds, fingerprints, now, self.settings.post_after)
-        if not decided.decisions and not decided.outcomes:
-            return
+        if not decided.outcomes and not any(
+            isinstance(d, Take | GiveUp) for d in decided.decisions
+        ):
+            return  # nothing new: no write (the Store SCP's writes are not held up)
         seen = [routing.Seen(r.id, r.instance_count, r.last_received_at) for r in rounds]
         if routing.apply_routing(self.engine, seen, decided, fingerprints, now):
             self.on_new_jobs()

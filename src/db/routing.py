@@ -95,6 +95,7 @@ def _open_round(row: Series, past: Sequence[Past], slices: Sequence[SliceFacts])
     return OpenRound(
         row.id, facts, row.instance_count, row.first_received_at, row.last_received_at,
         sent_whole=_sent_whole(row), past=tuple(past), slices=tuple(slices),
+        state=row.state, state_reason=row.state_reason,
     )  # fmt: skip
 
 

@@ -44,6 +44,8 @@ class OpenRound:
     sent_whole: bool = False
     past: tuple[Past, ...] = ()
     slices: tuple[SliceFacts, ...] = ()  # read only when a fingerprint checks completeness
+    state: str = "receiving"  # where it stands now, and why
+    state_reason: str = ""
 
     def decided_by(self, name: str) -> bool:
         """Whether the fingerprint `name` already decided about this round."""

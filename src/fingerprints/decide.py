@@ -199,7 +199,9 @@ def outcomes(
     found = []
     for round_ in rounds:
         outcome = _outcome(round_, decisions, checked, now, post_after)
-        if outcome is not None:
+        if outcome is not None and (outcome.state, outcome.reason) != (
+            round_.state, round_.state_reason,
+        ):  # fmt: skip
             found.append(outcome)
     return found
 

@@ -27,10 +27,11 @@ def check_lines(folder: Path, loaded: Loaded) -> list[str]:
         found = problems(fp)
         lines += [f"ERROR  {name}: {problem}" for problem in found]
         if not found:
+            triggers = ", ".join(repr(t.label) for t in fp.triggers)
             lines.append(
                 f"OK     {name}: model {fp.model_human_readable_id!r} on "
                 f"{fp.inference_server_url} (API {fp.inference_server_api}), "
-                f"{len(fp.scus)} destination(s)"
+                f"{len(fp.scus)} destination(s)" + (f", triggers {triggers}" if triggers else "")
             )
     lines += [f"WARN   {warning}" for warning in loaded.warnings]
     lines += [f"ERROR  {error}" for error in loaded.errors]
