@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
@@ -30,6 +31,7 @@ from isdr.db.jobs import list_jobs, timeline
 from isdr.db.series import discard_held, get_series, list_series, release_held
 from isdr.domain.clock import utcnow
 from isdr.errors import ConfigError, IsdrError
+from isdr.fingerprints.decide import ASSOCIATION_GRACE
 from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.fingerprints.report import check_lines, test_lines
@@ -119,10 +121,12 @@ class Relay:
         self.poller.start()
         self.scp.start()
 
-    def run_now(self, tick: str) -> None:
-        """Run a tick now rather than at its next interval: work was handed over."""
+    def run_now(self, tick: str, after: float = 0.0) -> None:
+        """Run a tick now (or `after` seconds from now) rather than at its next interval:
+        work was handed over."""
+        when = utcnow() + timedelta(seconds=after)
         with contextlib.suppress(JobLookupError):
-            self.scheduler.modify_job(tick, next_run_time=utcnow())
+            self.scheduler.modify_job(tick, next_run_time=when)
 
     def stop(self) -> bool:
         """Stop receiving (C-STOREs in flight finish), then the daemons.
@@ -197,7 +201,7 @@ def build_relay(settings: Settings) -> Relay:
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
     # A round may be complete at the end of its association: routed now, not at the tick.
-    ingestor.on_association_released = lambda: relay.run_now("route_tick")
+    ingestor.on_association_released = lambda: relay.run_now("route_tick", ASSOCIATION_GRACE + 0.05)
     return relay
 
 

@@ -164,15 +164,15 @@ class PostDaemon:
         self._held_warned = False
         now = self.clock()
         cutoff = now - timedelta(seconds=self.settings.post_after)
-        for study in routing.studies_to_route(self.engine, cutoff):
+        for study in routing.studies_to_route(self.engine, cutoff, now):
             what = "post daemon: routing a study"
             guarded(logger, what, self._route_study, study, fingerprints, now)
 
     def _warn_held(self) -> None:
         if not self._held_warned:
             logger.warning(
-                "no usable fingerprint: quiet series stay 'receiving' (and keep their files) "
-                "until one is loaded"
+                "no usable fingerprint: quiet series stay 'receiving' (or 'waiting') and keep "
+                "their files until one is loaded"
             )
             self._held_warned = True
 
@@ -187,7 +187,7 @@ class PostDaemon:
         ):
             return  # nothing new: no write (the Store SCP's writes are not held up)
         seen = [routing.Seen(r.id, r.instance_count, r.last_received_at) for r in rounds]
-        if routing.apply_routing(self.engine, seen, decided, fingerprints, now):
+        if routing.apply_routing(self.engine, study, seen, decided, fingerprints, now):
             self.on_new_jobs()
 
     def submit(self) -> None:

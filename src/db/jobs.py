@@ -286,7 +286,8 @@ def series_ready_for_removal(
         Job.id.in_(select(SeriesDecision.job_id).where(SeriesDecision.series_id == Series.id)),
     )
     unfinished = select(Job.id).where(held_by_job, unsent).exists()
-    removable = [Series.state == SeriesState.DISCARDED]
+    # A discarded round a job still needs (it held the round before it went held) waits.
+    removable = [and_(Series.state == SeriesState.DISCARDED, ~unfinished)]
     if delete_on_post:
         removable += [
             Series.state.in_((SeriesState.UNMATCHED, SeriesState.INCOMPLETE)),

@@ -103,6 +103,11 @@ class Series(Base):
     # inbox), and when that association was released after the round's last instance.
     association_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     association_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A job holds it: it takes no more instances (they open the next round), though other
+    # fingerprints may still decide about it.
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Waiting: looked at again once this time has come (or when its study changes).
+    wait_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 

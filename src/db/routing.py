@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from isdr.db.jobs import change_state, new_job
@@ -18,6 +18,7 @@ from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.routing import (
     GiveUp,
     OpenRound,
+    Outcome,
     Past,
     Routing,
     SeriesFacts,
@@ -49,13 +50,22 @@ class Seen:
     last_received_at: datetime
 
 
-def studies_to_route(engine: Engine, cutoff: datetime, limit: int = 100) -> list[Study]:
-    """Studies with an open round that may be decided now: quiet since `cutoff`, sent by
-    an association that was released since, or waiting; those waiting longest first."""
+def studies_to_route(
+    engine: Engine, cutoff: datetime, now: datetime, limit: int = 100
+) -> list[Study]:
+    """Studies with an open round that may be decided now: receiving and quiet since
+    `cutoff` or sent by an association that was released, or waiting and due to be looked
+    at again; those longest ready first. A waiting round whose time has not come costs
+    nothing: a study with one waits for its other rounds, or for the time."""
     ready = or_(
-        Series.last_received_at <= cutoff,
-        Series.association_ended_at.is_not(None),
-        Series.state == SeriesState.WAITING,
+        and_(
+            Series.state == SeriesState.RECEIVING,
+            or_(Series.last_received_at <= cutoff, Series.association_ended_at.is_not(None)),
+        ),
+        and_(
+            Series.state == SeriesState.WAITING,
+            or_(Series.wait_until.is_(None), Series.wait_until <= now),
+        ),
     )
     with Session(engine) as session:
         rows = session.execute(
@@ -94,22 +104,18 @@ def _open_round(row: Series, past: Sequence[Past], slices: Sequence[SliceFacts])
     )  # fmt: skip
     return OpenRound(
         row.id, facts, row.instance_count, row.first_received_at, row.last_received_at,
-        sent_whole=_sent_whole(row), past=tuple(past), slices=tuple(slices),
-        state=row.state, state_reason=row.state_reason,
+        released_at=_released_at(row), past=tuple(past), slices=tuple(slices),
+        state=row.state, state_reason=row.state_reason, wait_until=row.wait_until,
     )  # fmt: skip
 
 
-def _sent_whole(row: Series) -> bool:
-    """Whether one association sent all of the round (2 instances or more: a sender that
-    opens one association per instance is judged by the quiet timer) and was released
-    after its last instance."""
+def _released_at(row: Series) -> datetime | None:
+    """When the one association that sent all of the round (2 instances or more: a sender
+    that opens one association per instance is judged by the quiet timer) was released,
+    after its last instance; None when that is not so."""
     ended = row.association_ended_at
-    return (
-        row.association_uid not in (None, "", SEVERAL)
-        and row.instance_count >= 2
-        and ended is not None
-        and ended >= row.last_received_at
-    )
+    whole = row.association_uid not in (None, "", SEVERAL) and row.instance_count >= 2
+    return ended if whole and ended is not None and ended >= row.last_received_at else None
 
 
 def _past_decisions(session: Session, ids: list[int]) -> dict[int, list[Past]]:
@@ -138,6 +144,7 @@ def _slices(session: Session, ids: list[int]) -> dict[int, list[SliceFacts]]:
 
 def apply_routing(
     engine: Engine,
+    study: Study,
     seen: Sequence[Seen],
     routing: Routing,
     fingerprints: Mapping[str, Fingerprint],
@@ -145,12 +152,22 @@ def apply_routing(
 ) -> list[int]:
     """Record what routing decided about a study; the new jobs' ids.
 
-    Nothing happens when a round changed since it was seen (an instance arrived): the
-    check and the changes are one transaction, serialised with the Store SCP's writes.
+    Nothing happens when a round it decided about changed since it was seen (an instance
+    arrived), nor, when a fingerprint with triggers decided about the study, when any of
+    its open rounds changed or a new one opened: the check and the changes are one
+    transaction, serialised with the Store SCP's writes (it locks a round to join it).
     """
+    recorded = [d for d in routing.decisions if isinstance(d, Take | GiveUp)]
+    touched = {o.round_id for o in routing.outcomes} | {i for d in recorded for i in _ids(d)}
+    whole = any(fingerprints[d.fingerprint].study_level for d in recorded)
+    checked = [s for s in seen if whole or s.round_id in touched]
     with Session(engine) as session, session.begin():
-        rounds = {s.round_id: session.get(Series, s.round_id, with_for_update=True) for s in seen}
-        if not all(_unchanged(rounds[s.round_id], s) for s in seen):
+        rounds = {
+            s.round_id: session.get(Series, s.round_id, with_for_update=True) for s in checked
+        }
+        if not all(_unchanged(rounds[s.round_id], s) for s in checked):
+            return []
+        if whole and _open_ids(session, study) != {s.round_id for s in seen}:
             return []
         jobs = [
             _make_job(session, take, fingerprints[take.fingerprint], now)
@@ -165,8 +182,26 @@ def apply_routing(
                     for round_id in given_up.round_ids
                 )  # fmt: skip
         for outcome in routing.outcomes:
-            _set_state(rounds[outcome.round_id], outcome.state, outcome.reason)
+            _set_state(rounds[outcome.round_id], outcome)
         return jobs
+
+
+def _ids(decision: Take | GiveUp) -> tuple[int, ...]:
+    if isinstance(decision, Take):
+        return tuple(member.round_id for member in decision.members)
+    return decision.round_ids
+
+
+def _open_ids(session: Session, study: Study) -> set[int]:
+    return set(
+        session.scalars(
+            select(Series.id).where(
+                Series.state.in_(OPEN),
+                Series.patient_id == study.patient_id,
+                Series.study_instance_uid == study.study_instance_uid,
+            )
+        )
+    )
 
 
 def _unchanged(row: Series | None, seen: Seen) -> bool:
@@ -184,6 +219,7 @@ def _make_job(session: Session, take: Take, snapshot: Fingerprint, now: datetime
     session.add(job)
     session.flush()
     for member in take.members:
+        session.get_one(Series, member.round_id).taken_at = now  # no more instances join it
         last = session.scalar(
             select(func.max(Instance.id)).where(Instance.series_id == member.round_id)
         )
@@ -205,8 +241,12 @@ def _make_job(session: Session, take: Take, snapshot: Fingerprint, now: datetime
     return job.id
 
 
-def _set_state(row: Series | None, state: SeriesState, reason: str) -> None:
-    if row is None or (row.state, row.state_reason) == (state, reason):
+def _set_state(row: Series | None, outcome: Outcome) -> None:
+    state, reason = outcome.state, outcome.reason
+    if row is None:
+        return
+    row.wait_until = outcome.until
+    if (row.state, row.state_reason) == (state, reason):
         return
     row.state, row.state_reason = state, reason
     level = logging.WARNING if state == SeriesState.INCOMPLETE else logging.INFO

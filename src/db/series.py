@@ -220,16 +220,24 @@ def _open_round(connection: Connection, new: NewInstance) -> _Round:
 # Built once: these run for every received instance, and building a statement costs more
 # than executing it.
 # A held round stays open: the rest of its series joins it while a person decides; so does
-# a waiting one, while a fingerprint waits for the rest of its study or its missing slices.
+# a waiting one, while a fingerprint waits for the rest of its study or its missing slices
+# (unless a job already holds it).
 _OPEN_STATES = (SeriesState.RECEIVING, SeriesState.WAITING, SeriesState.HELD)
 _FIND_OPEN_ROUND = (
     select(
         SERIES.c.id, SERIES.c.sop_class_uids, SERIES.c.patient_id, SERIES.c.study_instance_uid,
         SERIES.c.state, SERIES.c.released_at,
     )
-    .where(SERIES.c.series_instance_uid == bindparam("uid"), SERIES.c.state.in_(_OPEN_STATES))
+    .where(
+        SERIES.c.series_instance_uid == bindparam("uid"),
+        SERIES.c.state.in_(_OPEN_STATES),
+        SERIES.c.taken_at.is_(None),
+    )
     .order_by(SERIES.c.round.desc())
     .limit(1)
+    # Routing decides about a round under the same lock: an instance either joins the
+    # round before it is decided, or opens the next one (SQLite serialises writers anyway).
+    .with_for_update()
 )  # fmt: skip
 _LAST_ROUND = select(func.max(SERIES.c.round)).where(
     SERIES.c.series_instance_uid == bindparam("uid")
@@ -292,6 +300,12 @@ _COUNT_INSTANCE = (
             else_=SEVERAL,
         ),
         association_ended_at=None,
+        # A waiting round that gains an instance is receiving again: decided once settled.
+        state=case(
+            (SERIES.c.state == SeriesState.WAITING, SeriesState.RECEIVING), else_=SERIES.c.state
+        ),
+        state_reason=case((SERIES.c.state == SeriesState.WAITING, ""), else_=SERIES.c.state_reason),
+        wait_until=None,
     )
 )
 _SET_SOP_CLASSES = (

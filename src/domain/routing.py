@@ -40,12 +40,14 @@ class OpenRound:
     instance_count: int
     first_received_at: datetime
     last_received_at: datetime
-    # The association that sent all of it (2 instances or more) was released since.
-    sent_whole: bool = False
+    # When the one association that sent all of it (2 instances or more) was released,
+    # after its last instance; None: not so (several associations, none, or not yet).
+    released_at: datetime | None = None
     past: tuple[Past, ...] = ()
     slices: tuple[SliceFacts, ...] = ()  # read only when a fingerprint checks completeness
     state: str = "receiving"  # where it stands now, and why
     state_reason: str = ""
+    wait_until: datetime | None = None
 
     def decided_by(self, name: str) -> bool:
         """Whether the fingerprint `name` already decided about this round."""
@@ -107,6 +109,7 @@ class Outcome:
     round_id: int
     state: SeriesState
     reason: str
+    until: datetime | None = None  # waiting: when to look again at the latest
 
 
 @dataclass(frozen=True)

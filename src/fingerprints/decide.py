@@ -68,11 +68,22 @@ def decide(
     return [d for group in groups for d in _decide_group(group, name, fingerprint, now, post_after)]
 
 
+ASSOCIATION_GRACE = 0.5  # seconds after a release in which no new association went on
+
+
 def settled(round_: OpenRound, fingerprint: Fingerprint, now: datetime, post_after: float) -> bool:
-    """Whether the sender is done with the round, as the fingerprint judges it."""
+    """Whether the sender is done with the round, as the fingerprint judges it: quiet for
+    POST_AFTER, or (when it asks) released by the one association that sent all of it,
+    ASSOCIATION_GRACE ago, with nothing since: a sender that goes on with a next
+    association for the same series keeps it open."""
     if round_.last_received_at <= now - timedelta(seconds=post_after):
         return True
-    return fingerprint.complete_on_association_end and round_.sent_whole
+    released = round_.released_at
+    return (
+        fingerprint.complete_on_association_end
+        and released is not None
+        and released <= now - timedelta(seconds=ASSOCIATION_GRACE)
+    )
 
 
 def _decide_group(
@@ -82,6 +93,8 @@ def _decide_group(
     if not all(settled(r, fingerprint, now, post_after) for r in group):
         return [Pending(name, ids)]
     decision = _decide_settled(group, name, fingerprint, now)
+    if isinstance(decision, list):
+        return decision
     if not isinstance(decision, Take):
         return [decision]
     taken = {member.round_id for member in decision.members}
@@ -94,7 +107,7 @@ def _decide_group(
 
 def _decide_settled(
     group: list[OpenRound], name: str, fingerprint: Fingerprint, now: datetime
-) -> Decision:
+) -> Decision | list[Decision]:
     ids = tuple(r.id for r in group)
     until = min(r.first_received_at for r in group) + timedelta(seconds=fingerprint.max_wait)
     triggers = fingerprint.rules()
@@ -109,14 +122,31 @@ def _decide_settled(
             return GiveUp(name, ids, f"not matched: {unmet.removeprefix('too many: ')}")
         return Wait(name, ids, f"waiting until {until:%Y-%m-%d %H:%M:%S} UTC: {unmet}", until)
     taken = [r for r in group if assigned[r.id] is not None]
-    problem = _incomplete(taken, assigned)
-    if problem is not None:
+    problems = _incomplete(taken, assigned)
+    if problems:
+        first = problems[0][1]
         if now >= until:
-            return GiveUp(name, ids, f"incomplete: {problem}", incomplete=True)
-        waiting = f"incomplete until {until:%Y-%m-%d %H:%M:%S} UTC at the latest: {problem}"
+            return _give_up_incomplete(name, ids, problems)
+        waiting = f"incomplete until {until:%Y-%m-%d %H:%M:%S} UTC at the latest: {first}"
         return Wait(name, ids, waiting, until)
     members = tuple(Member(r.id, _trigger_name(assigned[r.id])) for r in taken)
     return Take(name, members)
+
+
+def _give_up_incomplete(
+    name: str, ids: tuple[int, ...], problems: list[tuple[int, str]]
+) -> list[Decision]:
+    """The incomplete rounds end `incomplete`, each with where; the others of the group
+    are not matched, and say why."""
+    found: list[Decision] = [
+        GiveUp(name, (round_id,), f"incomplete: {problem}", incomplete=True)
+        for round_id, problem in problems
+    ]
+    incomplete = {round_id for round_id, _ in problems}
+    rest = tuple(round_id for round_id in ids if round_id not in incomplete)
+    if rest:
+        found.append(GiveUp(name, rest, f"not matched: incomplete: {problems[0][1]}"))
+    return found
 
 
 def _first_trigger(round_: OpenRound, triggers: Sequence[Trigger]) -> Trigger | None:
@@ -135,7 +165,8 @@ def _trigger_name(trigger: Trigger | None) -> str:
 
 def _unmet(triggers: Sequence[Trigger], by_trigger: Mapping[str, list[OpenRound]]) -> str | None:
     """Why the triggers are not all met (the first one that is not); None when they are.
-    "too many: ..." when a trigger has more series than it takes (waiting cannot help)."""
+    "too many: ..." when a trigger has more series than it takes (waiting cannot help,
+    so that is said first, whichever trigger it is)."""
     for trigger in triggers:
         found = len(by_trigger[trigger.label])
         if trigger.max_series is not None and found > trigger.max_series:
@@ -143,6 +174,8 @@ def _unmet(triggers: Sequence[Trigger], by_trigger: Mapping[str, list[OpenRound]
                 f"too many: {found} series for trigger {trigger.label!r}, "
                 f"at most {trigger.max_series} wanted"
             )
+    for trigger in triggers:
+        found = len(by_trigger[trigger.label])
         if found < trigger.min_series:
             if found == 0:
                 return f"no series for trigger {trigger.label!r}"
@@ -150,16 +183,21 @@ def _unmet(triggers: Sequence[Trigger], by_trigger: Mapping[str, list[OpenRound]
     return None
 
 
-def _incomplete(taken: list[OpenRound], assigned: Mapping[int, Trigger | None]) -> str | None:
-    """The first round found incomplete, and where; None when all are complete."""
+def _incomplete(
+    taken: list[OpenRound], assigned: Mapping[int, Trigger | None]
+) -> list[tuple[int, str]]:
+    """Each round found incomplete, with where; [] when all are complete."""
+    found = []
     for round_ in taken:
         trigger = assigned[round_.id]
         if trigger is None:
             continue
         verdict = completeness(round_, trigger)
         if not verdict.complete:
-            return f"series {round_.id} ({_named(round_.facts)}): {verdict.reason}"
-    return None
+            found.append(
+                (round_.id, f"series {round_.id} ({_named(round_.facts)}): {verdict.reason}")
+            )
+    return found
 
 
 def completeness(round_: OpenRound, trigger: Trigger) -> StackVerdict:
@@ -199,8 +237,8 @@ def outcomes(
     found = []
     for round_ in rounds:
         outcome = _outcome(round_, decisions, checked, now, post_after)
-        if outcome is not None and (outcome.state, outcome.reason) != (
-            round_.state, round_.state_reason,
+        if outcome is not None and (outcome.state, outcome.reason, outcome.until) != (
+            round_.state, round_.state_reason, round_.wait_until,
         ):  # fmt: skip
             found.append(outcome)
     return found
@@ -215,7 +253,7 @@ def _outcome(
     waits = [d for d in mine if isinstance(d, Wait)]
     if waits:
         reason = "; ".join(f"{w.fingerprint}: {w.reason}" for w in waits)
-        return Outcome(round_.id, SeriesState.WAITING, reason)
+        return Outcome(round_.id, SeriesState.WAITING, reason, min(w.until for w in waits))
     taken = [p.fingerprint for p in round_.past if p.job]
     taken += [d.fingerprint for d in mine if isinstance(d, Take)]
     given_up = [(p.fingerprint, p.reason) for p in round_.past if not p.job]

@@ -5,6 +5,7 @@ The steps are driven one by one with a clock the test sets: no sleeping for POST
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -696,3 +697,36 @@ def test_a_held_series_deleted_by_a_person_loses_its_files_and_is_never_submitte
     [series] = list_series(relay.engine)
     assert series.state == "discarded" and series.files_removed_at is not None
     assert stored_files(relay.settings.INCOMING_DIR) == []
+
+
+def test_an_instance_after_a_job_took_its_round_opens_the_next_round_even_while_another_waits(
+    make_relay: Any, standin: StandIn
+) -> None:
+    relay = make_relay()
+    fingerprint(relay, "ct.json", modality_regex="CT", inference_server_url=standin.url_v1,
+                model_human_readable_id="ct-model")  # fmt: skip
+    fingerprint(relay, "ct-mr.json", inference_server_url=standin.url_v1,
+                model_human_readable_id="ct-model", max_wait=600,
+                triggers=[{"name": "CT", "modality_regex": "CT"},
+                          {"name": "MR", "modality_regex": "MR"}])  # fmt: skip
+    spec = SeriesSpec(modality="CT", count=2, study_instance_uid="1.2.826.0.9.7",
+                      series_instance_uid="1.2.826.0.9.7.1")  # fmt: skip
+    receive(relay, spec)
+    route_now(relay)
+    [job] = jobs(relay)
+    assert job.fingerprint_name == "ct.json"
+    [first] = list_series(relay.engine)
+    assert first.state == "waiting" and "no series for trigger 'MR'" in first.state_reason
+    # One more slice of the same series: ct.json's job holds the first round, so it opens
+    # the next round (decided afresh), instead of joining a round no job will send again.
+    write_series(relay.settings.INCOMING_DIR / "late", dataclasses.replace(spec, count=1))
+    relay.inbox.reconcile()
+    rounds = sorted((s.round, s.instance_count) for s in list_series(relay.engine))
+    assert rounds == [(1, 2), (2, 1)]
+    # At +11 min ct-mr.json's wait has ended, and so has the first round.
+    later = utcnow() + timedelta(seconds=660)
+    relay.post.clock = lambda: later
+    relay.post.route()
+    ended = {s.round: s for s in list_series(relay.engine)}[1]
+    assert ended.state == "matched"
+    assert "ct-mr.json: not matched: no series for trigger 'MR'" in ended.state_reason

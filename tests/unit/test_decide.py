@@ -135,11 +135,17 @@ def test_a_round_a_fingerprint_decided_before_is_not_decided_again() -> None:
 
 
 def test_association_end_settles_a_round_only_for_fingerprints_that_ask() -> None:
-    just_sent = round_(1, last=-0.5, sent_whole=True)
+    just_sent = round_(1, last=-0.6, released_at=T0 - timedelta(seconds=0.5))
     eager = fingerprint(modality_regex="CT", complete_on_association_end=True)
     assert decide([just_sent], "f", eager, T0, POST_AFTER) == [Take("f", (Member(1, ""),))]
     patient = fingerprint(modality_regex="CT")
     assert decide([just_sent], "f", patient, T0, POST_AFTER) == [Pending("f", (1,))]
+
+
+def test_a_release_counts_only_once_no_next_association_went_on_for_half_a_second() -> None:
+    eager = fingerprint(modality_regex="CT", complete_on_association_end=True)
+    released = round_(1, last=-0.3, released_at=T0 - timedelta(seconds=0.2))
+    assert decide([released], "f", eager, T0, POST_AFTER) == [Pending("f", (1,))]
 
 
 def test_a_stack_with_a_gap_waits_saying_where_then_ends_incomplete() -> None:
