@@ -61,22 +61,19 @@ def _compiles(value: str) -> str:
     return value
 
 
-class Trigger(BaseModel):
-    """One series a fingerprint needs: the rules it must meet, how many such series, and
-    when such a series counts as complete."""
+class SeriesRules(BaseModel):
+    """What a series must be to be taken, and when it is complete: a flat fingerprint's
+    top-level keys, and each trigger's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field("", max_length=64)  # said in reasons: "no series for trigger 'MR T1'"
     modality_regex: Regex = ""
     series_description_regex: Regex = ""
     study_description_regex: Regex = ""
     sop_class_uid_regex: Regex = ""
-    calling_ae_title_regex: Regex = ""
+    calling_ae_title_regex: Regex = ""  # the sender's AE title: one node, several departments
     exclude_regex: Regex = "a^"
-    min_series: int = Field(1, ge=1)
-    max_series: int | None = Field(None, ge=1)
-    min_instances: int = Field(1, ge=1)  # a series with fewer does not meet the trigger
+    min_instances: int = Field(1, ge=1)  # a series with fewer is not taken
     # Complete only once it holds this many instances, or as many as its data says.
     expected_instances: ExpectedInstances | None = None
     # Complete only once its slices are evenly spaced, with no gap and no duplicate.
@@ -86,6 +83,15 @@ class Trigger(BaseModel):
     @classmethod
     def _regex_compiles(cls, value: str) -> str:
         return _compiles(value)
+
+
+class Trigger(SeriesRules):
+    """One series a fingerprint needs: the rules it must meet, how many such series, and
+    when such a series counts as complete."""
+
+    name: str = Field("", max_length=64)  # said in reasons: "no series for trigger 'MR T1'"
+    min_series: int = Field(1, ge=1)
+    max_series: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -111,18 +117,12 @@ class Trigger(BaseModel):
         return self.check_geometry or self.expected_instances is not None
 
 
-class Fingerprint(BaseModel):
-    """One fingerprint file."""
+class Fingerprint(SeriesRules):
+    """One fingerprint file: its top-level rules are the one trigger of a flat fingerprint."""
 
     # Errors never quote the input: it may be a token.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    modality_regex: Regex = ""
-    series_description_regex: Regex = ""
-    study_description_regex: Regex = ""
-    sop_class_uid_regex: Regex = ""
-    calling_ae_title_regex: Regex = ""  # the sender's AE title: one node, several departments
-    exclude_regex: Regex = "a^"
     inference_server_url: AnyHttpUrl
     model_human_readable_id: str = Field(min_length=1)
     scus: list[Destination] = Field(default_factory=list)
@@ -135,10 +135,6 @@ class Fingerprint(BaseModel):
     # Or, kept out of the fingerprint file and out of the database's job copies:
     inference_server_token_env: str | None = Field(None, min_length=1)  # a variable's name
     inference_server_token_file: str | None = Field(None, min_length=1)  # a file's path
-    # Completeness of the one series a flat fingerprint takes (in `triggers`: each its own).
-    min_instances: int = Field(1, ge=1)
-    expected_instances: ExpectedInstances | None = None
-    check_geometry: bool = False
     # Several series of one study, each meeting its own trigger: one job holding them all.
     triggers: list[Trigger] = Field(default_factory=list, max_length=16)
     # A series is complete when the association that sent it is released (not only after
@@ -147,11 +143,6 @@ class Fingerprint(BaseModel):
     # Seconds a series (study) that meets the fingerprint in part, or is incomplete, is
     # waited for from its first instance; then it ends visibly, not submitted.
     max_wait: float = Field(3600.0, gt=0, le=MAX_WAIT_LIMIT)
-
-    @field_validator(*_RULE_KEYS)
-    @classmethod
-    def _regex_compiles(cls, value: str) -> str:
-        return _compiles(value)
 
     @field_validator("inference_server_token")
     @classmethod
