@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
@@ -121,12 +120,10 @@ class Relay:
         self.poller.start()
         self.scp.start()
 
-    def run_now(self, tick: str, after: float = 0.0) -> None:
-        """Run a tick now (or `after` seconds from now) rather than at its next interval:
-        work was handed over."""
-        when = utcnow() + timedelta(seconds=after)
+    def run_now(self, tick: str) -> None:
+        """Run a tick now rather than at its next interval: work was handed over."""
         with contextlib.suppress(JobLookupError):
-            self.scheduler.modify_job(tick, next_run_time=when)
+            self.scheduler.modify_job(tick, next_run_time=utcnow())
 
     def stop(self) -> bool:
         """Stop receiving (C-STOREs in flight finish), then the daemons.
@@ -197,12 +194,11 @@ def build_relay(settings: Settings) -> Relay:
         inbox = Inbox(ingestor, engine)
     # storescp's files reach the database only through the watcher: it always watches.
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
-    relay = Relay(
+    # A round may be complete at the end of its association: routed then, not at the tick.
+    ingestor.on_association_released = lambda: post.route_soon(ASSOCIATION_GRACE + 0.05)
+    return Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
-    # A round may be complete at the end of its association: routed now, not at the tick.
-    ingestor.on_association_released = lambda: relay.run_now("route_tick", ASSOCIATION_GRACE + 0.05)
-    return relay
 
 
 def make_folder(variable: str, folder: Path) -> None:

@@ -114,6 +114,7 @@ class PostDaemon:
         self._lanes: dict[str, threading.Thread] = {}  # server -> its submits on the wire
         self._queued: set[int] = set()  # jobs handed to a lane, not yet done with
         self._lanes_lock = threading.Lock()
+        self._wake_pending = False
         self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
         self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
 
@@ -135,6 +136,22 @@ class PostDaemon:
             for step in (self.route, self.remove_files):
                 if not self.stopping.is_set():
                     guarded(logger, f"post daemon: {step.__name__}", step)
+
+    def route_soon(self, delay: float) -> None:
+        """Route in `delay` seconds, whatever the schedule (an association was released:
+        its rounds may be complete). Wakes that come while one is pending share it."""
+        with self._lanes_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        timer = threading.Timer(delay, self._woken)
+        timer.daemon = True
+        timer.start()
+
+    def _woken(self) -> None:
+        with self._lanes_lock:
+            self._wake_pending = False  # a release from now on asks for a route of its own
+        self.route_tick()  # waits for a tick already running, never skipped
 
     def submit_tick(self) -> None:
         """Start submitting the due jobs (without waiting for the lanes)."""
