@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 
 # Defaults that work in a container; every variable is described in docs/configuration.md.
+# API_TOKEN is empty here (no access but /healthz and /readyz): a token is given at run time.
+# hadolint ignore=DL3064
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     SCP_HOSTNAME=0.0.0.0 \
@@ -53,7 +55,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DELIVERY_ASSOCIATIONS=1 \
     DELIVERY_RETRY_DELAY=10 \
     DELIVERY_MAX_ATTEMPTS=30 \
-    JOB_FILES_RETENTION_HOURS=168
+    JOB_FILES_RETENTION_HOURS=168 \
+    HTTP_HOSTNAME=127.0.0.1 \
+    HTTP_PORT=8124 \
+    HTTP_TLS_CERT_FILE= \
+    HTTP_TLS_KEY_FILE= \
+    API_TOKEN= \
+    API_TOKEN_FILE=
 
 WORKDIR /opt/isdr
 COPY constraints.txt pyproject.toml README.md ./

@@ -781,6 +781,7 @@ def relay_env(work: Path, port: int, standin: StandIn) -> dict[str, str]:
         **RELAY_ENV,
         "SCP_HOSTNAME": "127.0.0.1",
         "SCP_PORT": str(port),
+        "HTTP_PORT": "0",
         "SCP_AE_TITLE": AE_TITLE,
         "DATA_DIR": str(work / "data"),
         "INCOMING_DIR": str(work / "incoming"),

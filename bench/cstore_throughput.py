@@ -224,6 +224,7 @@ def relay_env(extra: dict[str, str], run_dir: Path, port: int) -> dict[str, str]
     env.update(
         SCP_HOSTNAME=HOST,
         SCP_PORT=str(port),
+        HTTP_PORT="0",
         SCP_AE_TITLE=AE_TITLE,
         DATA_DIR=str(run_dir / "data"),
         INCOMING_DIR=str(run_dir / "incoming"),

@@ -92,7 +92,8 @@ class Plan:
         keep = {k: v for k, v in os.environ.items() if k in KEPT_VARIABLES}
         return {
             **keep,
-            "SCP_PORT": str(port), "SCP_AE_TITLE": RELAY_AE, "DATA_DIR": str(work / "data"),
+            "SCP_PORT": str(port), "HTTP_PORT": "0", "SCP_AE_TITLE": RELAY_AE,
+            "DATA_DIR": str(work / "data"),
             "INCOMING_DIR": str(work / "incoming"), "FINGERPRINT_DIR": str(work / "fingerprints"),
             "CERT_FILE": str(standin.ca_file), "MIN_FREE_DISK_MB": "0",
             "POST_AFTER": str(self.post_after), "POST_INTERVAL": str(self.interval),

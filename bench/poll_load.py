@@ -91,6 +91,7 @@ def start_relay(work: Path, standin: StandIn, interval: float) -> subprocess.Pop
     env = {
         **os.environ,
         "SCP_PORT": str(free_port()),
+        "HTTP_PORT": "0",
         "DATA_DIR": str(work / "data"),
         "INCOMING_DIR": str(work / "incoming"),
         "FINGERPRINT_DIR": str(work / "fingerprints"),

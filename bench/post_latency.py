@@ -69,6 +69,7 @@ def start_relay(
     env = {
         **os.environ,
         "SCP_PORT": str(port),
+        "HTTP_PORT": "0",
         "SCP_AE_TITLE": "BENCH",
         "DATA_DIR": str(work / "data"),
         "INCOMING_DIR": str(work / "incoming"),

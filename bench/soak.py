@@ -274,6 +274,7 @@ def relay_env(work: Path, port: int) -> dict[str, str]:
         **{k: v for k, v in os.environ.items() if k in KEPT_VARIABLES},
         "SCP_HOSTNAME": "127.0.0.1",
         "SCP_PORT": str(port),
+        "HTTP_PORT": "0",
         "SCP_AE_TITLE": AE_TITLE,
         "DATA_DIR": str(work / "data"),
         "INCOMING_DIR": str(work / "incoming"),

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -48,6 +49,9 @@ from isdr.scp.storage import AtomicWriter, remove_stale_temporaries, staging_fol
 from isdr.scp.tuning import tune_libraries
 from isdr.scu.echo import EchoAnswer, echo
 from isdr.tls import self_check_context
+from isdr.web.app import create_app
+from isdr.web.context import Live, WebContext
+from isdr.web.server import WebServer
 
 __all__ = [  # what the commands use, besides serve
     "Engine", "discard_held", "get_series", "job_details", "list_jobs", "list_series",
@@ -68,6 +72,10 @@ class Receiver(Protocol):
     @property
     def port(self) -> int: ...
 
+    @property
+    def listening(self) -> bool: ...
+
+    def associations(self) -> int: ...
     def start(self) -> None: ...
     def stop(self, timeout: float) -> None: ...
 
@@ -88,6 +96,7 @@ class Relay:
     deliverer: Deliverer
     client: InferenceClient
     scheduler: BackgroundScheduler = field(default_factory=BackgroundScheduler)
+    web: WebServer | None = None  # the HTTP side; None with HTTP_PORT=0
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving.
@@ -119,6 +128,8 @@ class Relay:
         self.scheduler.start()
         self.poller.start()
         self.scp.start()
+        if self.web is not None:
+            self.web.start()
 
     def run_now(self, tick: str) -> None:
         """Run a tick now rather than at its next interval: work was handed over."""
@@ -132,6 +143,8 @@ class Relay:
         exit, and its job is failed as interrupted at the next start (never sent twice).
         """
         deadline = time.monotonic() + self.settings.STOP_TIMEOUT + STOP_MARGIN
+        if self.web is not None:
+            self.web.stop()
         self.post.stopping.set()
         self.poller.stop()
         self.deliverer.stop()
@@ -196,8 +209,50 @@ def build_relay(settings: Settings) -> Relay:
     watch = settings.WATCH_INCOMING or settings.RECEIVER == "dcmtk"
     # A round may be complete at the end of its association: routed then, not at the tick.
     ingestor.on_association_released = lambda: post.route_soon(ASSOCIATION_GRACE + 0.05)
-    return Relay(
+    relay = Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
+    )
+    relay.web = _web_server(settings, relay) if settings.HTTP_PORT else None
+    return relay
+
+
+def _web_server(settings: Settings, relay: Relay) -> WebServer:
+    """The HTTP side, given the database and what only the running relay knows."""
+    context = WebContext(
+        engine=relay.engine,
+        token=settings.api_token(),
+        checks={
+            "database": lambda: _database_answers(relay.engine),
+            "receiver": lambda: None if relay.scp.listening else "the Store SCP is not listening",
+            "disk": lambda: _disk_reserve(relay.writer, settings.MIN_FREE_DISK_MB),
+        },
+        live=Live(
+            free_bytes=lambda: shutil.disk_usage(settings.INCOMING_DIR).free,
+            associations=relay.scp.associations,
+        ),
+        clock=utcnow,
+    )
+    return WebServer(
+        create_app(context), settings.HTTP_HOSTNAME, settings.HTTP_PORT,
+        settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE,
+    )  # fmt: skip
+
+
+def _database_answers(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 (a readiness check: any failure is "not ready")
+        return f"the database does not answer ({type(exc).__name__})"
+    return None
+
+
+def _disk_reserve(writer: AtomicWriter, reserve_mb: float) -> str | None:
+    if writer.room() > 0:
+        return None
+    return (
+        f"INCOMING_DIR's disk is at its reserve (MIN_FREE_DISK_MB={reserve_mb:g}): "
+        "C-STOREs get 0xA700"
     )
 
 
@@ -298,6 +353,8 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, _on_signal)
     with single_instance(settings.DATA_DIR):
         check_can_listen(_listen_host(settings), settings.SCP_PORT)  # one clear line if not
+        if settings.HTTP_PORT:
+            check_can_listen(settings.HTTP_HOSTNAME, settings.HTTP_PORT, "HTTP")
         relay.start()
         logger.info("relay running; stop it with SIGTERM or Ctrl-C")
         stop.wait()

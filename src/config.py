@@ -27,7 +27,10 @@ Seconds = Annotated[float, Field(gt=0)]
 ORIGINAL_BOOLEANS = ("DELETE_ON_POST", "ASK_INFERENCE_SERVER_TO_DELETE_TASK")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_PDU_SIZE = 4096  # bytes: below it a C-STORE's command set and data barely fit
-NOT_SHOWN = ("DATABASE_URL",)  # may hold a password: an error never quotes the value
+NOT_SHOWN = ("DATABASE_URL", "API_TOKEN")  # secrets: an error never quotes the value
+
+
+MIN_TOKEN_LENGTH = 16  # a bearer token shorter than this is guessable
 
 
 class Settings(BaseSettings):
@@ -207,6 +210,49 @@ class Settings(BaseSettings):
         168.0, ge=0, description="how long failed jobs' files and non-DICOM outputs are kept"
     )
 
+    # --- the HTTP side: health, metrics and the REST API ---
+    HTTP_HOSTNAME: str = Field("127.0.0.1", description="address the HTTP side listens on")
+    HTTP_PORT: int = Field(
+        8124, ge=0, le=65535, description="TCP port of the HTTP side; 0: no HTTP side"
+    )
+    HTTP_TLS_CERT_FILE: str = Field(
+        "", description="PEM certificate (chain) of the HTTP side; set with the key: HTTPS only"
+    )
+    HTTP_TLS_KEY_FILE: str = Field("", description="PEM private key of HTTP_TLS_CERT_FILE")
+    API_TOKEN: str = Field(
+        "",
+        repr=False,
+        description="bearer token of /metrics and /api/v1 (scripts, Prometheus); empty: "
+        "API_TOKEN_FILE, or no access but /healthz and /readyz",
+    )
+    API_TOKEN_FILE: str = Field("", description="a file holding the bearer token, read at start")
+
+    @model_validator(mode="after")
+    def _one_api_token(self) -> Settings:
+        if self.API_TOKEN and self.API_TOKEN_FILE:
+            raise ValueError("give API_TOKEN or API_TOKEN_FILE, not both")
+        if bool(self.HTTP_TLS_CERT_FILE) != bool(self.HTTP_TLS_KEY_FILE):
+            raise ValueError("HTTP_TLS_CERT_FILE and HTTP_TLS_KEY_FILE go together: set both")
+        if self.API_TOKEN and len(self.API_TOKEN) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"API_TOKEN must have at least {MIN_TOKEN_LENGTH} characters")
+        return self
+
+    def api_token(self) -> str:
+        """The bearer token (API_TOKEN, or API_TOKEN_FILE's content); "" when none is set:
+        then nothing but /healthz and /readyz is served."""
+        if not self.API_TOKEN_FILE:
+            return self.API_TOKEN
+        try:
+            token = Path(self.API_TOKEN_FILE).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"API_TOKEN_FILE {self.API_TOKEN_FILE}: {exc.strerror}") from exc
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"API_TOKEN_FILE {self.API_TOKEN_FILE}: the token must have at least "
+                f"{MIN_TOKEN_LENGTH} characters"
+            )
+        return token
+
     @field_validator(*ORIGINAL_BOOLEANS, mode="before")
     @classmethod
     def _empty_means_false(cls, value: object) -> object:
@@ -351,7 +397,13 @@ def describe_settings(settings: Settings) -> list[tuple[str, str]]:
     """(name, effective value) for every setting, for `isdr config`."""
     rows = [(name, str(getattr(settings, name))) for name in type(settings).model_fields]
     rows.append(("(effective database)", settings.database_url))
-    return [(name, _masked(value) if "database" in name.lower() else value) for name, value in rows]
+    return [(name, _shown(name, value)) for name, value in rows]
+
+
+def _shown(name: str, value: str) -> str:
+    if name == "API_TOKEN":
+        return "***" if value else ""
+    return _masked(value) if "database" in name.lower() else value
 
 
 def _masked(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,11 @@ import pytest
 from isdr.app import Relay, build_relay
 from isdr.demo.standin import StandIn
 from tests.helpers import relay_settings
+
+# The HTTP side is off in every relay a test makes, in this process or as `isdr serve`
+# (which inherits the environment), unless the test asks for it: two relays of two tests
+# must not meet on HTTP_PORT's default.
+os.environ["HTTP_PORT"] = "0"
 
 
 @pytest.fixture

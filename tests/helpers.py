@@ -30,6 +30,7 @@ def relay_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "MIN_FREE_DISK_MB": 0,
         "STOP_TIMEOUT": 5,
         "POST_AFTER": 3600,  # receiving tests: series stay open unless a test says otherwise
+        "HTTP_PORT": 0,  # no HTTP side unless a test asks for it
     }
     values.update(overrides)
     return Settings(**values)

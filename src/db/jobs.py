@@ -336,12 +336,15 @@ def mark_files_removed(engine: Engine, series_id: int, now: datetime) -> None:
         session.get_one(Series, series_id).files_removed_at = now
 
 
-def list_jobs(engine: Engine, limit: int = 200) -> list[JobView]:
-    """The newest jobs first."""
+def list_jobs(
+    engine: Engine, limit: int = 200, offset: int = 0, state: str | None = None
+) -> list[JobView]:
+    """The newest jobs first (in one state, if given)."""
+    query = select(Job).options(selectinload(Job.members)).order_by(Job.id.desc())
+    if state is not None:
+        query = query.where(Job.state == state)
     with Session(engine) as session:
-        rows = session.scalars(
-            select(Job).options(selectinload(Job.members)).order_by(Job.id.desc()).limit(limit)
-        )
+        rows = session.scalars(query.limit(limit).offset(offset))
         return [job_view(row) for row in rows]
 
 

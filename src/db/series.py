@@ -336,10 +336,15 @@ def is_recorded(engine: Engine, path: str) -> bool:
         return session.scalar(select(Instance.id).where(Instance.path == path).limit(1)) is not None
 
 
-def list_series(engine: Engine, limit: int = 200) -> list[SeriesView]:
-    """The most recently active series rounds, newest first."""
+def list_series(
+    engine: Engine, limit: int = 200, offset: int = 0, state: str | None = None
+) -> list[SeriesView]:
+    """The most recently active series rounds, newest first (in one state, if given)."""
+    query = select(Series).order_by(Series.last_received_at.desc(), Series.id.desc())
+    if state is not None:
+        query = query.where(Series.state == state)
     with Session(engine) as session:
-        rows = session.scalars(select(Series).order_by(Series.last_received_at.desc()).limit(limit))
+        rows = session.scalars(query.limit(limit).offset(offset))
         return [view_of(SeriesView, row) for row in rows]
 
 

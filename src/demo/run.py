@@ -55,7 +55,7 @@ def run_demo(out: TextIO) -> int:
 
 def _settings(work: Path, standin: StandIn) -> Settings:
     return Settings(
-        SCP_HOSTNAME="127.0.0.1", SCP_PORT=free_port(), SCP_AE_TITLE="ISDR_DEMO",
+        SCP_HOSTNAME="127.0.0.1", SCP_PORT=free_port(), SCP_AE_TITLE="ISDR_DEMO", HTTP_PORT=0,
         DATA_DIR=work / "data", INCOMING_DIR=work / "data" / "incoming",
         FINGERPRINT_DIR=work / "fingerprints", CERT_FILE=standin.ca_file,
         POST_AFTER=2, POST_INTERVAL=0.5, GET_INTERVAL=1, MIN_FREE_DISK_MB=0,

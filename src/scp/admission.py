@@ -210,3 +210,8 @@ class ConnectionTable:
     def __len__(self) -> int:
         with self._lock:
             return len(self._open)
+
+    def associations(self) -> int:
+        """How many connections are associated now."""
+        with self._lock:
+            return sum(1 for connection in self._open.values() if connection.associated)

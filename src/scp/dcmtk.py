@@ -41,6 +41,15 @@ class DcmtkReceiver:
         self.max_pdu = min(max(max_pdu or DCMTK_MAX_PDU, DCMTK_MIN_PDU), DCMTK_MAX_PDU)
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def listening(self) -> bool:
+        """Whether storescp runs."""
+        return self._process is not None and self._process.poll() is None
+
+    def associations(self) -> int:
+        """Not known: storescp keeps its associations to itself."""
+        return 0
+
     def command(self) -> list[str]:
         """The storescp command line."""
         executable = shutil.which("storescp")

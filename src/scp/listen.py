@@ -16,9 +16,10 @@ class CannotListen(IsdrError):
     """The Store SCP cannot listen on SCP_HOSTNAME:SCP_PORT."""
 
 
-def check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, prefix: str = "SCP") -> None:
     """Bind host:port as the Store SCP will (an IPv4 address first, as pynetdicom picks;
-    SO_REUSEADDR), then let it go; CannotListen saying why and what to do if that fails."""
+    SO_REUSEADDR), then let it go; CannotListen saying why and what to do if that fails.
+    `prefix` names the settings: SCP_HOSTNAME and SCP_PORT, or HTTP_HOSTNAME and HTTP_PORT."""
     try:
         entries = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -28,12 +29,12 @@ def check_can_listen(host: str, port: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
     except OSError as exc:
-        raise CannotListen(cannot_listen(host, port, exc)) from exc
+        raise CannotListen(cannot_listen(host, port, exc, prefix)) from exc
 
 
-def cannot_listen(host: str, port: int, error: OSError) -> str:
+def cannot_listen(host: str, port: int, error: OSError, prefix: str = "SCP") -> str:
     """Why listening on host:port failed, and what to do, in one line."""
-    where = f"cannot listen on SCP_HOSTNAME={host} SCP_PORT={port}"
+    where = f"cannot listen on {prefix}_HOSTNAME={host} {prefix}_PORT={port}"
     if isinstance(error, socket.gaierror):
         return (
             f"{where}: {host!r} is not a known host name or address ({error.strerror}); "
@@ -41,8 +42,8 @@ def cannot_listen(host: str, port: int, error: OSError) -> str:
         )
     if error.errno == errno.EADDRINUSE:
         return (
-            f"{where}: the port is already in use (another relay or DICOM node?); "
-            "stop it, or choose another SCP_PORT"
+            f"{where}: the port is already in use (another relay, or another service?); "
+            f"stop it, or choose another {prefix}_PORT"
         )
     if error.errno == errno.EADDRNOTAVAIL:
         return (

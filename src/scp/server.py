@@ -127,6 +127,15 @@ class StoreSCP:
         """The port actually listened on (useful when started with port 0)."""
         return int(self._server.server_address[1]) if self._server else self.address[1]
 
+    @property
+    def listening(self) -> bool:
+        """Whether it listens (started and not stopped)."""
+        return self._server is not None
+
+    def associations(self) -> int:
+        """Associations open now."""
+        return self.connections.associations()
+
     def start(self) -> None:
         """Start listening in background threads."""
         handlers: list[Any] = [

@@ -60,3 +60,16 @@ def test_a_database_url_that_is_not_a_url_is_one_line_naming_it(tmp_path: Path) 
     assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
     [line] = result.stderr.splitlines()
     assert "DATABASE_URL" in line and "not a SQLAlchemy URL" in line, line
+
+
+def test_an_http_port_already_in_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**os.environ, **relay_env(relay_settings(tmp_path, HTTP_PORT=port))}
+        result = subprocess.run(
+            [*ISDR, "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"isdr: cannot listen on HTTP_HOSTNAME=127.0.0.1 HTTP_PORT={port}")
+    assert "the port is already in use" in line and "choose another HTTP_PORT" in line

@@ -42,11 +42,13 @@ ALLOWED: dict[str, set[str]] = {
     # the entrances
     "app": STAGES
     | {"config", "db", "demo", "domain", "errors", "fingerprints", "inference"}
-    | {"logs", "preflight", "scu", "tls"},
+    | {"logs", "preflight", "scu", "tls", "web"},
     "demo": {"app", "config", "db", "domain", "errors", "logs", "synthetic"},
     "cli": {"isdr", "app", "config", "domain", "errors"},
     "__main__": {"cli"},
     "preflight": {"domain", "errors", "inference", "scu", "tls"},
+    # the HTTP side: reads and moves rows, given live facts by app
+    "web": {"isdr", "domain", "db", "errors", "logs"},
 }
 
 

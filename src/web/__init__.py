@@ -1,0 +1,1 @@
+"""The HTTP side: health endpoints, Prometheus metrics and the REST API (FastAPI)."""

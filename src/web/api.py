@@ -1,0 +1,146 @@
+"""The REST API, /api/v1: series and jobs, read, and a failed job retried.
+
+Answers are pydantic models made from the database's frozen views, never ORM rows. No
+PatientID or name is in a URL or an answer: series and jobs are named by their ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from isdr.db.delivery import retry_failed
+from isdr.db.jobs import list_jobs, timeline
+from isdr.db.series import get_series, list_series
+from isdr.db.views import JobView, SeriesView
+from isdr.domain.states import JobState, SeriesState
+from isdr.web.context import WebContext
+
+PAGE_MAX = 500
+
+
+class SeriesOut(BaseModel):
+    """One series round."""
+
+    id: int
+    series_instance_uid: str
+    round: int
+    study_instance_uid: str
+    modality: str
+    series_description: str
+    study_description: str
+    instance_count: int
+    total_bytes: int
+    first_received_at: datetime
+    last_received_at: datetime
+    calling_ae_title: str
+    state: SeriesState
+    state_reason: str
+
+
+class JobOut(BaseModel):
+    """One job."""
+
+    id: int
+    series_ids: list[int]
+    fingerprint: str
+    model: str
+    server: str
+    state: JobState
+    attempts: int
+    last_error: str
+    task_uid: str
+    created_at: datetime
+    updated_at: datetime
+    failed_step: str | None
+
+
+class EventOut(BaseModel):
+    """One line of a job's timeline."""
+
+    at: datetime
+    state: str
+    message: str
+
+
+class JobDetail(JobOut):
+    """One job with its timeline."""
+
+    timeline: list[EventOut]
+
+
+class RetryOut(BaseModel):
+    """What a retry did."""
+
+    id: int
+    outcome: str
+
+
+def _series_out(view: SeriesView) -> SeriesOut:
+    fields = set(SeriesOut.model_fields)
+    return SeriesOut.model_validate({name: getattr(view, name) for name in fields})
+
+
+def _job_out(view: JobView) -> JobOut:
+    return JobOut(
+        id=view.id, series_ids=list(view.series_ids), fingerprint=view.fingerprint_name,
+        model=view.model, server=view.server, state=JobState(view.state),
+        attempts=view.attempts, last_error=view.last_error, task_uid=view.task_uid,
+        created_at=view.created_at, updated_at=view.updated_at, failed_step=view.failed_step,
+    )  # fmt: skip
+
+
+def api_router(context: WebContext) -> APIRouter:
+    """Every /api/v1 route (the token is checked by the app for all of them)."""
+    router = APIRouter(prefix="/api/v1", tags=["api"])
+    engine = context.engine
+
+    @router.get("/series", response_model=list[SeriesOut])
+    def series_list(
+        state: SeriesState | None = None,
+        limit: int = Query(100, ge=1, le=PAGE_MAX),
+        offset: int = Query(0, ge=0),
+    ) -> list[SeriesOut]:
+        """Series rounds, the most recently active first."""
+        rows = list_series(engine, limit, offset, None if state is None else state.value)
+        return [_series_out(row) for row in rows]
+
+    @router.get("/series/{series_id}", response_model=SeriesOut)
+    def series_one(series_id: int) -> SeriesOut:
+        """One series round."""
+        found = get_series(engine, series_id)
+        if found is None:
+            raise HTTPException(404, f"no series {series_id}")
+        return _series_out(found)
+
+    @router.get("/jobs", response_model=list[JobOut])
+    def jobs_list(
+        state: JobState | None = None,
+        limit: int = Query(100, ge=1, le=PAGE_MAX),
+        offset: int = Query(0, ge=0),
+    ) -> list[JobOut]:
+        """Jobs, the newest first."""
+        rows = list_jobs(engine, limit, offset, None if state is None else state.value)
+        return [_job_out(row) for row in rows]
+
+    @router.get("/jobs/{job_id}", response_model=JobDetail)
+    def job_one(job_id: int) -> JobDetail:
+        """One job and its timeline."""
+        found = timeline(engine, job_id)
+        if found is None:
+            raise HTTPException(404, f"no job {job_id}")
+        job, events = found
+        lines = [EventOut(at=e.at, state=e.state, message=e.message) for e in events]
+        return JobDetail(**_job_out(job).model_dump(), timeline=lines)
+
+    @router.post("/jobs/{job_id}/retry", response_model=RetryOut)
+    def job_retry(job_id: int) -> RetryOut:
+        """A failed job again, from the step it failed at (as `isdr jobs retry`)."""
+        outcome = retry_failed(engine, job_id, context.clock())
+        if outcome is None:
+            raise HTTPException(409, f"job {job_id} is not failed (or does not exist)")
+        return RetryOut(id=job_id, outcome=outcome)
+
+    return router

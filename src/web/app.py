@@ -1,0 +1,36 @@
+"""The ASGI application: health without a token, everything else with it."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+
+from isdr import __version__
+from isdr.web.api import api_router
+from isdr.web.auth import require_token
+from isdr.web.context import WebContext
+from isdr.web.health import health_router
+from isdr.web.metrics import render
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_app(context: WebContext) -> FastAPI:
+    """The relay's HTTP side. The OpenAPI document needs the token too: it is served by a
+    route of ours, not FastAPI's open one."""
+    app = FastAPI(
+        title="ISDR", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    token = Depends(require_token(context))
+    app.include_router(health_router(context))
+    app.include_router(api_router(context), dependencies=[token])
+
+    @app.get("/metrics", dependencies=[token], include_in_schema=False)
+    def metrics() -> Response:
+        return Response(render(context.engine, context.live), media_type=PROMETHEUS_TEXT)
+
+    @app.get("/openapi.json", dependencies=[token], include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    return app

@@ -1,0 +1,135 @@
+"""/metrics in Prometheus' text format, computed from the database at each scrape.
+
+Counts come from the rows (every instance ever recorded, every job by state), not from
+counters in this process: they stay right across restarts, and when several relays share
+one database each reports the same totals. Only `isdr_associations_active` and
+`isdr_storage_free_bytes` are this process's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from isdr.db.models import Instance, Job, JobEvent, Series
+from isdr.domain.states import JobState, SeriesState
+from isdr.web.context import Live
+
+# Seconds: from a minute to a day, for stages that take from seconds (a submit) to hours
+# (a queue on the server).
+BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+STAGES = ("waiting", "submit", "on the server", "delivery")
+
+
+class RelayCollector(Collector):
+    """Reads the metrics from the database when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine, live: Live) -> None:
+        self.engine = engine
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        with Session(self.engine) as session:
+            yield from _received(session)
+            yield _by_state(session, "isdr_series", "series rounds by state",
+                            Series.state, [s.value for s in SeriesState])  # fmt: skip
+            yield _by_state(session, "isdr_jobs", "jobs by state",
+                            Job.state, [s.value for s in JobState])  # fmt: skip
+            yield _stage_seconds(session)
+        yield GaugeMetricFamily(
+            "isdr_storage_free_bytes", "free bytes on INCOMING_DIR's file system",
+            value=self.live.free_bytes(),
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "isdr_associations_active", "associations open in this relay's Store SCP",
+            value=self.live.associations(),
+        )  # fmt: skip
+
+
+def render(engine: Engine, live: Live) -> bytes:
+    """The text Prometheus scrapes."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(engine, live))
+    return generate_latest(registry)
+
+
+def _received(session: Session) -> Iterable[Metric]:
+    instances = CounterMetricFamily(
+        "isdr_instances_received", "instances recorded, by the sender's calling AE title",
+        labels=["calling_ae"],
+    )  # fmt: skip
+    received_bytes = CounterMetricFamily(
+        "isdr_bytes_received", "bytes of the instances recorded", labels=["calling_ae"]
+    )
+    rows = session.execute(
+        select(Series.calling_ae_title, func.count(Instance.id), func.sum(Instance.size))
+        .join(Series, Series.id == Instance.series_id)
+        .group_by(Series.calling_ae_title)
+    )
+    for calling_ae, count, size in rows:
+        instances.add_metric([calling_ae or ""], count)
+        received_bytes.add_metric([calling_ae or ""], size or 0)
+    return instances, received_bytes
+
+
+def _by_state(
+    session: Session,
+    name: str,
+    documentation: str,
+    column: InstrumentedAttribute[str],
+    states: list[str],
+) -> GaugeMetricFamily:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()
+    counts: dict[str, int] = {str(state): int(count) for state, count in rows}
+    gauge = GaugeMetricFamily(name, documentation, labels=["state"])
+    for state in states:  # every state, 0 included: an alert needs the series to exist
+        gauge.add_metric([state], counts.get(state, 0))
+    return gauge
+
+
+def _stage_seconds(session: Session) -> HistogramMetricFamily:
+    """How long jobs spent in each stage, from their timelines: waiting (created to its
+    last submit), submit (that submit to accepted), on the server (accepted to the output
+    unpacked) and delivery (to delivered)."""
+    firsts: dict[int, dict[str, datetime]] = {}
+    rows = session.execute(
+        select(
+            JobEvent.job_id, JobEvent.state, func.min(JobEvent.at), func.max(JobEvent.at)
+        ).group_by(JobEvent.job_id, JobEvent.state)
+    )
+    for job_id, state, first, last in rows:
+        marks = firsts.setdefault(job_id, {})
+        marks[state] = last if state == JobState.SUBMITTING else first
+    histogram = HistogramMetricFamily(
+        "isdr_job_stage_seconds", "seconds jobs spent in each stage", labels=["stage"]
+    )
+    for stage, (start, end) in zip(STAGES, _STAGE_BOUNDS, strict=True):
+        durations = [
+            (marks[end] - marks[start]).total_seconds()
+            for marks in firsts.values()
+            if start in marks and end in marks and marks[end] >= marks[start]
+        ]
+        histogram.add_metric([stage], _buckets(durations), sum(durations))
+    return histogram
+
+
+_STAGE_BOUNDS = (
+    (JobState.PENDING, JobState.SUBMITTING),
+    (JobState.SUBMITTING, JobState.SUBMITTED),
+    (JobState.SUBMITTED, JobState.DELIVERING),
+    (JobState.DELIVERING, JobState.DELIVERED),
+)
+
+
+def _buckets(durations: list[float]) -> list[tuple[str, float]]:
+    cumulative = [
+        (f"{bound:g}", float(sum(1 for d in durations if d <= bound))) for bound in BUCKETS
+    ]
+    return [*cumulative, ("+Inf", float(len(durations)))]

@@ -1,0 +1,65 @@
+"""Serving the HTTP side with uvicorn, in a thread of the relay's process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+from isdr.errors import IsdrError
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0  # seconds
+
+
+class WebServer:
+    """uvicorn on one address, started and stopped by app.py."""
+
+    def __init__(
+        self, app: FastAPI, host: str, port: int, cert_file: str = "", key_file: str = ""
+    ) -> None:
+        config = uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+            ssl_certfile=cert_file or None, ssl_keyfile=key_file or None,
+            server_header=False, timeout_graceful_shutdown=2,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.scheme = "https" if cert_file else "http"
+        self._thread = threading.Thread(target=self._run, name="isdr-http", daemon=True)
+        self._failed: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.server.serve())
+        except BaseException as exc:  # noqa: BLE001 (reported to start(), which raises)
+            self._failed = exc
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful when started with port 0)."""
+        servers = getattr(self.server, "servers", [])
+        for server in servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return int(self.server.config.port)
+
+    def start(self) -> None:
+        """Listen, or raise IsdrError saying why not."""
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise IsdrError(f"the HTTP side could not start: {self._failed or 'timeout'}")
+            time.sleep(0.01)
+        config = self.server.config
+        logger.info("HTTP side listening on %s://%s:%d", self.scheme, config.host, self.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening; requests in flight get `timeout` seconds."""
+        self.server.should_exit = True
+        self._thread.join(timeout)

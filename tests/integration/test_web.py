@@ -1,0 +1,148 @@
+"""The HTTP side of a running relay: health without a token, metrics and the API with it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from isdr.app import Relay, build_relay
+from isdr.db.models import Job
+from isdr.demo.standin import StandIn
+from isdr.synthetic import SeriesSpec, make_instance
+from tests.helpers import free_port, relay_settings, send_datasets
+
+TOKEN = "a-token-of-the-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def start(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., tuple[Relay, httpx.Client]]]:
+    running: list[tuple[Relay, httpx.Client]] = []
+
+    def make(**overrides: Any) -> tuple[Relay, httpx.Client]:
+        values: dict[str, Any] = {
+            "HTTP_PORT": free_port(), "API_TOKEN": TOKEN, "CERT_FILE": standin.ca_file,
+            "POST_AFTER": 1, "POST_INTERVAL": 0.2, "DELETE_ON_POST": False, **overrides,
+        }  # fmt: skip
+        relay = build_relay(relay_settings(tmp_path, **values))
+        relay.start()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{relay.settings.HTTP_PORT}", timeout=10)
+        running.append((relay, client))
+        return relay, client
+
+    yield make
+    for relay, client in running:
+        client.close()
+        relay.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_health_needs_no_token_and_everything_else_does(start: Any) -> None:
+    _, client = start()
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "checks": {"database": "ok", "receiver": "ok",
+                                                      "disk": "ok"}}  # fmt: skip
+    for path in ("/metrics", "/api/v1/series", "/api/v1/jobs", "/openapi.json"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
+    assert (
+        "/api/v1/jobs/{job_id}/retry" in client.get("/openapi.json", headers=AUTH).json()["paths"]
+    )
+
+
+def test_a_wrong_token_is_one_warning_with_the_address_and_guessing_is_slowed(
+    start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, client = start()
+    wrong = {"Authorization": "Bearer not-the-token-at-all-000000"}
+    with caplog.at_level(logging.WARNING, logger="isdr.web.auth"):
+        answers = [client.get("/metrics", headers=wrong).status_code for _ in range(5)]
+    assert answers == [401] * 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "isdr.web.auth"]
+    assert len(lines) == 5 and all("from 127.0.0.1: wrong token" in line for line in lines)
+    assert not any("not-the-token" in line for line in lines)
+    # The sixth try from that address is refused whatever it carries, for a minute.
+    slowed = client.get("/metrics", headers=AUTH)
+    assert slowed.status_code == 429 and slowed.headers["retry-after"] == "60"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_without_a_token_set_only_health_is_served(start: Any) -> None:
+    _, client = start(API_TOKEN="")
+    refused = client.get("/api/v1/jobs", headers=AUTH)
+    assert refused.status_code == 403 and "API_TOKEN" in refused.json()["detail"]
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_fails_naming_the_disk_when_its_reserve_is_crossed(start: Any) -> None:
+    _, client = start(MIN_FREE_DISK_MB=10**9)
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    checks = answer.json()["checks"]
+    assert (checks["database"], checks["receiver"]) == ("ok", "ok")
+    assert "MIN_FREE_DISK_MB" in checks["disk"]
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line (`name` with its labels, as Prometheus prints it)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def test_the_metrics_and_the_api_follow_a_job_and_a_failed_job_is_retried(
+    start: Any, standin: StandIn
+) -> None:
+    relay, client = start()
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ct.json").write_text(json.dumps({
+        "modality_regex": "CT", "inference_server_url": standin.url_v1,
+        "model_human_readable_id": "ct-model",
+    }))  # fmt: skip
+    relay.registry.reload()
+    before = client.get("/metrics", headers=AUTH).text
+    assert metric(before, 'isdr_jobs{state="submitted"}') == 0
+    spec = SeriesSpec(modality="CT", count=3)
+    datasets = [make_instance(spec, i, "1.2.826.0.1.3680043.10.9", "1.2.826.0.1.3680043.10.9.1")
+                for i in range(3)]  # fmt: skip
+    assert send_datasets(relay.scp.port, datasets, calling="CT_SCANNER") == [0, 0, 0]
+    wait_for(lambda: standin.submissions != [])
+    text = client.get("/metrics", headers=AUTH).text
+    assert metric(text, 'isdr_instances_received_total{calling_ae="CT_SCANNER"}') == 3
+    assert metric(text, 'isdr_bytes_received_total{calling_ae="CT_SCANNER"}') > 3 * 8000
+    assert metric(text, 'isdr_series{state="matched"}') == 1
+    assert metric(text, 'isdr_job_stage_seconds_count{stage="waiting"}') == 1
+    assert metric(text, "isdr_storage_free_bytes") > 0
+    [series] = client.get("/api/v1/series", headers=AUTH).json()
+    assert series["state"] == "matched" and series["instance_count"] == 3
+    assert "patient_id" not in series  # no PatientID leaves through the API
+    [job] = client.get("/api/v1/jobs", headers=AUTH).json()
+    assert (job["series_ids"], job["model"]) == ([series["id"]], "ct-model")
+    detail = client.get(f"/api/v1/jobs/{job['id']}", headers=AUTH).json()
+    assert detail["timeline"][0]["state"] == "pending"
+    assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
+    with Session(relay.engine) as session, session.begin():
+        session.execute(update(Job).values(state="failed", failed_step="poll"))
+    retried = client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH)
+    assert retried.status_code == 200 and retried.json()["outcome"].startswith("submitted")
+    assert client.get("/api/v1/jobs/999", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/jobs?state=nonsense", headers=AUTH).status_code == 422
