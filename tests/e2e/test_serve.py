@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pynetdicom import AE
 
@@ -19,7 +20,7 @@ from isdr.db.engine import make_engine
 from isdr.db.series import list_series
 from isdr.dicom.headers import file_is_complete
 from isdr.synthetic import SeriesSpec, make_instance
-from tests.helpers import relay_env, relay_settings, send_datasets, stored_files
+from tests.helpers import free_port, relay_env, relay_settings, send_datasets, stored_files
 
 ISDR = [sys.executable, "-m", "isdr"]
 
@@ -253,3 +254,29 @@ def test_what_the_relay_creates_is_readable_by_its_own_user_only(
     assert len(stored_files(settings.INCOMING_DIR)) == 2 and created
     open_to_others = [str(p) for p in created if p.stat().st_mode & 0o077]
     assert open_to_others == []
+
+
+def test_the_http_side_answers_while_the_relay_runs_and_sigterm_still_stops_it(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    port = free_port()
+    settings = relay_settings(tmp_path, HTTP_PORT=port, API_TOKEN="t" * 20)
+    relay = start_relay(settings, tmp_path / "relay.log")
+    stopped.append(relay)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{base}/healthz"))
+    assert httpx.get(f"{base}/readyz").json()["ready"] is True
+    metrics = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer " + "t" * 20})
+    assert "isdr_associations_active" in metrics.text
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == 0
+    log = (tmp_path / "relay.log").read_text()
+    assert f"HTTP side listening on http://127.0.0.1:{port}" in log and "relay stopped" in log
+    assert not _answers(f"{base}/healthz")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
