@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.daemons.poll import Poller, PollSettings
 from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.delivery import job_details, retry_failed
-from isdr.db.engine import make_engine
+from isdr.db.engine import make_engine, reader_engine
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.series import discard_held, get_series, list_series, release_held
 from isdr.domain.clock import utcnow
@@ -102,8 +103,11 @@ class Relay:
         """Reconcile what a previous run left, then start receiving.
 
         Reconciliation always runs: a crash between a rename and its database commit
-        leaves a complete file that only it records.
+        leaves a complete file that only it records. The HTTP side starts first: if it
+        cannot, nothing else has started.
         """
+        if self.web is not None:
+            self.web.start()
         for folder in (self.settings.INCOMING_DIR, self.writer.staging):
             if folder is not None:
                 remove_stale_temporaries(folder)
@@ -128,8 +132,6 @@ class Relay:
         self.scheduler.start()
         self.poller.start()
         self.scp.start()
-        if self.web is not None:
-            self.web.start()
 
     def run_now(self, tick: str) -> None:
         """Run a tick now rather than at its next interval: work was handed over."""
@@ -218,11 +220,14 @@ def build_relay(settings: Settings) -> Relay:
 
 def _web_server(settings: Settings, relay: Relay) -> WebServer:
     """The HTTP side, given the database and what only the running relay knows."""
+    _check_tls_files(settings)
+    reader = reader_engine(settings.database_url)
     context = WebContext(
         engine=relay.engine,
+        reader=reader,
         token=settings.api_token(),
         checks={
-            "database": lambda: _database_answers(relay.engine),
+            "database": lambda: _database_answers(reader),
             "receiver": lambda: None if relay.scp.listening else "the Store SCP is not listening",
             "disk": lambda: _disk_reserve(relay.writer, settings.MIN_FREE_DISK_MB),
         },
@@ -236,6 +241,21 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         create_app(context), settings.HTTP_HOSTNAME, settings.HTTP_PORT,
         settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE,
     )  # fmt: skip
+
+
+def _check_tls_files(settings: Settings) -> None:
+    """HTTPS files that load, or ConfigError naming them, before anything starts."""
+    if not settings.HTTP_TLS_CERT_FILE:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"HTTP_TLS_CERT_FILE={settings.HTTP_TLS_CERT_FILE} / HTTP_TLS_KEY_FILE: cannot "
+            f"load them: {exc.strerror or exc}"
+        ) from exc
 
 
 def _database_answers(engine: Engine) -> str | None:

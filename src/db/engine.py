@@ -48,6 +48,37 @@ def make_engine(url: str, *, durable: bool = False, busy_timeout: float = BUSY_T
     return engine
 
 
+READER_BUSY_TIMEOUT = 1.0  # seconds a read of the HTTP side waits for SQLite, at most
+
+
+def reader_engine(url: str) -> Engine:
+    """An engine for reading only (the HTTP side): a small pool, and on SQLite plain
+    reads that take no write lock (WAL lets them run beside the writers) and give up
+    after a second rather than hold a connection. Its schema is the writer's."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            url, pool_pre_ping=True, hide_parameters=True, pool_size=2, max_overflow=2
+        )
+    engine = create_engine(
+        url,
+        connect_args={"timeout": READER_BUSY_TIMEOUT, "check_same_thread": False},
+        hide_parameters=True,
+        pool_size=2,
+        max_overflow=2,
+        pool_timeout=READER_BUSY_TIMEOUT,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # no BEGIN: each read stands alone
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    return engine
+
+
 def _add_missing_columns(engine: Engine) -> None:
     """Bring a database made by an earlier version up to date: new columns are nullable
     or have defaults, so adding them is all an upgrade needs (create_all adds tables)."""

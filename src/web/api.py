@@ -7,8 +7,9 @@ PatientID or name is in a URL or an answer: series and jobs are named by their i
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from isdr.db.delivery import retry_failed
@@ -19,6 +20,8 @@ from isdr.domain.states import JobState, SeriesState
 from isdr.web.context import WebContext
 
 PAGE_MAX = 500
+ID_MAX = 2**63 - 1  # the database's integers
+Id = Annotated[int, Path(ge=1, le=ID_MAX)]
 
 
 class SeriesOut(BaseModel):
@@ -95,20 +98,20 @@ def _job_out(view: JobView) -> JobOut:
 def api_router(context: WebContext) -> APIRouter:
     """Every /api/v1 route (the token is checked by the app for all of them)."""
     router = APIRouter(prefix="/api/v1", tags=["api"])
-    engine = context.engine
+    engine = context.reader
 
     @router.get("/series", response_model=list[SeriesOut])
     def series_list(
         state: SeriesState | None = None,
         limit: int = Query(100, ge=1, le=PAGE_MAX),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=ID_MAX),
     ) -> list[SeriesOut]:
         """Series rounds, the most recently active first."""
         rows = list_series(engine, limit, offset, None if state is None else state.value)
         return [_series_out(row) for row in rows]
 
     @router.get("/series/{series_id}", response_model=SeriesOut)
-    def series_one(series_id: int) -> SeriesOut:
+    def series_one(series_id: Id) -> SeriesOut:
         """One series round."""
         found = get_series(engine, series_id)
         if found is None:
@@ -119,14 +122,14 @@ def api_router(context: WebContext) -> APIRouter:
     def jobs_list(
         state: JobState | None = None,
         limit: int = Query(100, ge=1, le=PAGE_MAX),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=ID_MAX),
     ) -> list[JobOut]:
         """Jobs, the newest first."""
         rows = list_jobs(engine, limit, offset, None if state is None else state.value)
         return [_job_out(row) for row in rows]
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)
-    def job_one(job_id: int) -> JobDetail:
+    def job_one(job_id: Id) -> JobDetail:
         """One job and its timeline."""
         found = timeline(engine, job_id)
         if found is None:
@@ -136,9 +139,9 @@ def api_router(context: WebContext) -> APIRouter:
         return JobDetail(**_job_out(job).model_dump(), timeline=lines)
 
     @router.post("/jobs/{job_id}/retry", response_model=RetryOut)
-    def job_retry(job_id: int) -> RetryOut:
+    def job_retry(job_id: Id) -> RetryOut:
         """A failed job again, from the step it failed at (as `isdr jobs retry`)."""
-        outcome = retry_failed(engine, job_id, context.clock())
+        outcome = retry_failed(context.engine, job_id, context.clock())
         if outcome is None:
             raise HTTPException(409, f"job {job_id} is not failed (or does not exist)")
         return RetryOut(id=job_id, outcome=outcome)

@@ -27,7 +27,7 @@ def create_app(context: WebContext) -> FastAPI:
 
     @app.get("/metrics", dependencies=[token], include_in_schema=False)
     def metrics() -> Response:
-        return Response(render(context.engine, context.live), media_type=PROMETHEUS_TEXT)
+        return Response(render(context.reader, context.live), media_type=PROMETHEUS_TEXT)
 
     @app.get("/openapi.json", dependencies=[token], include_in_schema=False)
     def openapi() -> JSONResponse:

@@ -1,8 +1,11 @@
 """Bearer-token access: every route but /healthz and /readyz needs the token.
 
 A wrong or missing token is one WARNING line with the peer's address (never the token).
-A peer that sent FAILURES_ALLOWED wrong tokens within FAILURE_WINDOW seconds is answered
-429 until the window has passed: guessing is slowed to a few tries a minute.
+A peer that sent FAILURES_ALLOWED wrong tokens within FAILURE_WINDOW seconds has its next
+wrong ones answered 429 until the window has passed: guessing is slowed to a few tries a
+minute. The right token always passes, so a client sharing an address with a guesser (a
+proxy, this machine) is never locked out. The address is the connection's own: uvicorn
+is told not to trust X-Forwarded-For.
 """
 
 from __future__ import annotations
@@ -42,12 +45,6 @@ def require_token(
 
     def check(request: Request) -> None:
         peer = peer_of(request)
-        if _locked_out(context, peer, now()):
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                "too many wrong tokens from this address: try again in a minute",
-                headers={"Retry-After": str(int(FAILURE_WINDOW))},
-            )
         if not context.token:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -55,6 +52,12 @@ def require_token(
             )
         if hmac.compare_digest(bearer(request).encode(), context.token.encode()):
             return
+        if _locked_out(context, peer, now()):
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                "too many wrong tokens from this address: try again in a minute",
+                headers={"Retry-After": str(int(FAILURE_WINDOW))},
+            )
         _count_failure(context, peer, now())
         logger.warning("HTTP %s %s from %s: %s", request.method, request.url.path, peer,
                        "wrong token" if bearer(request) else "no token")  # fmt: skip

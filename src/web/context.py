@@ -24,8 +24,9 @@ class Live:
 class WebContext:
     """Everything a request may need."""
 
-    engine: Engine
-    token: str  # "" : no token set, so nothing but /healthz and /readyz is served
+    engine: Engine  # for the few writes (a retry)
+    reader: Engine  # for every read: no write lock, a small pool (isdr.db.engine)
+    token: str = field(repr=False)  # "": none set, so nothing but /healthz and /readyz
     checks: Mapping[str, Check]  # for /readyz, by name
     live: Live
     clock: Callable[[], datetime]

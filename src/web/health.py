@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from isdr.web.context import WebContext
+from isdr.web.context import Check, WebContext
 
 
 class Readiness(BaseModel):
@@ -14,6 +14,14 @@ class Readiness(BaseModel):
 
     ready: bool
     checks: dict[str, str]
+
+
+def _verdict(check: Check) -> str:
+    """ "ok", or what is wrong; a check that fails is a failed check, not an error."""
+    try:
+        return check() or "ok"
+    except Exception as exc:  # noqa: BLE001 (any failure of a check is "not ready")
+        return f"the check failed ({type(exc).__name__})"
 
 
 def health_router(context: WebContext) -> APIRouter:
@@ -29,7 +37,7 @@ def health_router(context: WebContext) -> APIRouter:
     def readyz() -> JSONResponse:
         """The database answers, the Store SCP listens, the disk reserve holds: 200, else
         503 naming the check that failed."""
-        verdicts = {name: check() or "ok" for name, check in context.checks.items()}
+        verdicts = {name: _verdict(check) for name, check in context.checks.items()}
         ready = all(verdict == "ok" for verdict in verdicts.values())
         body = Readiness(ready=ready, checks=verdicts).model_dump()
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -1,14 +1,15 @@
 """/metrics in Prometheus' text format, computed from the database at each scrape.
 
-Counts come from the rows (every instance ever recorded, every job by state), not from
-counters in this process: they stay right across restarts, and when several relays share
-one database each reports the same totals. Only `isdr_associations_active` and
-`isdr_storage_free_bytes` are this process's own.
+Counts come from the rows (every instance ever recorded, every job by state, every
+failure in the jobs' timelines), not from counters in this process: they stay right across
+restarts, and when several relays share one database each reports the same totals. The
+database is read through the HTTP side's own engine, which takes no write lock. Only
+`isdr_associations_active` and `isdr_storage_free_bytes` are this process's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -42,15 +43,33 @@ class RelayCollector(Collector):
                             Series.state, [s.value for s in SeriesState])  # fmt: skip
             yield _by_state(session, "isdr_jobs", "jobs by state",
                             Job.state, [s.value for s in JobState])  # fmt: skip
+            yield _failed(session)
             yield _stage_seconds(session)
-        yield GaugeMetricFamily(
-            "isdr_storage_free_bytes", "free bytes on INCOMING_DIR's file system",
-            value=self.live.free_bytes(),
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "isdr_associations_active", "associations open in this relay's Store SCP",
-            value=self.live.associations(),
-        )  # fmt: skip
+        free = "free bytes on INCOMING_DIR's file system"
+        yield from _gauge("isdr_storage_free_bytes", free, self.live.free_bytes)
+        associations = "associations open in this relay's Store SCP"
+        yield from _gauge("isdr_associations_active", associations, self.live.associations)
+
+
+def _gauge(name: str, documentation: str, read: Callable[[], int]) -> Iterator[Metric]:
+    """A gauge of this process; left out of the scrape (not an error) when it cannot be read."""
+    try:
+        value = read()
+    except OSError:
+        return
+    yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def _failed(session: Session) -> CounterMetricFamily:
+    """Every time a job failed (its timeline's lines): a counter that never goes down,
+    whatever retries do, for an alert on a job that did not deliver."""
+    count = session.scalar(
+        select(func.count()).select_from(JobEvent).where(JobEvent.state == JobState.FAILED)
+    )
+    return CounterMetricFamily(
+        "isdr_jobs_failed", "times a job failed (a retried job that fails again counts again)",
+        value=count or 0,
+    )  # fmt: skip
 
 
 def render(engine: Engine, live: Live) -> bytes:
@@ -95,14 +114,16 @@ def _by_state(
 
 
 def _stage_seconds(session: Session) -> HistogramMetricFamily:
-    """How long jobs spent in each stage, from their timelines: waiting (created to its
-    last submit), submit (that submit to accepted), on the server (accepted to the output
-    unpacked) and delivery (to delivered)."""
+    """How long delivered jobs spent in each stage, from their timelines: waiting (created
+    to its last submit), submit (that submit to accepted), on the server (accepted to the
+    output unpacked) and delivery (to delivered). Only delivered jobs count: their
+    timelines no longer change, so the histogram only grows."""
     firsts: dict[int, dict[str, datetime]] = {}
     rows = session.execute(
-        select(
-            JobEvent.job_id, JobEvent.state, func.min(JobEvent.at), func.max(JobEvent.at)
-        ).group_by(JobEvent.job_id, JobEvent.state)
+        select(JobEvent.job_id, JobEvent.state, func.min(JobEvent.at), func.max(JobEvent.at))
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(Job.state == JobState.DELIVERED)
+        .group_by(JobEvent.job_id, JobEvent.state)
     )
     for job_id, state, first, last in rows:
         marks = firsts.setdefault(job_id, {})

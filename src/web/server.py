@@ -27,6 +27,7 @@ class WebServer:
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
             ssl_certfile=cert_file or None, ssl_keyfile=key_file or None,
             server_header=False, timeout_graceful_shutdown=2,
+            proxy_headers=False,  # the peer is the connection's: X-Forwarded-For is not trusted
         )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.scheme = "https" if cert_file else "http"
@@ -54,7 +55,11 @@ class WebServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise IsdrError(f"the HTTP side could not start: {self._failed or 'timeout'}")
+                config = self.server.config
+                raise IsdrError(
+                    f"the HTTP side could not start on HTTP_HOSTNAME={config.host} "
+                    f"HTTP_PORT={config.port}: {_why(self._failed)}"
+                )
             time.sleep(0.01)
         config = self.server.config
         logger.info("HTTP side listening on %s://%s:%d", self.scheme, config.host, self.port)
@@ -62,4 +67,13 @@ class WebServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening; requests in flight get `timeout` seconds."""
         self.server.should_exit = True
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+
+def _why(failure: BaseException | None) -> str:
+    if failure is None:
+        return f"it did not listen within {START_TIMEOUT:g} s"
+    if isinstance(failure, SystemExit):  # uvicorn exits when it cannot bind
+        return "it could not bind the port (in use, or not this machine's address?)"
+    return f"{type(failure).__name__}: {failure}"

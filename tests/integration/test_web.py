@@ -31,7 +31,8 @@ def start(tmp_path: Path, standin: StandIn) -> Iterator[Callable[..., tuple[Rela
     def make(**overrides: Any) -> tuple[Relay, httpx.Client]:
         values: dict[str, Any] = {
             "HTTP_PORT": free_port(), "API_TOKEN": TOKEN, "CERT_FILE": standin.ca_file,
-            "POST_AFTER": 1, "POST_INTERVAL": 0.2, "DELETE_ON_POST": False, **overrides,
+            "POST_AFTER": 1, "POST_INTERVAL": 0.2, "DELETE_ON_POST": False, "GET_INTERVAL": 0.2,
+            **overrides,
         }  # fmt: skip
         relay = build_relay(relay_settings(tmp_path, **values))
         relay.start()
@@ -78,10 +79,14 @@ def test_a_wrong_token_is_one_warning_with_the_address_and_guessing_is_slowed(
     lines = [r.getMessage() for r in caplog.records if r.name == "isdr.web.auth"]
     assert len(lines) == 5 and all("from 127.0.0.1: wrong token" in line for line in lines)
     assert not any("not-the-token" in line for line in lines)
-    # The sixth try from that address is refused whatever it carries, for a minute.
-    slowed = client.get("/metrics", headers=AUTH)
+    # A sixth wrong one from that address is refused at once, for a minute; the right token
+    # still passes (a client sharing the address is never locked out).
+    slowed = client.get("/metrics", headers=wrong)
     assert slowed.status_code == 429 and slowed.headers["retry-after"] == "60"
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics", headers=AUTH).status_code == 200
+    # The address is the connection's: a forged X-Forwarded-For changes nothing.
+    forged = {**wrong, "X-Forwarded-For": "10.9.8.7"}
+    assert client.get("/metrics", headers=forged).status_code == 429
 
 
 def test_without_a_token_set_only_health_is_served(start: Any) -> None:
@@ -125,7 +130,10 @@ def test_the_metrics_and_the_api_follow_a_job_and_a_failed_job_is_retried(
     datasets = [make_instance(spec, i, "1.2.826.0.1.3680043.10.9", "1.2.826.0.1.3680043.10.9.1")
                 for i in range(3)]  # fmt: skip
     assert send_datasets(relay.scp.port, datasets, calling="CT_SCANNER") == [0, 0, 0]
-    wait_for(lambda: standin.submissions != [])
+    assert metric(before, "isdr_jobs_failed_total") == 0
+    wait_for(
+        lambda: 'isdr_jobs{state="delivered"} 1.0' in client.get("/metrics", headers=AUTH).text
+    )
     text = client.get("/metrics", headers=AUTH).text
     assert metric(text, 'isdr_instances_received_total{calling_ae="CT_SCANNER"}') == 3
     assert metric(text, 'isdr_bytes_received_total{calling_ae="CT_SCANNER"}') > 3 * 8000
@@ -145,4 +153,40 @@ def test_the_metrics_and_the_api_follow_a_job_and_a_failed_job_is_retried(
     retried = client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH)
     assert retried.status_code == 200 and retried.json()["outcome"].startswith("submitted")
     assert client.get("/api/v1/jobs/999", headers=AUTH).status_code == 404
+    assert client.get(f"/api/v1/jobs/{2**63}", headers=AUTH).status_code == 422
+    assert client.get(f"/api/v1/series?offset={2**64}", headers=AUTH).status_code == 422
     assert client.get("/api/v1/jobs?state=nonsense", headers=AUTH).status_code == 422
+
+
+def test_a_check_that_raises_is_a_failed_check_not_an_error(tmp_path: Path) -> None:
+    from isdr.db.engine import make_engine, reader_engine
+    from isdr.domain.clock import utcnow
+    from isdr.web.app import create_app
+    from isdr.web.context import Live, WebContext
+    from isdr.web.server import WebServer
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+
+    def broken() -> str | None:
+        raise OSError("INCOMING_DIR is gone")
+
+    def gone() -> int:
+        raise OSError("INCOMING_DIR is gone")
+
+    context = WebContext(
+        engine=make_engine(url), reader=reader_engine(url), token=TOKEN,
+        checks={"disk": broken}, live=Live(free_bytes=gone, associations=lambda: 0),
+        clock=utcnow,
+    )  # fmt: skip
+    server = WebServer(create_app(context), "127.0.0.1", free_port())
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+            answer = client.get("/readyz")
+            text = client.get("/metrics", headers=AUTH).text
+    finally:
+        server.stop()
+    assert answer.status_code == 503
+    assert answer.json()["checks"] == {"disk": "the check failed (OSError)"}
+    assert "isdr_associations_active 0.0" in text and "isdr_storage_free_bytes" not in text
+    assert TOKEN not in repr(context)
