@@ -97,6 +97,28 @@ def open_rounds(engine: Engine, study: Study, *, with_slices: bool) -> list[Open
         return [_open_round(row, past.get(row.id, ()), slices.get(row.id, ())) for row in rows]
 
 
+def study_of_series(engine: Engine, series_id: int) -> tuple[list[OpenRound], list[str]]:
+    """Every round of the study a series round belongs to (but discarded ones), as routing
+    would see them fresh, with their slices, and their SeriesInstanceUIDs: for a dry run
+    of fingerprints. ([], []) when there is no such round."""
+    with Session(engine) as session:
+        found = session.get(Series, series_id)
+        if found is None:
+            return [], []
+        rows = session.scalars(
+            select(Series)
+            .where(
+                Series.patient_id == found.patient_id,
+                Series.study_instance_uid == found.study_instance_uid,
+                Series.state != SeriesState.DISCARDED,
+            )
+            .order_by(Series.id)
+        ).all()
+        slices = _slices(session, [row.id for row in rows])
+        rounds = [_open_round(row, (), slices.get(row.id, ())) for row in rows]
+        return rounds, [row.series_instance_uid for row in rows]
+
+
 def _open_round(row: Series, past: Sequence[Past], slices: Sequence[SliceFacts]) -> OpenRound:
     facts = SeriesFacts(
         row.modality, row.series_description, row.study_description,

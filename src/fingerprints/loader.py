@@ -111,19 +111,27 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [FingerprintError(path.name, f"cannot read the file: {exc}")]
+    return load_text(path.name, text)
+
+
+def load_text(name: str, text: str) -> Fingerprint | list[FingerprintError]:
+    """One fingerprint from a file's text (named `name` in errors), or every reason it
+    cannot be used: what the loader says of a file, and what the API says of a draft."""
+    if len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        return [FingerprintError(name, f"larger than {MAX_BYTES} bytes: not a fingerprint")]
     try:
         data = json.loads(text, object_pairs_hook=_without_repeats)
     except json.JSONDecodeError as exc:
-        return [FingerprintError(path.name, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)]
+        return [FingerprintError(name, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)]
     except RepeatedKey as exc:
         message = "the key appears twice in one object: keep one (which one counts is unclear)"
-        return [FingerprintError(path.name, message, field=exc.key)]
+        return [FingerprintError(name, message, field=exc.key)]
     if not isinstance(data, dict):
-        return [FingerprintError(path.name, "must be a JSON object { ... }", 1, 1)]
+        return [FingerprintError(name, "must be a JSON object { ... }", 1, 1)]
     try:
         fingerprint = Fingerprint.model_validate(data)
     except ValidationError as exc:
-        errors = [_describe(path.name, text, error) for error in exc.errors()]
+        errors = [_describe(name, text, error) for error in exc.errors()]
         return sorted(errors, key=lambda error: (error.line or 0, error.column or 0))
     slow = too_slow(_patterns(fingerprint))
     if slow is not None:
@@ -133,7 +141,7 @@ def load_file(path: Path) -> Fingerprint | list[FingerprintError]:
             f"this regular expression takes more than {TIME_LIMIT} s to search a "
             f"{PROBE_LENGTH}-character string (catastrophic backtracking): simplify it"
         )
-        return [FingerprintError(path.name, message, line, column, slow)]
+        return [FingerprintError(name, message, line, column, slow)]
     return fingerprint
 
 

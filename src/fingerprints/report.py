@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -138,6 +138,17 @@ def _study_lines(
                   slices=tuple(seen[uid].slices))
         for number, uid in enumerate(uids, start=1)
     ]  # fmt: skip
+    return explain(rounds, uids, fingerprints)
+
+
+def explain(
+    rounds: list[OpenRound], uids: list[str], fingerprints: Mapping[str, Fingerprint]
+) -> list[str]:
+    """The lines of `isdr fingerprints test` for one study's rounds (each with its
+    SeriesInstanceUID): flat verdicts per series, then each fingerprint with triggers, as
+    the relay would decide once it had waited as long as it may. Time plays no part: every
+    round counts as settled."""
+    rounds = [replace(r, first_received_at=_LONG_AGO, last_received_at=_LONG_AGO) for r in rounds]
     lines = []
     for round_, uid in zip(rounds, uids, strict=True):
         facts = round_.facts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -9,13 +11,14 @@ from isdr import __version__
 from isdr.web.api import api_router
 from isdr.web.auth import require_token
 from isdr.web.context import WebContext
+from isdr.web.fingerprints import fingerprints_router
 from isdr.web.health import health_router
 from isdr.web.metrics import render
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(context: WebContext) -> FastAPI:
+def create_app(context: WebContext, fingerprint_dir: Path) -> FastAPI:
     """The relay's HTTP side. The OpenAPI document needs the token too: it is served by a
     route of ours, not FastAPI's open one."""
     app = FastAPI(
@@ -24,6 +27,7 @@ def create_app(context: WebContext) -> FastAPI:
     token = Depends(require_token(context))
     app.include_router(health_router(context))
     app.include_router(api_router(context), dependencies=[token])
+    app.include_router(fingerprints_router(context, fingerprint_dir), dependencies=[token])
 
     @app.get("/metrics", dependencies=[token], include_in_schema=False)
     def metrics() -> Response:

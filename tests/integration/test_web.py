@@ -178,7 +178,7 @@ def test_a_check_that_raises_is_a_failed_check_not_an_error(tmp_path: Path) -> N
         checks={"disk": broken}, live=Live(free_bytes=gone, associations=lambda: 0),
         clock=utcnow,
     )  # fmt: skip
-    server = WebServer(create_app(context), "127.0.0.1", free_port())
+    server = WebServer(create_app(context, tmp_path), "127.0.0.1", free_port())
     server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
@@ -190,3 +190,51 @@ def test_a_check_that_raises_is_a_failed_check_not_an_error(tmp_path: Path) -> N
     assert answer.json()["checks"] == {"disk": "the check failed (OSError)"}
     assert "isdr_associations_active 0.0" in text and "isdr_storage_free_bytes" not in text
     assert TOKEN not in repr(context)
+
+
+def test_fingerprints_are_listed_checked_written_tried_and_removed(start: Any) -> None:
+    relay, client = start()
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.json").write_text('{\n  "modality_regx": "CT"\n}\n')
+    good = {"modality_regex": "CT", "inference_server_url": "https://is.example/api/tasks/",
+            "model_human_readable_id": "ct-model"}  # fmt: skip
+    typo = client.post(
+        "/api/v1/fingerprints/validate", json={**good, "modalty_regex": "x"}, headers=AUTH
+    )
+    [problem] = typo.json()["problems"]
+    assert typo.json()["valid"] is False and problem["field"] == "modalty_regex"
+    assert "did you mean 'modality_regex'" in problem["message"] and problem["line"] == 5
+    assert client.put("/api/v1/fingerprints/ct.json", json={**good, "max_wait": -1},
+                      headers=AUTH).status_code == 422  # fmt: skip
+    assert not (folder / "ct.json").exists()
+    written = client.put("/api/v1/fingerprints/ct.json", json=good, headers=AUTH)
+    assert written.status_code == 200 and written.json()["valid"] is True
+    assert json.loads((folder / "ct.json").read_text()) == good
+    listed = {f["name"]: f for f in client.get("/api/v1/fingerprints", headers=AUTH).json()}
+    assert listed["ct.json"]["model"] == "ct-model"
+    assert listed["broken.json"]["valid"] is False
+    assert {"field": "modality_regx", "line": 2} in [
+        {"field": p["field"], "line": p["line"]} for p in listed["broken.json"]["problems"]
+    ]
+    assert client.put("/api/v1/fingerprints/a b.json", json=good, headers=AUTH).status_code == 422
+    assert client.put("/api/v1/fingerprints/..%2Fx.json", json=good,
+                      headers=AUTH).status_code in (404, 422)  # fmt: skip
+    assert list(folder.parent.glob("x.json")) == []
+    # A dry run against the study of a received CT: the draft waits for an MR in vain.
+    spec = SeriesSpec(modality="CT", count=3)
+    datasets = [make_instance(spec, i, "1.2.826.0.1.3680043.10.8", "1.2.826.0.1.3680043.10.8.1")
+                for i in range(3)]  # fmt: skip
+    send_datasets(relay.scp.port, datasets)
+    [series] = client.get("/api/v1/series", headers=AUTH).json()
+    draft = {**{k: v for k, v in good.items() if k != "modality_regex"},
+             "triggers": [{"name": "CT", "modality_regex": "CT"},
+                          {"name": "MR", "modality_regex": "MR"}]}  # fmt: skip
+    tried = client.post(f"/api/v1/fingerprints/dry-run/{series['id']}", json=draft, headers=AUTH)
+    lines = tried.json()["lines"]
+    assert f"    trigger 'CT': series {series['id']}" in lines
+    assert "    no     draft.json: not matched: no series for trigger 'MR'" in lines
+    assert client.delete("/api/v1/fingerprints/ct.json", headers=AUTH).status_code == 204
+    assert not (folder / "ct.json").exists()
+    assert client.delete("/api/v1/fingerprints/ct.json", headers=AUTH).status_code == 404
+    assert client.delete("/api/v1/fingerprints/ct.json").status_code == 401
