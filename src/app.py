@@ -116,6 +116,7 @@ class Relay:
         self.inbox.reconcile()
         self.registry.start()
         self.post.recover()
+        self.post.start_waking()
         self.deliverer.recover()
         ticks = (
             ("route_tick", self.post.route_tick, self.settings.POST_INTERVAL),

@@ -114,7 +114,8 @@ class PostDaemon:
         self._lanes: dict[str, threading.Thread] = {}  # server -> its submits on the wire
         self._queued: set[int] = set()  # jobs handed to a lane, not yet done with
         self._lanes_lock = threading.Lock()
-        self._wake_pending = False
+        self._wake_at: float | None = None  # when route_soon asked to route
+        self._wake = threading.Event()
         self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
         self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
 
@@ -137,21 +138,30 @@ class PostDaemon:
                 if not self.stopping.is_set():
                     guarded(logger, f"post daemon: {step.__name__}", step)
 
+    def start_waking(self) -> None:
+        """Start the one thread that routes when asked (route_soon), off the schedule."""
+        threading.Thread(target=self._wake_loop, name="isdr-route-wake", daemon=True).start()
+
     def route_soon(self, delay: float) -> None:
         """Route in `delay` seconds, whatever the schedule (an association was released:
-        its rounds may be complete). Wakes that come while one is pending share it."""
+        its rounds may be complete). Asks that come while one is pending share it."""
         with self._lanes_lock:
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        timer = threading.Timer(delay, self._woken)
-        timer.daemon = True
-        timer.start()
+            if self._wake_at is None:
+                self._wake_at = time.monotonic() + delay
+        self._wake.set()
 
-    def _woken(self) -> None:
-        with self._lanes_lock:
-            self._wake_pending = False  # a release from now on asks for a route of its own
-        self.route_tick()  # waits for a tick already running, never skipped
+    def _wake_loop(self) -> None:
+        while not self.stopping.is_set():
+            with self._lanes_lock:
+                due = self._wake_at
+            left = 1.0 if due is None else due - time.monotonic()
+            if left > 0:
+                self._wake.wait(min(left, 1.0))  # a second at most: the stop is seen
+                self._wake.clear()
+                continue
+            with self._lanes_lock:
+                self._wake_at = None  # an ask from now on gets a route of its own
+            self.route_tick()  # waits for a tick already running, never skipped
 
     def submit_tick(self) -> None:
         """Start submitting the due jobs (without waiting for the lanes)."""
