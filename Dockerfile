@@ -61,7 +61,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HTTP_TLS_CERT_FILE= \
     HTTP_TLS_KEY_FILE= \
     API_TOKEN= \
-    API_TOKEN_FILE=
+    API_TOKEN_FILE= \
+    HEARTBEAT_INTERVAL=60
 
 WORKDIR /opt/isdr
 COPY constraints.txt pyproject.toml README.md ./

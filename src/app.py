@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from isdr.config import Settings
 from isdr.daemons.deliver import Deliverer, DeliverSettings
+from isdr.daemons.heartbeat import Heartbeat
 from isdr.daemons.poll import Poller, PollSettings
 from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.delivery import job_details, retry_failed
@@ -98,6 +99,7 @@ class Relay:
     client: InferenceClient
     scheduler: BackgroundScheduler = field(default_factory=BackgroundScheduler)
     web: WebServer | None = None  # the HTTP side; None with HTTP_PORT=0
+    heartbeat: Heartbeat | None = None  # asks the InferenceServers whether they answer
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving.
@@ -127,6 +129,11 @@ class Relay:
             self.scheduler.add_job(
                 tick, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
             )
+        if self.heartbeat is not None:  # at once, then every HEARTBEAT_INTERVAL
+            self.scheduler.add_job(
+                self.heartbeat.tick, "interval", seconds=self.settings.HEARTBEAT_INTERVAL,
+                max_instances=1, coalesce=True, id="heartbeat", next_run_time=utcnow(),
+            )  # fmt: skip
         self.post.on_new_jobs = lambda: self.run_now("submit_tick")
         self.post.on_submitted = self.poller.wake
         self.poller.on_output = lambda: self.run_now("delivery_tick")
@@ -216,6 +223,8 @@ def build_relay(settings: Settings) -> Relay:
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
     relay.web = _web_server(settings, relay) if settings.HTTP_PORT else None
+    if settings.HEARTBEAT_INTERVAL:
+        relay.heartbeat = Heartbeat(engine, registry.current, client, utcnow)
     return relay
 
 

@@ -226,6 +226,12 @@ class Settings(BaseSettings):
         "API_TOKEN_FILE, or no access but /healthz and /readyz",
     )
     API_TOKEN_FILE: str = Field("", description="a file holding the bearer token, read at start")
+    HEARTBEAT_INTERVAL: float = Field(
+        60.0,
+        ge=0,
+        description="how often each InferenceServer of the fingerprints is asked whether it "
+        "answers (metrics, /api/v1/servers); 0: never",
+    )
 
     @model_validator(mode="after")
     def _one_api_token(self) -> Settings:

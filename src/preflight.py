@@ -15,12 +15,9 @@ from dataclasses import dataclass
 
 from isdr.domain.destination import Destination
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
-from isdr.inference.client import InferenceClient, Target
+from isdr.inference.client import NO_SUCH_TASK, InferenceClient, Target
 from isdr.scu.echo import echo
 from isdr.tls import TlsFilesError, client_context
-
-# What a poll of a task the server never had answers, per generation.
-NO_SUCH_TASK = {1: (554,), 2: (500, 552, 554)}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ from tests.helpers import relay_settings
 # (which inherits the environment), unless the test asks for it: two relays of two tests
 # must not meet on HTTP_PORT's default.
 os.environ["HTTP_PORT"] = "0"
+# Nor does a relay ask its InferenceServers for heartbeats unless the test asks: a stand-in
+# counting polls, or serving a sequence of answers, must see the relay's polls only.
+os.environ["HEARTBEAT_INTERVAL"] = "0"
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ def relay_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "STOP_TIMEOUT": 5,
         "POST_AFTER": 3600,  # receiving tests: series stay open unless a test says otherwise
         "HTTP_PORT": 0,  # no HTTP side unless a test asks for it
+        "HEARTBEAT_INTERVAL": 0,  # no heartbeats either
     }
     values.update(overrides)
     return Settings(**values)

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -135,6 +136,22 @@ class Instance(Base):
     temporal_positions: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class ServerCheck(Base):
+    """The last heartbeat of one InferenceServer (URL and generation): did it answer a
+    poll of a made-up task as its generation does?"""
+
+    __tablename__ = "server_check"
+    __table_args__ = (UniqueConstraint("url", "api"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    api: Mapped[int] = mapped_column(Integer)
+    up: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    up_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class SeriesDecision(Base):

@@ -56,6 +56,10 @@ class Answer:
     cut: bool = False  # the exchange outlived its deadline: the server is slow
 
 
+# What a poll of a task the server never had answers, per generation.
+NO_SUCH_TASK = {1: (554,), 2: (500, 552, 554)}
+
+
 @dataclass(frozen=True)
 class Target:
     """A model on a server, as a fingerprint names it."""

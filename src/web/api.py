@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from isdr.db.delivery import retry_failed
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.series import get_series, list_series
+from isdr.db.servers import list_servers
 from isdr.db.views import JobView, SeriesView
 from isdr.domain.states import JobState, SeriesState
 from isdr.web.context import WebContext
@@ -72,6 +73,17 @@ class JobDetail(JobOut):
     """One job with its timeline."""
 
     timeline: list[EventOut]
+
+
+class ServerOut(BaseModel):
+    """One InferenceServer's last heartbeat."""
+
+    url: str
+    api: int
+    up: bool
+    detail: str
+    checked_at: datetime
+    up_since: datetime | None
 
 
 class RetryOut(BaseModel):
@@ -137,6 +149,12 @@ def api_router(context: WebContext) -> APIRouter:
         job, events = found
         lines = [EventOut(at=e.at, state=e.state, message=e.message) for e in events]
         return JobDetail(**_job_out(job).model_dump(), timeline=lines)
+
+    @router.get("/servers", response_model=list[ServerOut])
+    def servers() -> list[ServerOut]:
+        """Each InferenceServer the fingerprints name: whether it answered its last
+        heartbeat (every minute), what it answered, and since when it is up."""
+        return [ServerOut.model_validate(vars(row)) for row in list_servers(engine)]
 
     @router.post("/jobs/{job_id}/retry", response_model=RetryOut)
     def job_retry(job_id: Id) -> RetryOut:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from isdr.db.models import Instance, Job, JobEvent, Series
+from isdr.db.models import Instance, Job, JobEvent, Series, ServerCheck
 from isdr.domain.states import JobState, SeriesState
 from isdr.web.context import Live
 
@@ -44,6 +44,7 @@ class RelayCollector(Collector):
             yield _by_state(session, "isdr_jobs", "jobs by state",
                             Job.state, [s.value for s in JobState])  # fmt: skip
             yield _failed(session)
+            yield _servers_up(session)
             yield _stage_seconds(session)
         free = "free bytes on INCOMING_DIR's file system"
         yield from _gauge("isdr_storage_free_bytes", free, self.live.free_bytes)
@@ -70,6 +71,17 @@ def _failed(session: Session) -> CounterMetricFamily:
         "isdr_jobs_failed", "times a job failed (a retried job that fails again counts again)",
         value=count or 0,
     )  # fmt: skip
+
+
+def _servers_up(session: Session) -> GaugeMetricFamily:
+    """1 for each InferenceServer whose last heartbeat it answered as its generation does."""
+    gauge = GaugeMetricFamily(
+        "isdr_inference_server_up", "whether the InferenceServer answered its last heartbeat",
+        labels=["server", "api"],
+    )  # fmt: skip
+    for row in session.scalars(select(ServerCheck).order_by(ServerCheck.url)):
+        gauge.add_metric([row.url, str(row.api)], 1.0 if row.up else 0.0)
+    return gauge
 
 
 def render(engine: Engine, live: Live) -> bytes:

@@ -18,7 +18,7 @@ from isdr.app import Relay, build_relay
 from isdr.db.models import Job
 from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, make_instance
-from tests.helpers import free_port, relay_settings, send_datasets
+from tests.helpers import dead_port, free_port, relay_settings, send_datasets
 
 TOKEN = "a-token-of-the-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -238,3 +238,28 @@ def test_fingerprints_are_listed_checked_written_tried_and_removed(start: Any) -
     assert not (folder / "ct.json").exists()
     assert client.delete("/api/v1/fingerprints/ct.json", headers=AUTH).status_code == 404
     assert client.delete("/api/v1/fingerprints/ct.json").status_code == 401
+
+
+def test_the_heartbeat_says_which_inference_servers_answer(start: Any, standin: StandIn) -> None:
+    relay, client = start(HEARTBEAT_INTERVAL=3600)  # ticked by hand below
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    with dead_port() as port:
+        dead = f"https://localhost:{port}/api/tasks/"
+        for name, url, api in (("live.json", standin.url_v2, 2), ("dead.json", dead, 1)):
+            (folder / name).write_text(json.dumps({
+                "modality_regex": "CT", "inference_server_url": url,
+                "inference_server_api": api, "model_human_readable_id": "ct-model",
+            }))  # fmt: skip
+        relay.registry.reload()
+        assert relay.heartbeat is not None
+        relay.heartbeat.tick()
+    servers = {s["api"]: s for s in client.get("/api/v1/servers", headers=AUTH).json()}
+    live, down = servers[2], servers[1]
+    assert live["url"].startswith(standin.url_v2) and down["url"] == dead
+    assert live["up"] is True and "as generation 2 does" in live["detail"]
+    assert live["up_since"] is not None
+    assert down["up"] is False and down["up_since"] is None and down["detail"]
+    text = client.get("/metrics", headers=AUTH).text
+    assert metric(text, f'isdr_inference_server_up{{api="2",server="{live["url"]}"}}') == 1
+    assert metric(text, f'isdr_inference_server_up{{api="1",server="{dead}"}}') == 0

@@ -17,7 +17,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 LIBRARIES = {"errors", "domain", "dicom", "tls", "config", "logs", "locks", "synthetic"}
-STAGES = {"scp", "daemons.post", "daemons.poll", "daemons.deliver"}
+STAGES = {"scp", "daemons.post", "daemons.poll", "daemons.deliver", "daemons.heartbeat"}
 
 ALLOWED: dict[str, set[str]] = {
     "isdr": set(),
@@ -39,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "daemons.post": {"domain", "db", "fingerprints", "inference", "errors", "logs", "locks"},
     "daemons.poll": {"domain", "db", "dicom", "inference", "errors", "logs"},
     "daemons.deliver": {"domain", "db", "inference", "scu", "errors", "logs"},
+    "daemons.heartbeat": {"domain", "db", "inference", "errors", "logs"},
     # the entrances
     "app": STAGES
     | {"config", "db", "demo", "domain", "errors", "fingerprints", "inference"}
