@@ -248,7 +248,10 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         clock=utcnow,
     )
     return WebServer(
-        create_app(context, settings.FINGERPRINT_DIR), settings.HTTP_HOSTNAME, settings.HTTP_PORT,
+        create_app(
+            context, settings.FINGERPRINT_DIR, relay.registry.current, settings.SCP_AE_TITLE
+        ),
+        settings.HTTP_HOSTNAME, settings.HTTP_PORT,
         settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE,
     )  # fmt: skip
 

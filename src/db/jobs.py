@@ -348,6 +348,27 @@ def list_jobs(
         return [job_view(row) for row in rows]
 
 
+@dataclass(frozen=True)
+class RecentEvent:
+    """One line of some job's timeline."""
+
+    job_id: int
+    at: datetime
+    state: str
+    message: str
+
+
+def recent_events(engine: Engine, limit: int = 100) -> list[RecentEvent]:
+    """The newest lines of every job's timeline, newest first."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(JobEvent.job_id, JobEvent.at, JobEvent.state, JobEvent.message)
+            .order_by(JobEvent.id.desc())
+            .limit(limit)
+        )
+        return [RecentEvent(*row) for row in rows]
+
+
 def timeline(engine: Engine, job_id: int) -> tuple[JobView, list[EventView]] | None:
     """A job and every line of its timeline, oldest first; None if there is no such job."""
     with Session(engine) as session:

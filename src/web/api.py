@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from isdr.db.delivery import retry_failed
-from isdr.db.jobs import list_jobs, timeline
+from isdr.db.jobs import list_jobs, recent_events, timeline
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
 from isdr.db.views import JobView, SeriesView
@@ -86,6 +86,12 @@ class ServerOut(BaseModel):
     up_since: datetime | None
 
 
+class RecentEventOut(EventOut):
+    """One line of some job's timeline."""
+
+    job_id: int
+
+
 class RetryOut(BaseModel):
     """What a retry did."""
 
@@ -149,6 +155,11 @@ def api_router(context: WebContext) -> APIRouter:
         job, events = found
         lines = [EventOut(at=e.at, state=e.state, message=e.message) for e in events]
         return JobDetail(**_job_out(job).model_dump(), timeline=lines)
+
+    @router.get("/events", response_model=list[RecentEventOut])
+    def events(limit: int = Query(100, ge=1, le=PAGE_MAX)) -> list[RecentEventOut]:
+        """The newest lines of every job's timeline, newest first."""
+        return [RecentEventOut.model_validate(vars(e)) for e in recent_events(engine, limit)]
 
     @router.get("/servers", response_model=list[ServerOut])
     def servers() -> list[ServerOut]:

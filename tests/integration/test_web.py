@@ -19,6 +19,7 @@ from isdr.db.models import Job
 from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, make_instance
 from tests.helpers import dead_port, free_port, relay_settings, send_datasets
+from tests.peers import Storescp
 
 TOKEN = "a-token-of-the-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -145,6 +146,9 @@ def test_the_metrics_and_the_api_follow_a_job_and_a_failed_job_is_retried(
     assert "patient_id" not in series  # no PatientID leaves through the API
     [job] = client.get("/api/v1/jobs", headers=AUTH).json()
     assert (job["series_ids"], job["model"]) == ([series["id"]], "ct-model")
+    events = client.get("/api/v1/events?limit=5", headers=AUTH).json()
+    assert len(events) == 5 and {e["job_id"] for e in events} == {job["id"]}
+    assert events[0]["at"] >= events[-1]["at"]  # newest first
     detail = client.get(f"/api/v1/jobs/{job['id']}", headers=AUTH).json()
     assert detail["timeline"][0]["state"] == "pending"
     assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
@@ -263,3 +267,35 @@ def test_the_heartbeat_says_which_inference_servers_answer(start: Any, standin: 
     text = client.get("/metrics", headers=AUTH).text
     assert metric(text, f'isdr_inference_server_up{{api="2",server="{live["url"]}"}}') == 1
     assert metric(text, f'isdr_inference_server_up{{api="1",server="{dead}"}}') == 0
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_destinations_are_listed_and_c_echoed_on_request(start: Any, tmp_path: Path) -> None:
+    relay, client = start()
+    folder = relay.settings.FINGERPRINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pacs = Storescp(tmp_path / "pacs").start()  # dcmtk's storescp answers C-ECHO
+    try:
+        with dead_port() as port:
+            scus = [
+                {"scu_ip": "127.0.0.1", "scu_port": pacs.port, "scu_ae_title": pacs.ae_title},
+                {"scu_ip": "127.0.0.1", "scu_port": port, "scu_ae_title": "NOBODY"},
+            ]
+            (folder / "ct.json").write_text(json.dumps({
+                "modality_regex": "CT", "inference_server_url": "https://is.example/api/tasks/",
+                "model_human_readable_id": "ct-model", "scus": scus,
+            }))  # fmt: skip
+            relay.registry.reload()
+            listed = client.get("/api/v1/destinations", headers=AUTH).json()
+            up = client.post("/api/v1/destinations/ct.json/0/echo", headers=AUTH).json()
+            down = client.post("/api/v1/destinations/ct.json/1/echo", headers=AUTH).json()
+    finally:
+        pacs.stop()
+    assert [d["destination"] for d in listed] == [
+        f"{pacs.ae_title}@127.0.0.1:{pacs.port}", f"NOBODY@127.0.0.1:{port}",
+    ]  # fmt: skip
+    assert up["ok"] is True
+    assert down["ok"] is False and "connection refused" in down["detail"]
+    missing = client.post("/api/v1/destinations/ct.json/5/echo", headers=AUTH)
+    assert missing.status_code == 404
+    assert client.post("/api/v1/destinations/ct.json/0/echo").status_code == 401

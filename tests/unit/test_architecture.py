@@ -49,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "preflight": {"domain", "errors", "inference", "scu", "tls"},
     # the HTTP side: reads and moves rows, given live facts by app
-    "web": {"isdr", "domain", "db", "fingerprints", "errors", "logs"},
+    "web": {"isdr", "domain", "db", "fingerprints", "preflight", "errors", "logs"},
 }
 
 
