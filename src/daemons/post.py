@@ -213,8 +213,7 @@ class PostDaemon:
             isinstance(d, Take | GiveUp) for d in decided.decisions
         ):
             return  # nothing new: no write (the Store SCP's writes are not held up)
-        seen = [routing.Seen(r.id, r.instance_count, r.last_received_at) for r in rounds]
-        if routing.apply_routing(self.engine, study, seen, decided, fingerprints, now):
+        if routing.apply_routing(self.engine, study, rounds, decided, fingerprints, now):
             self.on_new_jobs()
 
     def submit(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from isdr.db.jobs import change_state, new_job
@@ -39,15 +39,6 @@ class Study:
 
     patient_id: str
     study_instance_uid: str
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A round as routing saw it: the decision holds only if it has not changed since."""
-
-    round_id: int
-    instance_count: int
-    last_received_at: datetime
 
 
 def studies_to_route(
@@ -82,15 +73,7 @@ def open_rounds(engine: Engine, study: Study, *, with_slices: bool) -> list[Open
     """The study's open rounds, with what fingerprints decided of them before, and their
     slices' places when a fingerprint checks completeness."""
     with Session(engine) as session:
-        rows = session.scalars(
-            select(Series)
-            .where(
-                Series.state.in_(OPEN),
-                Series.patient_id == study.patient_id,
-                Series.study_instance_uid == study.study_instance_uid,
-            )
-            .order_by(Series.id)
-        ).all()
+        rows = session.scalars(select(Series).where(*_open_in(study)).order_by(Series.id)).all()
         ids = [row.id for row in rows]
         past = _past_decisions(session, ids)
         slices = _slices(session, ids) if with_slices else {}
@@ -117,6 +100,15 @@ def study_of_series(engine: Engine, series_id: int) -> tuple[list[OpenRound], li
         slices = _slices(session, [row.id for row in rows])
         rounds = [_open_round(row, (), slices.get(row.id, ())) for row in rows]
         return rounds, [row.series_instance_uid for row in rows]
+
+
+def _open_in(study: Study) -> tuple[ColumnElement[bool], ...]:
+    """The conditions of a study's open rounds."""
+    return (
+        Series.state.in_(OPEN),
+        Series.patient_id == study.patient_id,
+        Series.study_instance_uid == study.study_instance_uid,
+    )
 
 
 def _open_round(row: Series, past: Sequence[Past], slices: Sequence[SliceFacts]) -> OpenRound:
@@ -167,29 +159,27 @@ def _slices(session: Session, ids: list[int]) -> dict[int, list[SliceFacts]]:
 def apply_routing(
     engine: Engine,
     study: Study,
-    seen: Sequence[Seen],
+    seen: Sequence[OpenRound],
     routing: Routing,
     fingerprints: Mapping[str, Fingerprint],
     now: datetime,
 ) -> list[int]:
     """Record what routing decided about a study; the new jobs' ids.
 
-    Nothing happens when a round it decided about changed since it was seen (an instance
-    arrived), nor, when a fingerprint with triggers decided about the study, when any of
+    Nothing happens when a round it decided about changed since it was read (`seen`: an
+    instance arrived), nor, when a fingerprint with triggers decided about the study, when any of
     its open rounds changed or a new one opened: the check and the changes are one
     transaction, serialised with the Store SCP's writes (it locks a round to join it).
     """
     recorded = [d for d in routing.decisions if isinstance(d, Take | GiveUp)]
-    touched = {o.round_id for o in routing.outcomes} | {i for d in recorded for i in _ids(d)}
+    touched = {o.round_id for o in routing.outcomes} | {i for d in recorded for i in d.round_ids}
     whole = any(fingerprints[d.fingerprint].study_level for d in recorded)
-    checked = [s for s in seen if whole or s.round_id in touched]
+    checked = [r for r in seen if whole or r.id in touched]
     with Session(engine) as session, session.begin():
-        rounds = {
-            s.round_id: session.get(Series, s.round_id, with_for_update=True) for s in checked
-        }
-        if not all(_unchanged(rounds[s.round_id], s) for s in checked):
+        rounds = {r.id: session.get(Series, r.id, with_for_update=True) for r in checked}
+        if not all(_unchanged(rounds[r.id], r) for r in checked):
             return []
-        if whole and _open_ids(session, study) != {s.round_id for s in seen}:
+        if whole and _open_ids(session, study) != {r.id for r in seen}:
             return []
         jobs = [
             _make_job(session, take, fingerprints[take.fingerprint], now)
@@ -208,25 +198,11 @@ def apply_routing(
         return jobs
 
 
-def _ids(decision: Take | GiveUp) -> tuple[int, ...]:
-    if isinstance(decision, Take):
-        return tuple(member.round_id for member in decision.members)
-    return decision.round_ids
-
-
 def _open_ids(session: Session, study: Study) -> set[int]:
-    return set(
-        session.scalars(
-            select(Series.id).where(
-                Series.state.in_(OPEN),
-                Series.patient_id == study.patient_id,
-                Series.study_instance_uid == study.study_instance_uid,
-            )
-        )
-    )
+    return set(session.scalars(select(Series.id).where(*_open_in(study))))
 
 
-def _unchanged(row: Series | None, seen: Seen) -> bool:
+def _unchanged(row: Series | None, seen: OpenRound) -> bool:
     return (
         row is not None
         and row.state in OPEN
@@ -236,8 +212,7 @@ def _unchanged(row: Series | None, seen: Seen) -> bool:
 
 
 def _make_job(session: Session, take: Take, snapshot: Fingerprint, now: datetime) -> int:
-    ids = [member.round_id for member in take.members]
-    job = new_job(ids[0], take.fingerprint, snapshot, now)
+    job = new_job(take.round_ids[0], take.fingerprint, snapshot, now)
     session.add(job)
     session.flush()
     for member in take.members:

@@ -69,6 +69,11 @@ class Take:
     fingerprint: str
     members: tuple[Member, ...]
 
+    @property
+    def round_ids(self) -> tuple[int, ...]:
+        """The rounds of the job, as the other decisions name theirs."""
+        return tuple(member.round_id for member in self.members)
+
 
 @dataclass(frozen=True)
 class Wait:

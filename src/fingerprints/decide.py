@@ -247,7 +247,7 @@ def outcomes(
 def _outcome(
     round_: OpenRound, decisions: Sequence[Decision], checked: int, now: datetime, post_after: float
 ) -> Outcome | None:
-    mine = [d for d in decisions if round_.id in _round_ids(d)]
+    mine = [d for d in decisions if round_.id in d.round_ids]
     if any(isinstance(d, Pending) for d in mine):
         return None  # still arriving for some fingerprint: it stays receiving
     waits = [d for d in mine if isinstance(d, Wait)]
@@ -274,9 +274,3 @@ def _outcome(
     )
     state = SeriesState.INCOMPLETE if incomplete else SeriesState.UNMATCHED
     return Outcome(round_.id, state, ended)
-
-
-def _round_ids(decision: Decision) -> tuple[int, ...]:
-    if isinstance(decision, Take):
-        return tuple(member.round_id for member in decision.members)
-    return decision.round_ids
