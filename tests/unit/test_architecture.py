@@ -16,7 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-LIBRARIES = {"errors", "domain", "dicom", "tls", "config", "logs", "locks", "synthetic"}
+LIBRARIES = {"errors", "domain", "dicom", "tls", "config", "logs", "locks", "synthetic", "pictures"}
 STAGES = {"scp", "daemons.post", "daemons.poll", "daemons.deliver", "daemons.heartbeat"}
 
 ALLOWED: dict[str, set[str]] = {
@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "fingerprints": {"domain", "dicom", "errors"},
     "inference": {"domain", "errors"},
     "scu": {"domain", "errors", "tls"},
+    "pictures": {"errors"},
     # the stages
     "scp": {"domain", "dicom", "db", "errors", "logs", "locks", "isdr"},
     "daemons.post": {"domain", "db", "fingerprints", "inference", "errors", "logs", "locks"},
@@ -49,7 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "preflight": {"domain", "errors", "inference", "scu", "tls"},
     # the HTTP side: reads and moves rows, given live facts by app
-    "web": {"isdr", "domain", "db", "fingerprints", "preflight", "errors", "logs"},
+    "web": {"isdr", "domain", "db", "fingerprints", "pictures", "preflight", "errors", "logs"},
 }
 
 
