@@ -27,7 +27,7 @@ from isdr.daemons.deliver import Deliverer, DeliverSettings
 from isdr.daemons.heartbeat import Heartbeat
 from isdr.daemons.poll import Poller, PollSettings
 from isdr.daemons.post import PostDaemon, PostSettings
-from isdr.db.delivery import job_details, retry_failed
+from isdr.db.delivery import cancel, job_details, retry_failed
 from isdr.db.engine import make_engine, reader_engine
 from isdr.db.jobs import list_jobs, timeline
 from isdr.db.series import discard_held, get_series, list_series, release_held
@@ -40,6 +40,7 @@ from isdr.fingerprints.report import check_lines, test_lines
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
 from isdr.logs import configure_logging, route_thread_errors
+from isdr.pictures.worker import Renderer
 from isdr.preflight import check_online
 from isdr.scp.admission import ConnectionLimits
 from isdr.scp.dcmtk import SPOOL_NAME, DcmtkReceiver
@@ -54,10 +55,12 @@ from isdr.tls import self_check_context
 from isdr.web.app import create_app
 from isdr.web.context import Live, WebContext
 from isdr.web.server import WebServer
+from isdr.web.users import Role, Users, read_users, remove_user, set_user
 
 __all__ = [  # what the commands use, besides serve
-    "Engine", "discard_held", "get_series", "job_details", "list_jobs", "list_series",
-    "release_held", "retry_failed", "timeline",
+    "Engine", "Role", "cancel", "discard_held", "get_series", "job_details", "list_jobs",
+    "list_series", "read_users", "release_held", "remove_user", "retry_failed", "set_user",
+    "timeline",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -246,6 +249,12 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
             associations=relay.scp.associations,
         ),
         clock=utcnow,
+        users=Users(settings.USERS_FILE),
+        incoming_dir=settings.INCOMING_DIR,
+        jobs_dir=settings.DATA_DIR / "jobs",
+        pictures=Renderer(settings.DATA_DIR / "pictures"),
+        session_hours=settings.SESSION_HOURS,
+        secure_cookies=bool(settings.HTTP_TLS_CERT_FILE),
     )
     return WebServer(
         create_app(
@@ -253,6 +262,7 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         ),
         settings.HTTP_HOSTNAME, settings.HTTP_PORT,
         settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE,
+        on_stop=context.pictures.close if context.pictures else None,
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -76,13 +77,76 @@ def _parser() -> argparse.ArgumentParser:
     series.set_defaults(func=_series)
     _fingerprint_commands(commands)
     jobs = commands.add_parser(
-        "jobs", help="list jobs; `jobs show ID` prints a timeline, `jobs retry ID` retries"
+        "jobs",
+        help="list jobs; `jobs show ID` prints a timeline, `jobs retry ID` retries a failed "
+        "job, `jobs cancel ID` stops one (it fails where it was; a retry resumes it)",
     )
-    jobs.add_argument("action", nargs="?", choices=("show", "retry"), help="show or retry a job")
+    jobs.add_argument(
+        "action", nargs="?", choices=("show", "retry", "cancel"), help="show, retry or cancel a job"
+    )
     jobs.add_argument("job_id", nargs="?", type=int, help="the job's id (from `isdr jobs`)")
     jobs.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     jobs.set_defaults(func=_jobs)
+    _user_commands(commands)
     return parser
+
+
+def _user_commands(commands: Any) -> None:
+    group = commands.add_parser(
+        "users", help="the console's people (USERS_FILE): list, add, remove"
+    )
+    actions = group.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="names and roles").set_defaults(func=_users_list)
+    add = actions.add_parser(
+        "add", help="add a person, or give them a new role and password (asked twice)"
+    )
+    add.add_argument("name", help="letters, digits and . _ @ - (at most 64)")
+    roles = [role.value for role in app.Role]
+    add.add_argument(
+        "--role", choices=roles, default="viewer",
+        help="viewer reads; operator also retries, cancels, edits fingerprints",
+    )  # fmt: skip
+    add.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the password from the first line of stdin (for scripts)",
+    )  # fmt: skip
+    add.set_defaults(func=_users_add)
+    remove = actions.add_parser("remove", help="remove a person (their sessions end)")
+    remove.add_argument("name")
+    remove.set_defaults(func=_users_remove)
+
+
+def _users_list(settings: Settings, _args: argparse.Namespace) -> int:
+    users = app.read_users(settings.USERS_FILE).users
+    if not users:
+        print(f"nobody in {settings.USERS_FILE}: add someone with `isdr users add NAME`")
+    for user in users:
+        print(f"{user.name}\t{user.role}")
+    return 0
+
+
+def _users_add(settings: Settings, args: argparse.Namespace) -> int:
+    password = _new_password(args.password_stdin)
+    new = app.set_user(settings.USERS_FILE, args.name, app.Role(args.role), password)
+    print(f"{'added' if new else 'changed'} {args.name} ({args.role}) in {settings.USERS_FILE}")
+    return 0
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise IsdrError("the two passwords differ: nothing changed")
+    return first
+
+
+def _users_remove(settings: Settings, args: argparse.Namespace) -> int:
+    if not app.remove_user(settings.USERS_FILE, args.name):
+        print(f"isdr: nobody called {args.name} in {settings.USERS_FILE}", file=sys.stderr)
+        return 1
+    print(f"removed {args.name} from {settings.USERS_FILE}")
+    return 0
 
 
 def _fingerprint_commands(commands: Any) -> None:
@@ -119,11 +183,8 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         if args.job_id is None:
             print(f"isdr: jobs {args.action} needs a job id", file=sys.stderr)
             return 2
-        return (
-            _show_job(engine, args.job_id)
-            if args.action == "show"
-            else _retry_job(engine, args.job_id)
-        )
+        actions = {"show": _show_job, "retry": _retry_job, "cancel": _cancel_job}
+        return actions[args.action](engine, args.job_id)
     return _list_jobs(engine, args.limit)
 
 
@@ -167,6 +228,16 @@ def _retry_job(engine: app.Engine, job_id: int) -> int:
     if found[0].ambiguous_submits:
         print(f"note: the server may already hold a task from job {job_id}: {found[0].last_error}")
     print(f"job {job_id} is {outcome}; a running relay takes it up within seconds")
+    return 0
+
+
+def _cancel_job(engine: app.Engine, job_id: int) -> int:
+    try:
+        outcome = app.cancel(engine, job_id, f"{getpass.getuser()} (isdr jobs cancel)", utcnow())
+    except (LookupError, ValueError) as exc:
+        print(f"isdr: {str(exc).strip(chr(39))}", file=sys.stderr)
+        return 1
+    print(f"job {job_id} {outcome}")
     return 0
 
 

@@ -226,6 +226,14 @@ class Settings(BaseSettings):
         "API_TOKEN_FILE, or no access but /healthz and /readyz",
     )
     API_TOKEN_FILE: str = Field("", description="a file holding the bearer token, read at start")
+    USERS_FILE: Path = Field(
+        Path("CONFIGURATION/users.json"),
+        description="the console's people: names, roles (viewer, operator) and password "
+        "hashes, written by `isdr users add`; read again when it changes",
+    )
+    SESSION_HOURS: float = Field(
+        12.0, gt=0, le=24 * 30, description="how long a console login lasts"
+    )
     HEARTBEAT_INTERVAL: float = Field(
         60.0,
         ge=0,

@@ -476,3 +476,51 @@ def _reopen_failed_deliveries(session: Session, job_id: int, now: datetime) -> N
         .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.FAILED)
         .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now)
     )
+
+
+CANCELLABLE = {
+    JobState.PENDING: Step.SUBMIT,
+    JobState.SUBMITTED: Step.POLL,
+    JobState.DELIVERING: Step.DELIVER,
+}
+
+
+def cancel(engine: Engine, job_id: int, who: str, now: datetime) -> str:
+    """A person stops a job: it fails at the step it was at, with who stopped it as its
+    reason (so a retry resumes it there), and its open deliveries stop too. A job on the
+    wire to its server (submitting) cannot be stopped halfway: ValueError says so, as for
+    a job that has ended or does not exist."""
+    with Session(engine) as session, session.begin():
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        step = CANCELLABLE.get(JobState(job.state))
+        if step is None:
+            raise ValueError(f"job {job_id} is {job.state}: {_why_not(JobState(job.state))}")
+        reason = f"cancelled by {who} at step {step}"
+        session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.state.in_(_OPEN_DELIVERIES))
+            .values(state=DeliveryState.FAILED, last_error=reason)
+        )
+        job.failed_step, job.last_error, job.remote_delete_due_at = step, reason, None
+        change_state(session, job, JobState.FAILED, reason, now)
+        return f"failed: {reason} (a retry resumes it there)"
+
+
+_OPEN_DELIVERIES = (DeliveryState.PENDING, DeliveryState.SENDING)
+
+
+def _why_not(state: JobState) -> str:
+    if state == JobState.SUBMITTING:
+        return "its archive is on the wire to the server; cancel it once it is submitted"
+    return "it has ended"
+
+
+def output_files(engine: Engine, job_id: int) -> list[OutputRecord]:
+    """Every file of a job's output, by name."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(OutputFile).where(OutputFile.job_id == job_id).order_by(OutputFile.name)
+        )
+        return [_record(row) for row in rows]

@@ -376,3 +376,16 @@ def timeline(engine: Engine, job_id: int) -> tuple[JobView, list[EventView]] | N
         if job is None:
             return None
         return job_view(job), [view_of(EventView, event) for event in job.events]
+
+
+def jobs_of_series(engine: Engine, series_id: int) -> list[JobView]:
+    """Every job that holds a series round, the newest first."""
+    holding = select(SeriesDecision.job_id).where(SeriesDecision.series_id == series_id)
+    query = (
+        select(Job)
+        .options(selectinload(Job.members))
+        .where(or_(Job.series_id == series_id, Job.id.in_(holding)))
+        .order_by(Job.id.desc())
+    )
+    with Session(engine) as session:
+        return [job_view(row) for row in session.scalars(query)]

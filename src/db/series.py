@@ -386,3 +386,10 @@ def get_series(engine: Engine, series_id: int) -> SeriesView | None:
     with Session(engine) as session:
         row = session.get(Series, series_id)
         return None if row is None else view_of(SeriesView, row)
+
+
+def instance_paths(engine: Engine, series_id: int) -> list[str]:
+    """The round's instance files, relative to INCOMING_DIR, in the order received."""
+    with Session(engine) as session:
+        query = select(Instance.path).where(Instance.series_id == series_id)
+        return list(session.scalars(query.order_by(Instance.id)))

@@ -9,15 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from isdr.db.delivery import retry_failed
+from isdr.db.delivery import cancel, retry_failed
 from isdr.db.jobs import list_jobs, recent_events, timeline
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
 from isdr.db.views import JobView, SeriesView
 from isdr.domain.states import JobState, SeriesState
+from isdr.web.auth import principal_of
 from isdr.web.context import WebContext
 
 PAGE_MAX = 500
@@ -173,6 +174,20 @@ def api_router(context: WebContext) -> APIRouter:
         outcome = retry_failed(context.engine, job_id, context.clock())
         if outcome is None:
             raise HTTPException(409, f"job {job_id} is not failed (or does not exist)")
+        return RetryOut(id=job_id, outcome=outcome)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=RetryOut)
+    def job_cancel(job_id: Id, request: Request) -> RetryOut:
+        """Stop a job: it fails at the step it is at, with who stopped it as its reason (a
+        retry resumes it there); 409 for a job that has ended, or whose submit is on the
+        wire, 404 for none."""
+        who = principal_of(request).name
+        try:
+            outcome = cancel(context.engine, job_id, who, context.clock())
+        except LookupError as exc:
+            raise HTTPException(404, str(exc).strip("'")) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
         return RetryOut(id=job_id, outcome=outcome)
 
     return router

@@ -1,13 +1,17 @@
-"""What the HTTP side is given by app.py: the database, the token, and the live facts
-(readiness checks, gauges) only the running relay knows."""
+"""What the HTTP side is given by app.py: the database, the token, the users file, and
+the live facts (readiness checks, gauges) only the running relay knows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine
+
+from isdr.pictures.worker import Renderer as Pictures
+from isdr.web.users import Users
 
 Check = Callable[[], str | None]  # None: fine; else what is wrong, in words
 
@@ -30,4 +34,10 @@ class WebContext:
     checks: Mapping[str, Check]  # for /readyz, by name
     live: Live
     clock: Callable[[], datetime]
+    users: Users  # the console's people (USERS_FILE)
+    incoming_dir: Path = Path("incoming")  # where the instances' paths start
+    jobs_dir: Path = Path("data/jobs")  # where each job's output folder is
+    pictures: Pictures | None = None  # renders thumbnails and predictions; None: no pictures
+    session_hours: float = 12.0  # how long a login lasts
+    secure_cookies: bool = False  # HTTPS is on: cookies are sent over it only
     failures: dict[str, list[float]] = field(default_factory=dict)  # wrong tokens, by peer

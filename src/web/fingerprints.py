@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel
@@ -25,6 +26,7 @@ from isdr.web.context import WebContext
 
 Draft = Annotated[dict[str, Any], Body(description="the fingerprint, as its file holds it")]
 OptionalDraft = Annotated[dict[str, Any] | None, Body()]
+T = TypeVar("T")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\.json$")  # a file name, never a path
 
 
@@ -88,6 +90,64 @@ def _text(draft: dict[str, Any]) -> str:
     return json.dumps(draft, indent=2, ensure_ascii=False) + "\n"
 
 
+class DraftInvalid(Exception):
+    """A draft that cannot be used, with its problems."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(problem.message for problem in problems))
+        self.problems = problems
+
+
+def list_fingerprints(folder: Path) -> list[FingerprintOut]:
+    """Every file, with its problems or what it points at."""
+    return [_out(path.name, load_file(path)) for path in fingerprint_files(folder)]
+
+
+def check_text(text: str, name: str = "draft.json") -> list[Problem]:
+    """A draft's problems, as the loader would say them of the file (none: it is valid)."""
+    loaded = load_text(name, text)
+    return [] if isinstance(loaded, Fingerprint) else _problems(loaded)
+
+
+def write_text(folder: Path, name: str, text: str) -> FingerprintOut:
+    """Create or replace a file, atomically (a temporary name, then a rename), once the
+    draft is valid: else DraftInvalid, and the file is left as it was."""
+    _checked_name(name)
+    _valid_text(text, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / f".{name}.part"  # not *.json: the loader does not see it
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, folder / name)
+    return _out(name, load_file(folder / name))
+
+
+def remove_file(folder: Path, name: str) -> None:
+    """Remove a file (the hot reload drops the fingerprint); LookupError if there is none."""
+    path = folder / _checked_name(name)
+    if not path.is_file():
+        raise LookupError(f"no fingerprint {name}")
+    path.unlink()
+
+
+def read_text(folder: Path, name: str) -> str:
+    """A file's text, for the editor; LookupError if there is none."""
+    path = folder / _checked_name(name)
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise LookupError(f"no fingerprint {name}") from None
+
+
+def dry_run(context: WebContext, folder: Path, series_id: int, text: str | None) -> list[str]:
+    """What the loaded fingerprints (or only the draft) would decide of a received
+    series' study, as `isdr fingerprints test` says it; LookupError without the series."""
+    rounds, uids = study_of_series(context.reader, series_id)
+    if not rounds:
+        raise LookupError(f"no series {series_id}")
+    fingerprints = _loaded(folder) if text is None else {"draft.json": _valid_text(text)}
+    return explain(rounds, uids, fingerprints)
+
+
 def fingerprints_router(context: WebContext, folder: Path) -> APIRouter:
     """The fingerprint routes, on FINGERPRINT_DIR."""
     router = APIRouter(prefix="/api/v1/fingerprints", tags=["fingerprints"])
@@ -95,53 +155,49 @@ def fingerprints_router(context: WebContext, folder: Path) -> APIRouter:
     @router.get("", response_model=list[FingerprintOut])
     def listed() -> list[FingerprintOut]:
         """Every file, with its problems or what it points at."""
-        return [_out(path.name, load_file(path)) for path in fingerprint_files(folder)]
+        return list_fingerprints(folder)
 
     @router.post("/validate", response_model=Verdict)
     def validate(draft: Draft) -> Verdict:
         """A draft checked as the loader would check a file (lines are the draft's,
         printed with an indent of 2)."""
-        loaded = load_text("draft.json", _text(draft))
-        errors = [] if isinstance(loaded, Fingerprint) else loaded
-        return Verdict(valid=not errors, problems=_problems(errors))
+        problems = check_text(_text(draft))
+        return Verdict(valid=not problems, problems=problems)
 
     @router.post("/dry-run/{series_id}", response_model=DryRun)
-    def dry_run(series_id: int, draft: OptionalDraft = None) -> DryRun:
+    def dry(series_id: int, draft: OptionalDraft = None) -> DryRun:
         """What the loaded fingerprints (or only the draft, if one is sent) would decide
         of the study of a received series, as `isdr fingerprints test` says it."""
-        rounds, uids = study_of_series(context.reader, series_id)
-        if not rounds:
-            raise HTTPException(404, f"no series {series_id}")
-        fingerprints = _loaded(folder) if draft is None else {"draft.json": _valid(draft)}
-        return DryRun(series_id=series_id, lines=explain(rounds, uids, fingerprints))
+        text = None if draft is None else _text(draft)
+        return DryRun(series_id=series_id, lines=_answer(dry_run, context, folder, series_id, text))
 
     @router.put("/{name}", response_model=FingerprintOut)
     def replace(name: str, draft: Draft) -> FingerprintOut:
         """Create or replace a file: refused (422, with the problems) unless valid."""
-        _valid(draft)
-        path = folder / _checked_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f".{name}.part"  # not *.json: the loader does not see it
-        temp.write_text(_text(draft), encoding="utf-8")
-        os.replace(temp, path)
-        return _out(name, load_file(path))
+        return _answer(write_text, folder, name, _text(draft))
 
     @router.delete("/{name}", status_code=204)
     def remove(name: str) -> None:
         """Remove a file (the hot reload drops the fingerprint)."""
-        path = folder / _checked_name(name)
-        if not path.is_file():
-            raise HTTPException(404, f"no fingerprint {name}")
-        path.unlink()
+        _answer(remove_file, folder, name)
 
     return router
 
 
-def _valid(draft: dict[str, Any]) -> Fingerprint:
-    loaded = load_text("draft.json", _text(draft))
+def _answer(action: Callable[..., T], *args: Any) -> T:
+    """The action's result, or its refusal as an HTTP answer."""
+    try:
+        return action(*args)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc).strip("'")) from None
+    except DraftInvalid as exc:
+        raise HTTPException(422, [problem.model_dump() for problem in exc.problems]) from None
+
+
+def _valid_text(text: str, name: str = "draft.json") -> Fingerprint:
+    loaded = load_text(name, text)
     if not isinstance(loaded, Fingerprint):
-        detail = [problem.model_dump() for problem in _problems(loaded)]
-        raise HTTPException(422, detail)
+        raise DraftInvalid(_problems(loaded))
     return loaded
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -21,8 +22,9 @@ class WebServer:
     """uvicorn on one address, started and stopped by app.py."""
 
     def __init__(
-        self, app: FastAPI, host: str, port: int, cert_file: str = "", key_file: str = ""
-    ) -> None:
+        self, app: FastAPI, host: str, port: int, cert_file: str = "", key_file: str = "",
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         config = uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
             ssl_certfile=cert_file or None, ssl_keyfile=key_file or None,
@@ -33,6 +35,7 @@ class WebServer:
         self.scheme = "https" if cert_file else "http"
         self._thread = threading.Thread(target=self._run, name="isdr-http", daemon=True)
         self._failed: BaseException | None = None
+        self._on_stop = on_stop
 
     def _run(self) -> None:
         try:
@@ -69,6 +72,8 @@ class WebServer:
         self.server.should_exit = True
         if self._thread.ident is not None:
             self._thread.join(timeout)
+        if self._on_stop is not None:
+            self._on_stop()
 
 
 def _why(failure: BaseException | None) -> str:

@@ -168,6 +168,7 @@ def test_a_check_that_raises_is_a_failed_check_not_an_error(tmp_path: Path) -> N
     from isdr.web.app import create_app
     from isdr.web.context import Live, WebContext
     from isdr.web.server import WebServer
+    from isdr.web.users import Users
 
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
 
@@ -180,7 +181,7 @@ def test_a_check_that_raises_is_a_failed_check_not_an_error(tmp_path: Path) -> N
     context = WebContext(
         engine=make_engine(url), reader=reader_engine(url), token=TOKEN,
         checks={"disk": broken}, live=Live(free_bytes=gone, associations=lambda: 0),
-        clock=utcnow,
+        clock=utcnow, users=Users(tmp_path / "users.json"),
     )  # fmt: skip
     server = WebServer(create_app(context, tmp_path), "127.0.0.1", free_port())
     server.start()

@@ -44,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     # the entrances
     "app": STAGES
     | {"config", "db", "demo", "domain", "errors", "fingerprints", "inference"}
-    | {"logs", "preflight", "scu", "tls", "web"},
+    | {"logs", "pictures", "preflight", "scu", "tls", "web"},
     "demo": {"app", "config", "db", "domain", "errors", "logs", "synthetic"},
     "cli": {"isdr", "app", "config", "domain", "errors"},
     "__main__": {"cli"},

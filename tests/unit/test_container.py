@@ -16,7 +16,14 @@ from isdr.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-CONTAINER_PATHS = {"SCP_HOSTNAME", "INCOMING_DIR", "FINGERPRINT_DIR", "CERT_FILE", "DATA_DIR"}
+CONTAINER_PATHS = {
+    "SCP_HOSTNAME",
+    "INCOMING_DIR",
+    "FINGERPRINT_DIR",
+    "CERT_FILE",
+    "DATA_DIR",
+    "USERS_FILE",
+}
 TOOLS = Path(sys.executable).parent
 
 

@@ -1,0 +1,271 @@
+"""The console through the ASGI test client: logins, roles, CSRF, pages and actions.
+
+A real database and users file; no relay runs (the browser tests run one)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from isdr.db.engine import make_engine, reader_engine
+from isdr.db.models import Job, Series
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.states import JobState, SeriesState
+from isdr.web.app import create_app
+from isdr.web.auth import SESSION_COOKIE
+from isdr.web.context import Live, WebContext
+from isdr.web.users import Role, Users, set_user
+
+TOKEN = "a-token-of-the-tests-0123456789"
+PASSWORD = "a long password"
+FINGERPRINT = Fingerprint.model_validate({
+    "modality_regex": "CT", "inference_server_url": "https://127.0.0.1:1",
+    "model_human_readable_id": "ct-model", "scus": [],
+})  # fmt: skip
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'isdr.sqlite3'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def context(tmp_path: Path, engine: Engine) -> WebContext:
+    users = tmp_path / "users.json"
+    set_user(users, "olga", Role.OPERATOR, PASSWORD)
+    set_user(users, "victor", Role.VIEWER, PASSWORD)
+    return WebContext(
+        engine=engine, reader=reader_engine(str(engine.url)), token=TOKEN, checks={},
+        live=Live(free_bytes=lambda: 10**9, associations=lambda: 0), clock=now,
+        users=Users(users), incoming_dir=tmp_path / "incoming", jobs_dir=tmp_path / "jobs",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client(context: WebContext, tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(context, tmp_path / "fingerprints")
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as client:
+        yield client
+
+
+def log_in(client: TestClient, name: str, password: str = PASSWORD) -> str:
+    """Log in; the session's CSRF token (from the page's htmx headers)."""
+    answer = client.post("/login", data={"name": name, "password": password, "target": "/"})
+    assert answer.status_code == 303, answer.text
+    page = client.get("/")
+    found = re.search(r'"X-CSRF-Token": "([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def a_job(engine: Engine, state: JobState) -> int:
+    at = now()
+    with Session(engine) as session, session.begin():
+        series = Series(
+            series_instance_uid=f"1.2.{at.timestamp()}", study_instance_uid="1.2",
+            patient_id="CONSOLE", folder="x", first_received_at=at, last_received_at=at,
+            state=SeriesState.MATCHED, modality="CT", series_description="chest",
+        )  # fmt: skip
+        session.add(series)
+        session.flush()
+        job = Job(
+            series_id=series.id, fingerprint_name="ct.json", fingerprint=FINGERPRINT,
+            state=state, attempts=0, next_attempt_at=at, last_error="", task_uid="t",
+            created_at=at, updated_at=at, failed_step="submit" if state == "failed" else None,
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        return int(job.id)
+
+
+def test_pages_send_a_stranger_to_the_login_and_the_api_answers_401(client: TestClient) -> None:
+    for path in ("/", "/jobs", "/series/1", "/fingerprints", "/events", "/partials/dashboard"):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
+    assert client.get("/api/v1/jobs").status_code == 401
+    assert client.get("/login").status_code == 200
+
+
+def test_a_person_logs_in_and_gets_a_strict_http_only_cookie(client: TestClient) -> None:
+    answer = client.post("/login", data={"name": "olga", "password": PASSWORD, "target": "/jobs"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/jobs"
+    cookie = answer.headers["set-cookie"]
+    assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert client.get("/jobs").status_code == 200
+    assert "olga (operator)" in client.get("/").text
+    # the session reads the API too, and the OpenAPI document
+    assert client.get("/api/v1/jobs").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_wrong_password_is_one_warning_with_the_address_and_nothing_typed(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        answer = client.post("/login", data={"name": "olga", "password": "not her password"})
+    assert answer.status_code == 401 and "Wrong name or password" in answer.text
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == ["console login from testclient refused: wrong name or password"]
+    assert "olga" not in caplog.text and "not her password" not in caplog.text
+    assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_guessing_passwords_is_slowed_even_for_the_right_one(client: TestClient) -> None:
+    for _ in range(5):
+        assert (
+            client.post("/login", data={"name": "olga", "password": "guess-guess"}).status_code
+            == 401
+        )
+    answer = client.post("/login", data={"name": "olga", "password": PASSWORD})
+    assert answer.status_code == 429 and "wait a minute" in answer.text
+
+
+def test_a_viewer_reads_but_may_not_act(client: TestClient, engine: Engine) -> None:
+    job_id = a_job(engine, JobState.FAILED)
+    csrf = log_in(client, "victor")
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200 and "victor (viewer)" in page.text
+    assert 'id="retry"' not in page.text  # no buttons for a viewer
+    headers = {"X-CSRF-Token": csrf}
+    assert client.post(f"/jobs/{job_id}/retry", headers=headers).status_code == 403
+    assert client.post(f"/api/v1/jobs/{job_id}/retry", headers=headers).status_code == 403
+    put = client.put("/api/v1/fingerprints/x.json", json={}, headers=headers)
+    assert put.status_code == 403
+
+
+def test_an_operator_acts_only_with_the_sessions_csrf_token(
+    client: TestClient, engine: Engine
+) -> None:
+    job_id = a_job(engine, JobState.FAILED)
+    csrf = log_in(client, "olga")
+    assert 'id="retry"' in client.get(f"/jobs/{job_id}").text
+    assert client.post(f"/jobs/{job_id}/retry").status_code == 403
+    assert (
+        client.post(f"/jobs/{job_id}/retry", headers={"X-CSRF-Token": "forged"}).status_code == 403
+    )
+    answer = client.post(f"/jobs/{job_id}/retry", headers={"X-CSRF-Token": csrf})
+    assert answer.status_code == 200
+    assert "pending" in answer.text  # the job went back to pending
+    # a plain form carries it as a field
+    other = a_job(engine, JobState.FAILED)
+    assert client.post(f"/jobs/{other}/retry", data={"csrf_token": csrf}).status_code == 200
+
+
+def test_the_token_holder_needs_no_csrf_token(client: TestClient, engine: Engine) -> None:
+    job_id = a_job(engine, JobState.FAILED)
+    answer = client.post(
+        f"/api/v1/jobs/{job_id}/retry", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 200
+
+
+def test_a_job_is_cancelled_where_it_is_and_a_retry_resumes_it(
+    client: TestClient, engine: Engine
+) -> None:
+    job_id = a_job(engine, JobState.SUBMITTED)
+    csrf = log_in(client, "olga")
+    answer = client.post(f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf})
+    assert "cancelled by olga at step poll" in answer.text
+    job = client.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["failed_step"] == "poll"
+    assert job["timeline"][-1]["message"] == "cancelled by olga at step poll"
+    again = client.post(f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf})
+    assert "has ended" in again.text
+    client.post(f"/jobs/{job_id}/retry", headers={"X-CSRF-Token": csrf})
+    assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "submitted"
+    submitting = a_job(engine, JobState.SUBMITTING)
+    answer = client.post(f"/api/v1/jobs/{submitting}/cancel", headers={"X-CSRF-Token": csrf})
+    assert answer.status_code == 409 and "on the wire" in answer.json()["detail"]
+
+
+def test_logging_out_ends_the_session_everywhere(client: TestClient) -> None:
+    csrf = log_in(client, "olga")
+    cookie = client.cookies.get(SESSION_COOKIE)
+    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 303
+    client.cookies.set(SESSION_COOKIE, cookie or "")
+    assert client.get("/").status_code == 303
+
+
+def test_a_person_removed_from_the_users_file_is_out_at_the_next_request(
+    client: TestClient, context: WebContext
+) -> None:
+    log_in(client, "victor")
+    set_user(context.users.path, "victor", Role.OPERATOR, "another long password")
+    assert "victor (operator)" in client.get("/").text  # the file's role counts, at once
+    from isdr.web.users import remove_user
+
+    remove_user(context.users.path, "victor")
+    assert client.get("/").status_code == 303
+
+
+def test_the_login_goes_back_only_to_a_page_of_this_site(client: TestClient) -> None:
+    for target in ("//evil.example/", "https://evil.example/", "\\\\evil"):
+        answer = client.post(
+            "/login", data={"name": "olga", "password": PASSWORD, "target": target}
+        )
+        assert answer.headers["location"] == "/"
+
+
+def test_pages_load_nothing_from_outside_and_forbid_frames(client: TestClient) -> None:
+    log_in(client, "olga")
+    answer = client.get("/")
+    policy = answer.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert answer.headers["cache-control"] == "no-store"
+    sources = re.findall(r'(?:src|href)="([^"]+)"', answer.text)
+    assert sources and all(source.startswith("/") for source in sources)
+    htmx = client.get("/static/htmx-2.0.11.min.js")
+    assert htmx.status_code == 200 and b"htmx" in htmx.content
+
+
+def test_every_page_and_partial_renders(client: TestClient, engine: Engine) -> None:
+    job_id = a_job(engine, JobState.DELIVERED)
+    log_in(client, "victor")
+    paths = ["/", "/partials/dashboard", "/series", "/partials/series", "/jobs",
+             "/partials/jobs", f"/jobs/{job_id}", f"/partials/jobs/{job_id}", "/series/1",
+             "/events", "/partials/events", "/fingerprints", "/jobs?state=failed"]  # fmt: skip
+    for path in paths:
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.text[:300])
+    assert client.get("/jobs/999").status_code == 404
+    assert client.get(f"/jobs/{2**70}").status_code == 404
+    assert "CONSOLE" not in client.get("/series/1").text  # no PatientID on a page
+
+
+def test_the_editor_checks_a_draft_with_its_line_and_saves_only_a_valid_one(
+    client: TestClient, tmp_path: Path
+) -> None:
+    csrf = log_in(client, "olga")
+    headers = {"X-CSRF-Token": csrf}
+    typo = (
+        '{\n  "model_human_readable_id": "m",\n  "inference_server_url": "https://x",\n'
+        '  "modality_regexx": "CT"\n}\n'
+    )
+    checked = client.post("/partials/fingerprints/check", data={"text": typo}, headers=headers)
+    assert "line 4" in checked.text and "modality_regex" in checked.text
+    saved = client.post("/fingerprints/new", data={"text": typo, "name": "m.json"}, headers=headers)
+    assert "line 4" in saved.text and not (tmp_path / "fingerprints" / "m.json").exists()
+    good = typo.replace("regexx", "regex")
+    saved = client.post("/fingerprints/new", data={"text": good, "name": "m.json"}, headers=headers)
+    assert "Saved as m.json" in saved.text
+    assert (tmp_path / "fingerprints" / "m.json").read_text() == good
+    assert "m.json" in client.get("/fingerprints").text
+    assert "modality_regex" in client.get("/fingerprints/m.json").text
+    bad_name = client.post(
+        "/fingerprints/new", data={"text": good, "name": "../x.json"}, headers=headers
+    )
+    assert "file name" in bad_name.text
