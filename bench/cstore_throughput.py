@@ -86,6 +86,7 @@ class ReceiverSpec:
     name: str
     kind: ReceiverKind
     env: dict[str, str] = field(default_factory=dict)
+    console: bool = False  # the HTTP side on, and a browser on its dashboard meanwhile
 
 
 @dataclass
@@ -246,7 +247,8 @@ def started(spec: ReceiverSpec, run_dir: Path, storescp_pdu: int) -> Iterator[Ru
         command, env, cwd = storescp_command(output, port, storescp_pdu), dcmtk_env(), run_dir
     else:
         output = run_dir / "incoming"
-        command, env, cwd = [str(RELAY_BIN), "serve"], relay_env(spec.env, run_dir, port), run_dir
+        extra = spec.env | (console_env(run_dir) if spec.console else {})
+        command, env, cwd = [str(RELAY_BIN), "serve"], relay_env(extra, run_dir, port), run_dir
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             command,
@@ -257,12 +259,44 @@ def started(spec: ReceiverSpec, run_dir: Path, storescp_pdu: int) -> Iterator[Ru
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    watcher: subprocess.Popen[bytes] | None = None
     try:
         running = Running(proc, port, output, log_path)
         wait_ready(running)
+        if spec.console:
+            watcher = watch_console(f"http://{HOST}:{env['HTTP_PORT']}", run_dir)
         yield running
     finally:
+        if watcher is not None:
+            stop_group(watcher)
         stop_group(proc)
+
+
+CONSOLE_USER, CONSOLE_PASSWORD = "bench", "a bench password"
+
+
+def console_env(run_dir: Path) -> dict[str, str]:
+    """The HTTP side on a free port, with one person to log in."""
+    from isdr.web.users import Role, set_user
+
+    users = run_dir / "users.json"
+    set_user(users, CONSOLE_USER, Role.VIEWER, CONSOLE_PASSWORD)
+    return {"HTTP_PORT": str(free_port()), "USERS_FILE": str(users)}
+
+
+def watch_console(base: str, run_dir: Path) -> subprocess.Popen[bytes]:
+    """A headless Chromium logged in on the dashboard, until stopped."""
+    script = Path(__file__).with_name("console_poller.py")
+    with (run_dir / "browser.log").open("wb") as log_file:
+        watcher = subprocess.Popen(
+            [sys.executable, str(script), base, CONSOLE_USER, CONSOLE_PASSWORD],
+            stdout=subprocess.PIPE, stderr=log_file, start_new_session=True,
+        )  # fmt: skip
+    assert watcher.stdout is not None
+    if watcher.stdout.readline().strip() != b"ready":
+        stop_group(watcher)
+        raise RuntimeError(f"the console's browser did not start: {tail(run_dir / 'browser.log')}")
+    return watcher
 
 
 def wait_ready(running: Running) -> None:
@@ -629,6 +663,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME:KEY=VAL,KEY=VAL",
         help="another relay receiver with this extra environment (repeatable)",
     )
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="also measure the relay with its HTTP side on and a headless Chromium on its "
+        "dashboard (refreshed every 3 s) while it receives: receiver relay+console",
+    )
     p.add_argument("--data", type=Path, help="keep/reuse the generated data here")
     p.add_argument("--workdir", type=Path, help="where receivers write (default: a temp dir)")
     p.add_argument("--json", type=Path, help="also write all runs and medians here")
@@ -657,6 +697,8 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 def receiver_specs(opts: argparse.Namespace) -> list[ReceiverSpec]:
     base = parse_env(opts.relay_env)
     specs = [ReceiverSpec("storescp", "storescp"), ReceiverSpec("relay", "relay", base)]
+    if opts.console:
+        specs.append(ReceiverSpec("relay+console", "relay", base, console=True))
     for text in opts.variant:
         name, sep, pairs = text.partition(":")
         if not sep or not name:

@@ -27,6 +27,7 @@ def relay_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "INCOMING_DIR": tmp_path / "incoming",
         "FINGERPRINT_DIR": tmp_path / "fingerprints",
         "CERT_FILE": tmp_path / "cert.crt",
+        "USERS_FILE": tmp_path / "users.json",
         "MIN_FREE_DISK_MB": 0,
         "STOP_TIMEOUT": 5,
         "POST_AFTER": 3600,  # receiving tests: series stay open unless a test says otherwise
