@@ -23,9 +23,9 @@ TWO_COMMANDS = [
     '# 1. install and start the relay (Store SCP "DICOM_NODE" on 127.0.0.1:11112, data in ./data)',
     "apt-get install -y python3-venv && python3 -m venv .venv && .venv/bin/pip install "
     "-c constraints.txt '.[demo]' && .venv/bin/isdr serve",
-    "# 2. install and run the tests (they use dcmtk's storescu/storescp as real peers)",
-    "apt-get install -y python3-venv dcmtk && python3 -m venv .venv && .venv/bin/pip install "
-    "-c constraints.txt -e '.[dev]' && .venv/bin/python -m pytest",
+    "# 2. install and run the tests (real peers: dcmtk's storescu/storescp, a headless Chromium)",
+    "apt-get install -y python3-venv dcmtk chromium && python3 -m venv .venv && "
+    ".venv/bin/pip install -c constraints.txt -e '.[dev]' && .venv/bin/python -m pytest",
 ]
 
 # ALL_CAPS_WITH_UNDERSCORES in backticks that are not settings of the relay.
