@@ -69,6 +69,7 @@ STOP_MARGIN = 1.5  # on top of STOP_TIMEOUT, for aborting associations and closi
 OWNER_ONLY = 0o077  # umask: no permission for group or others
 ONLINE_TIMEOUT = 10.0  # seconds a server may take to answer `fingerprints check --online`
 DELIVERY_TICK = 1.0  # seconds between looks for due deliveries and finished jobs
+PRUNE_INTERVAL = 600.0  # seconds between prunes of the console's cached pictures
 
 
 class Receiver(Protocol):
@@ -103,6 +104,7 @@ class Relay:
     scheduler: BackgroundScheduler = field(default_factory=BackgroundScheduler)
     web: WebServer | None = None  # the HTTP side; None with HTTP_PORT=0
     heartbeat: Heartbeat | None = None  # asks the InferenceServers whether they answer
+    pictures: Renderer | None = None  # the console's pictures, made off the receive path
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving.
@@ -131,6 +133,10 @@ class Relay:
         for name, tick, seconds in ticks:
             self.scheduler.add_job(
                 tick, "interval", seconds=seconds, max_instances=1, coalesce=True, id=name
+            )
+        if self.pictures is not None:
+            self.scheduler.add_job(
+                self.pictures.prune, "interval", seconds=PRUNE_INTERVAL, id="prune_pictures"
             )
         if self.heartbeat is not None:  # at once, then every HEARTBEAT_INTERVAL
             self.scheduler.add_job(
@@ -225,7 +231,9 @@ def build_relay(settings: Settings) -> Relay:
     relay = Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
-    relay.web = _web_server(settings, relay) if settings.HTTP_PORT else None
+    if settings.HTTP_PORT:
+        relay.pictures = Renderer(settings.DATA_DIR / "pictures")
+        relay.web = _web_server(settings, relay)
     if settings.HEARTBEAT_INTERVAL:
         relay.heartbeat = Heartbeat(engine, registry.current, client, utcnow)
     return relay
@@ -252,7 +260,7 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         users=Users(settings.USERS_FILE),
         incoming_dir=settings.INCOMING_DIR,
         jobs_dir=settings.DATA_DIR / "jobs",
-        pictures=Renderer(settings.DATA_DIR / "pictures"),
+        pictures=relay.pictures,
         session_hours=settings.SESSION_HOURS,
         secure_cookies=bool(settings.HTTP_TLS_CERT_FILE),
     )
@@ -262,7 +270,7 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         ),
         settings.HTTP_HOSTNAME, settings.HTTP_PORT,
         settings.HTTP_TLS_CERT_FILE, settings.HTTP_TLS_KEY_FILE,
-        on_stop=context.pictures.close if context.pictures else None,
+        on_stop=relay.pictures.close if relay.pictures else None,
     )  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -70,9 +71,19 @@ def make_instance(spec: SeriesSpec, index: int, study_uid: str, series_uid: str)
 
 
 def _pixels(rows: int, columns: int, index: int) -> bytes:
-    """A smooth, compressible gradient that differs per slice."""
-    line = bytes((x + index) & 0xFF for x in range(columns * 2))
-    return line * rows
+    """A phantom in CT numbers that differs per slice: air around an oval body of soft
+    tissue, a spine, and an organ that moves from slice to slice (smooth, compressible)."""
+    y, x = np.ogrid[:rows, :columns]
+    size = min(rows, columns)
+    image = np.full((rows, columns), -1000, dtype="<i2")
+    body = ((y - rows / 2) / (0.42 * rows)) ** 2 + ((x - columns / 2) / (0.46 * columns)) ** 2
+    image[body <= 1] = 40
+    spine = (y - rows * 0.72) ** 2 + (x - columns / 2) ** 2 <= (0.07 * size) ** 2
+    image[spine] = 700
+    shift = 0.1 * size * ((index % 20) / 20)
+    organ = (y - rows * 0.42) ** 2 + (x - columns * 0.36 - shift) ** 2 <= (0.13 * size) ** 2
+    image[organ] = 150
+    return image.tobytes()
 
 
 def write_series(folder: Path, spec: SeriesSpec) -> list[Path]:

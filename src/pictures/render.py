@@ -130,3 +130,42 @@ def _ranks(headers: Sequence[Dataset]) -> list[float]:
 
 def _instance_number(ds: Dataset) -> float | None:
     return as_float(ds.get("InstanceNumber"))
+
+
+def series_thumbnail(paths: Sequence[Path], size: int = 256) -> bytes:
+    """The thumbnail of a series: its middle slice."""
+    return thumbnail(middle(paths), size)
+
+
+def prediction(
+    inputs: Sequence[Path], marks: Sequence[Path], images: Sequence[Path], size: int = 512
+) -> bytes:
+    """A job's prediction as a picture: its SEG and RTSTRUCT files (`marks`) drawn over the
+    input slice in the middle of those they refer to (the middle slice when they name none
+    of them); without marks or inputs, the middle image of its derived series (`images`)."""
+    if marks and inputs:
+        return overlay(_marked_middle(inputs, marks), marks, size)
+    if images:
+        return thumbnail(middle(images), size)
+    raise PictureError("nothing to draw: no derived images, and no input for its SEG/RTSTRUCT")
+
+
+def _marked_middle(inputs: Sequence[Path], marks: Sequence[Path]) -> Path:
+    named = set().union(*(_referenced(path) for path in marks))
+    marked = [
+        path for path in inputs if str(source.header(path).get("SOPInstanceUID", "")) in named
+    ]
+    return middle(marked or inputs)
+
+
+def _referenced(path: Path) -> set[str]:
+    """Every ReferencedSOPInstanceUID in a file, at any depth (none if it cannot be read)."""
+    try:
+        ds = source.header(path)
+    except PictureError:
+        return set()
+    return {
+        str(element.value)
+        for element in ds.iterall()
+        if element.keyword == "ReferencedSOPInstanceUID" and element.value
+    }

@@ -58,6 +58,18 @@ class Renderer:
         """The PNG of `render.overlay(base, outputs)`, from the cache when it holds `key`."""
         return self._cached(key, partial(render.overlay, base, list(outputs)))
 
+    def series_thumbnail(self, key: str, paths: Sequence[Path]) -> bytes:
+        """The PNG of `render.series_thumbnail(paths)` (the middle slice is found in the
+        worker too: reading every header is work the caller's process must not do)."""
+        return self._cached(key, partial(render.series_thumbnail, list(paths)))
+
+    def prediction(
+        self, key: str, inputs: Sequence[Path], marks: Sequence[Path], images: Sequence[Path]
+    ) -> bytes:
+        """The PNG of `render.prediction(inputs, marks, images)`."""
+        job = partial(render.prediction, list(inputs), list(marks), list(images))
+        return self._cached(key, job)
+
     def prune(self, max_files: int = 2000) -> int:
         """Remove the oldest cached pictures beyond `max_files`; returns how many went."""
         if max_files < 0:

@@ -9,6 +9,7 @@ its instance count, a job and its output): the receiving threads never wait for 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -18,10 +19,15 @@ from isdr.db.delivery import output_files
 from isdr.db.jobs import timeline
 from isdr.db.series import get_series, instance_paths
 from isdr.pictures import PictureError
+from isdr.pictures.worker import Renderer as Pictures
 from isdr.web.api import ID_MAX
 from isdr.web.context import WebContext
 
 logger = logging.getLogger(__name__)
+
+# Drawn over the input: Segmentation Storage and RT Structure Set Storage.
+MARKS = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.3"})
+Draw = Callable[[Pictures], bytes]
 
 
 def pictures_router(context: WebContext) -> APIRouter:
@@ -46,14 +52,14 @@ def pictures_router(context: WebContext) -> APIRouter:
             raise HTTPException(404, f"no job {job_id}")
         job = found[0]
         folder = _output_folder(context, job_id, job.output_dir)
-        outputs = _existing(
-            folder, [f.name for f in output_files(context.reader, job_id) if f.is_dicom]
-        )
-        if not outputs:
+        dicom = [f for f in output_files(context.reader, job_id) if f.is_dicom]
+        marks = _existing(folder, [f.name for f in dicom if f.sop_class_uid in MARKS])
+        images = _existing(folder, [f.name for f in dicom if f.sop_class_uid not in MARKS])
+        if not marks and not images:
             raise HTTPException(404, f"job {job_id}: no DICOM output (yet, or any more)")
         inputs = _existing(context.incoming_dir, instance_paths(context.reader, job.series_id))
-        key = f"job-{job_id}-{len(outputs)}-{len(inputs)}"
-        return _png(context, lambda pictures: pictures.job_picture(key, inputs, outputs))
+        key = f"job-{job_id}-{len(marks)}-{len(images)}-{len(inputs)}"
+        return _png(context, lambda pictures: pictures.prediction(key, inputs, marks, images))
 
     @router.get("/jobs/{job_id}/files/{name:path}")
     def download(job_id: int, name: str) -> Response:
@@ -78,11 +84,11 @@ def _existing(folder: Path, names: list[str]) -> list[Path]:
     return [folder / name for name in names if (folder / name).is_file()]
 
 
-def _png(context: WebContext, draw: object) -> Response:
+def _png(context: WebContext, draw: Draw) -> Response:
     if context.pictures is None:
         raise HTTPException(404, "pictures are off")
     try:
-        data = draw(context.pictures)  # type: ignore[operator]
+        data = draw(context.pictures)
     except PictureError as exc:
         logger.info("picture not made: %s", exc)
         raise HTTPException(422, f"no picture: {exc}") from None
