@@ -54,6 +54,7 @@ from isdr.scu.echo import EchoAnswer, echo
 from isdr.tls import self_check_context
 from isdr.web.app import create_app
 from isdr.web.context import Live, WebContext
+from isdr.web.pictures import keep_job_picture, keep_series_picture
 from isdr.web.server import WebServer
 from isdr.web.users import Role, Users, read_users, remove_user, set_user
 
@@ -136,8 +137,9 @@ class Relay:
             )
         if self.pictures is not None:
             self.scheduler.add_job(
-                self.pictures.prune, "interval", seconds=PRUNE_INTERVAL, id="prune_pictures"
-            )
+                self.pictures.prune, "interval", seconds=PRUNE_INTERVAL, id="prune_pictures",
+                kwargs={"max_age": self.settings.JOB_FILES_RETENTION_HOURS * 3600},
+            )  # fmt: skip
         if self.heartbeat is not None:  # at once, then every HEARTBEAT_INTERVAL
             self.scheduler.add_job(
                 self.heartbeat.tick, "interval", seconds=self.settings.HEARTBEAT_INTERVAL,
@@ -264,6 +266,8 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         session_hours=settings.SESSION_HOURS,
         secure_cookies=bool(settings.HTTP_TLS_CERT_FILE),
     )
+    relay.post.before_removal = lambda series_id: keep_series_picture(context, series_id)
+    relay.deliverer.before_output_removal = lambda job_id: keep_job_picture(context, job_id)
     return WebServer(
         create_app(
             context, settings.FINGERPRINT_DIR, relay.registry.current, settings.SCP_AE_TITLE

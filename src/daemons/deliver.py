@@ -75,6 +75,9 @@ class Deliverer:
         self._busy: set[tuple[str, int, str]] = set()  # destinations with an open association
         self._busy_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="isdr-deliver")
+        # Called with a job's id just before its delivered DICOM files are removed (app.py:
+        # the console keeps the picture of its prediction).
+        self.before_output_removal: Callable[[int], None] | None = None
         self._finisher = _Rounds("isdr-finish")  # a remote delete may wait POST_TIMEOUT,
         self._deleter = _Rounds("isdr-delete")  # ... so neither waits for the other
 
@@ -262,6 +265,8 @@ class Deliverer:
             return (
                 f"no DICOM file to deliver (dicom_output optional): the output is kept in {folder}"
             )
+        if self.before_output_removal is not None:
+            self.before_output_removal(done.job_id)
         if not done.kept:
             self._remove_folder(done.job_id)
             return f"delivered {len(done.sent)} file(s); local files removed"

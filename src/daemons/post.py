@@ -115,6 +115,9 @@ class PostDaemon:
         self._queued: set[int] = set()  # jobs handed to a lane, not yet done with
         self._lanes_lock = threading.Lock()
         self._wake_at: float | None = None  # when route_soon asked to route
+        # Called with a series' id just before its files are removed (app.py: the console
+        # keeps its picture); outside the tree lock, so receiving never waits for it.
+        self.before_removal: Callable[[int], None] | None = None
         self._wake = threading.Event()
         self.on_new_jobs: Callable[[], None] = lambda: None  # app.py wakes the submitter
         self.on_submitted: Callable[[int], None] = lambda _job_id: None  # ... and the poller
@@ -349,6 +352,8 @@ class PostDaemon:
             guarded(logger, what, self._remove_series, series_id)
 
     def _remove_series(self, series_id: int) -> None:
+        if self.before_removal is not None:
+            self.before_removal(series_id)
         # Under the tree lock: the Store SCP cannot rename a resent instance into one of
         # these paths, or create a folder being pruned, between the check and the unlink.
         with self.tree_lock.exclusive():

@@ -487,9 +487,9 @@ CANCELLABLE = {
 
 def cancel(engine: Engine, job_id: int, who: str, now: datetime) -> str:
     """A person stops a job: it fails at the step it was at, with who stopped it as its
-    reason (so a retry resumes it there), and its open deliveries stop too. A job on the
-    wire to its server (submitting) cannot be stopped halfway: ValueError says so, as for
-    a job that has ended or does not exist."""
+    reason (so a retry resumes it there), and its pending deliveries stop too. A job on
+    the wire (its archive to its server, or an output to a destination) cannot be stopped
+    halfway: ValueError says so, as for a job that has ended; LookupError for none."""
     with Session(engine) as session, session.begin():
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
@@ -497,6 +497,10 @@ def cancel(engine: Engine, job_id: int, who: str, now: datetime) -> str:
         step = CANCELLABLE.get(JobState(job.state))
         if step is None:
             raise ValueError(f"job {job_id} is {job.state}: {_why_not(JobState(job.state))}")
+        if _sending(session, job_id):
+            raise ValueError(
+                f"job {job_id} has a delivery on the wire: cancel it once that one has ended"
+            )
         reason = f"cancelled by {who} at step {step}"
         session.execute(
             update(Delivery)
@@ -509,6 +513,15 @@ def cancel(engine: Engine, job_id: int, who: str, now: datetime) -> str:
 
 
 _OPEN_DELIVERIES = (DeliveryState.PENDING, DeliveryState.SENDING)
+
+
+def _sending(session: Session, job_id: int) -> bool:
+    """Whether an association is sending one of the job's outputs now (it cannot be
+    stopped halfway, and would record its end over a cancel)."""
+    query = select(Delivery.id).where(
+        Delivery.job_id == job_id, Delivery.state == DeliveryState.SENDING
+    )
+    return session.scalar(query.limit(1)) is not None
 
 
 def _why_not(state: JobState) -> str:

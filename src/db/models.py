@@ -125,7 +125,7 @@ class Instance(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(128), default="")
     path: Mapped[str] = mapped_column(Text, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # the dashboard's
     # The instance's own; None in rows recorded before they were kept (read as the round's).
     patient_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     study_instance_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -300,6 +300,9 @@ class WebSession(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     user: Mapped[str] = mapped_column(String(64))
+    # Which password the session was opened with (a digest of its hash): a new password
+    # or a removal in the users file ends the session.
+    stamp: Mapped[str] = mapped_column(String(64), default="")
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -23,6 +23,7 @@ class OpenSession:
     """A live session: whose, and the CSRF token its forms carry."""
 
     user: str
+    stamp: str  # the password it was opened with, as `isdr.web.users` stamps it
     csrf: str
     expires_at: datetime
 
@@ -31,7 +32,9 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def open_session(engine: Engine, user: str, now: datetime, hours: float) -> tuple[str, OpenSession]:
+def open_session(
+    engine: Engine, user: str, stamp: str, now: datetime, hours: float
+) -> tuple[str, OpenSession]:
     """A new session for `user`: the cookie's token, and the session. Sessions that have
     ended are removed on the way."""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -42,12 +45,13 @@ def open_session(engine: Engine, user: str, now: datetime, hours: float) -> tupl
             WebSession(
                 token_sha256=_digest(token),
                 user=user,
+                stamp=stamp,
                 csrf=csrf,
                 created_at=now,
                 expires_at=expires_at,
             )
         )
-    return token, OpenSession(user, csrf, expires_at)
+    return token, OpenSession(user, stamp, csrf, expires_at)
 
 
 def find_session(engine: Engine, token: str, now: datetime) -> OpenSession | None:
@@ -60,7 +64,7 @@ def find_session(engine: Engine, token: str, now: datetime) -> OpenSession | Non
         ).first()
         if row is None or row.expires_at <= now:
             return None
-        return OpenSession(row.user, row.csrf, row.expires_at)
+        return OpenSession(row.user, row.stamp, row.csrf, row.expires_at)
 
 
 def close_session(engine: Engine, token: str) -> None:

@@ -8,6 +8,8 @@ these functions in a bounded process and caches what they return.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,6 +137,21 @@ def _instance_number(ds: Dataset) -> float | None:
 def series_thumbnail(paths: Sequence[Path], size: int = 256) -> bytes:
     """The thumbnail of a series: its middle slice."""
     return thumbnail(middle(paths), size)
+
+
+def keep_series(paths: Sequence[Path], copy: Path, size: int = 256) -> bytes:
+    """The thumbnail of a series, and a copy of its middle slice at `copy` (for overlays
+    of predictions once the series' own files are removed)."""
+    chosen = middle(paths)
+    picture = thumbnail(chosen, size)
+    try:
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        temporary = copy.with_suffix(".part")
+        shutil.copyfile(chosen, temporary)
+        os.replace(temporary, copy)
+    except OSError as exc:
+        raise PictureError(f"the middle slice cannot be kept: {exc.strerror}") from exc
+    return picture
 
 
 def prediction(

@@ -62,7 +62,10 @@ class Layout:
 
 
 def why(exc: BaseException) -> str:
-    """The first line of an exception's message, short, or its type when it has none."""
+    """The first line of an exception's message, short, or its type when it has none. An
+    OSError says only its reason: its message holds the path, which holds the PatientID."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
 

@@ -17,6 +17,7 @@ import re
 import resource
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 MEMORY_CAP = 2 * 1024**3  # the worker's address space, bytes
 NICENESS = 10
-QUEUE_TURNS = 4  # a caller waits for its turn at most this many timeouts
+QUEUE_TURNS = 2  # a caller waits for its turn at most this many timeouts
+FAILURE_MEMORY = 300.0  # seconds a picture that could not be made is not tried again
 KEY = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 Job = Callable[[], bytes]
@@ -49,6 +51,7 @@ class Renderer:
         self._pool_lock = threading.Lock()
         self._turn = threading.Lock()
         self._closed = False
+        self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why), for a while
 
     def thumbnail(self, key: str, path: Path) -> bytes:
         """The PNG of `render.thumbnail(path)`, from the cache when it holds `key`."""
@@ -60,8 +63,18 @@ class Renderer:
 
     def series_thumbnail(self, key: str, paths: Sequence[Path]) -> bytes:
         """The PNG of `render.series_thumbnail(paths)` (the middle slice is found in the
-        worker too: reading every header is work the caller's process must not do)."""
-        return self._cached(key, partial(render.series_thumbnail, list(paths)))
+        worker too: reading every header is work the caller's process must not do). A
+        copy of that slice is kept as `kept(key)`, for overlays once the series is gone."""
+        job = partial(render.keep_series, list(paths), self.kept(key))
+        return self._cached(key, job)
+
+    def kept(self, key: str) -> Path:
+        """Where the middle slice of the series pictured under `key` is kept."""
+        return self._path_of(key).with_suffix(".dcm")
+
+    def cached(self, key: str) -> bytes | None:
+        """The picture under `key` if it was made, else None (nothing is rendered)."""
+        return _read(self._path_of(key))
 
     def prediction(
         self, key: str, inputs: Sequence[Path], marks: Sequence[Path], images: Sequence[Path]
@@ -70,14 +83,22 @@ class Renderer:
         job = partial(render.prediction, list(inputs), list(marks), list(images))
         return self._cached(key, job)
 
-    def prune(self, max_files: int = 2000) -> int:
-        """Remove the oldest cached pictures beyond `max_files`; returns how many went."""
+    def prune(self, max_files: int = 2000, max_age: float | None = None) -> int:
+        """Remove the oldest cached pictures (and kept slices) beyond `max_files`, and those
+        older than `max_age` seconds; returns how many went."""
         if max_files < 0:
             raise ValueError(f"max_files must be 0 or more, not {max_files}")
-        pictures = sorted(self.cache_dir.glob("*.png"), key=_modified, reverse=True)
-        for path in pictures[max_files:]:
+        kept = [*self.cache_dir.glob("*.png"), *self.cache_dir.glob("*.dcm")]
+        pictures = sorted(kept, key=_modified, reverse=True)
+        oldest = time.time() - max_age if max_age is not None else None
+        gone = [
+            path
+            for index, path in enumerate(pictures)
+            if index >= max_files or (oldest is not None and _modified(path) < oldest)
+        ]
+        for path in gone:
             path.unlink(missing_ok=True)
-        return len(pictures[max_files:])
+        return len(gone)
 
     def close(self) -> None:
         """Stop the worker now: pending pictures are cancelled, a running one is killed."""
@@ -103,12 +124,32 @@ class Renderer:
         picture = _read(target)
         if picture is not None:
             return picture
+        self._refuse_if_failed_lately(key)
         with self._turn_to_render(key):
             picture = _read(target)  # a caller ahead in the queue may have made it
             if picture is None:
-                picture = self._run(key, job)
+                self._refuse_if_failed_lately(key)
+                picture = self._remembered(key, job)
                 _write_atomically(target, picture)
         return picture
+
+    def _remembered(self, key: str, job: Job) -> bytes:
+        """`job` run, its failure remembered for FAILURE_MEMORY: a page that asks for a
+        picture again and again does not have it rendered again and again."""
+        try:
+            return self._run(key, job)
+        except PictureError as exc:
+            with self._pool_lock:
+                self._failed[key] = (time.monotonic(), str(exc))
+                if len(self._failed) > 1000:
+                    self._failed.clear()
+            raise
+
+    def _refuse_if_failed_lately(self, key: str) -> None:
+        with self._pool_lock:
+            failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+            raise PictureError(failed[1])
 
     def _path_of(self, key: str) -> Path:
         if not KEY.fullmatch(key):

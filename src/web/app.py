@@ -26,14 +26,10 @@ from isdr.web.login import login_router
 from isdr.web.metrics import render
 from isdr.web.pages import pages_router
 from isdr.web.pictures import pictures_router
+from isdr.web.policy import POLICY
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 STATIC = Path(__file__).parent / "static"
-# Scripts and styles only from the relay itself: nothing from a CDN, no inline script.
-POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 
 
 def create_app(
@@ -72,6 +68,8 @@ def create_app(
 
 
 async def _to_login(_request: Request, exc: LoginNeeded) -> Response:
+    if exc.from_htmx:  # a live part of a page whose session ended: the page goes, not the part
+        return Response(status_code=204, headers={"HX-Redirect": "/login"})
     return RedirectResponse(f"/login?next={exc.target}", status_code=303)
 
 

@@ -26,6 +26,7 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from fastapi import HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
 
 from isdr.db.sessions import find_session
 from isdr.web.context import WebContext
@@ -57,9 +58,10 @@ TOKEN_HOLDER = "API_TOKEN"
 class LoginNeeded(Exception):
     """A page asked without a session: the app answers with the login page."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, from_htmx: bool = False) -> None:
         super().__init__(target)
-        self.target = target
+        self.target = target  # quoted, for ?next=
+        self.from_htmx = from_htmx  # a partial asked: the whole page must go to the login
 
 
 def peer_of(request: Request) -> str:
@@ -86,7 +88,7 @@ def require_access(
     """The API's dependency: a principal, with the rights the method needs (else 401/403)."""
 
     async def check(request: Request) -> None:
-        found = _authenticate(context, request, now)
+        found = await run_in_threadpool(_authenticate, context, request, now)
         if found is None:
             _refuse_anonymous(context, request, now)
         await _authorize(request, found)
@@ -98,10 +100,10 @@ def require_page_access(context: WebContext) -> Callable[[Request], Awaitable[No
     """The pages' dependency: as the API's, but without a session the login page answers."""
 
     async def check(request: Request) -> None:
-        found = _authenticate(context, request, time.monotonic)
+        found = await run_in_threadpool(_authenticate, context, request, time.monotonic)
         if found is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise LoginNeeded(quote(target, safe="/?=&"))
+            raise LoginNeeded(quote(target, safe="/"), bool(request.headers.get("hx-request")))
         await _authorize(request, found)
 
     return check
@@ -116,8 +118,8 @@ def _authenticate(
     cookie = request.cookies.get(SESSION_COOKIE, "")
     session = find_session(context.reader, cookie, context.clock()) if cookie else None
     user = context.users.get(session.user) if session is not None else None
-    if session is None or user is None:
-        return None
+    if session is None or user is None or user.stamp != session.stamp:
+        return None  # none, ended, or its person removed or given a new password
     return Principal(user.name, user.role, session.csrf)
 
 
@@ -180,6 +182,34 @@ async def _csrf_sent(request: Request) -> str:
         field = (await request.form()).get(CSRF_FIELD, "")
         return field if isinstance(field, str) else ""
     return ""
+
+
+def reserve_failure(context: WebContext, peer: str, now: float) -> Callable[[], None]:
+    """Count a try as a failure before it is judged (429 if the peer failed too often
+    lately): parallel tries cannot all pass the check before any is counted. Returns what
+    takes the count back when the try succeeds."""
+    with _lock:
+        recent = [at for at in context.failures.get(peer, []) if now - at < FAILURE_WINDOW]
+        if len(recent) >= FAILURES_ALLOWED:
+            context.failures[peer] = recent
+            raise _too_many()
+        context.failures[peer] = [*recent, now]
+
+    def forgive() -> None:
+        with _lock:
+            mine = context.failures.get(peer, [])
+            if now in mine:
+                mine.remove(now)
+
+    return forgive
+
+
+def _too_many() -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        "too many wrong tokens or passwords from this address: try again in a minute",
+        headers={"Retry-After": str(int(FAILURE_WINDOW))},
+    )
 
 
 def slow_down(context: WebContext, peer: str, now: float) -> None:

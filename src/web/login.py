@@ -1,13 +1,15 @@
 """/login and /logout: people of USERS_FILE get a session cookie for the console.
 
 A wrong name or password is one WARNING line with the peer's address (never what was
-typed) and counts toward the address's lockout, as a wrong token does; a locked-out
-address is refused before its password is even checked.
+typed) and counts toward the address's lockout, as a wrong token does: each try is counted
+before its password is checked (and taken back when it was right), so a locked-out
+address is refused at once and parallel tries cannot slip past the count.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Annotated
 
@@ -16,11 +18,15 @@ from fastapi.exceptions import HTTPException
 from fastapi.responses import RedirectResponse, Response
 
 from isdr.db.sessions import close_session, open_session
-from isdr.web.auth import SESSION_COOKIE, count_failure, peer_of, slow_down
+from isdr.web.auth import SESSION_COOKIE, peer_of, reserve_failure
 from isdr.web.context import WebContext
 from isdr.web.templating import page
+from isdr.web.users import User
 
 logger = logging.getLogger(__name__)
+
+VERIFYING_AT_ONCE = 2  # password checks running at the same time, at most
+VERIFY_WAIT = 5.0  # seconds a login waits for its turn, then 429
 
 
 def safe_target(target: str) -> str:
@@ -48,20 +54,20 @@ def login_router(context: WebContext) -> APIRouter:
     ) -> Response:
         peer = peer_of(request)
         try:
-            slow_down(context, peer, time.monotonic())
+            forgive = reserve_failure(context, peer, time.monotonic())
+            user = _verified(context, name, password)
         except HTTPException as exc:
-            error = "Too many failed logins from this address: wait a minute."
+            error = "Too many logins from this address, or at once: wait a minute."
             return page(request, "login.html", None, status_code=exc.status_code,
                         target=safe_target(target), configured=True, error=error)  # fmt: skip
-        user = context.users.verify(name, password)
         if user is None:
-            count_failure(context, peer, time.monotonic())
             logger.warning("console login from %s refused: wrong name or password", peer)
             return page(request, "login.html", None, status_code=401,
                         target=safe_target(target), configured=context.users.configured,
                         error="Wrong name or password.")  # fmt: skip
-        token, _ = open_session(context.engine, user.name, context.clock(),
-                                      context.session_hours)  # fmt: skip
+        forgive()
+        token, _ = open_session(context.engine, user.name, user.stamp, context.clock(),
+                                context.session_hours)  # fmt: skip
         logger.info("console login of %s (%s) from %s", user.name, user.role, peer)
         response = RedirectResponse(safe_target(target), status_code=303)
         response.set_cookie(
@@ -80,3 +86,18 @@ def login_router(context: WebContext) -> APIRouter:
         return response
 
     return router
+
+
+_hashing = threading.BoundedSemaphore(VERIFYING_AT_ONCE)
+
+
+def _verified(context: WebContext, name: str, password: str) -> User | None:
+    """The person if the password is theirs. Each check takes argon2's time and memory
+    (about 0.2 s and 64 MiB), so only a few run at once: a flood of logins gets 429
+    instead of the relay's memory and CPU."""
+    if not _hashing.acquire(timeout=VERIFY_WAIT):
+        raise HTTPException(429, "too many logins at once")
+    try:
+        return context.users.verify(name, password)
+    finally:
+        _hashing.release()

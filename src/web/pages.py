@@ -33,6 +33,7 @@ from isdr.web.fingerprints import (
     remove_file,
     write_text,
 )
+from isdr.web.policy import POLICY
 from isdr.web.templating import page
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,16 @@ def _dashboard(router: APIRouter, context: WebContext) -> None:
             servers=list_servers(context.reader), free=_free(context),
             associations=context.live.associations(),
         )  # fmt: skip
+
+    @router.get("/docs", response_class=HTMLResponse)
+    def api_page(request: Request) -> Response:
+        """Swagger UI (vendored) on /openapi.json; it styles itself inline, so this page
+        alone allows inline styles."""
+        answer = _render(request, "docs.html")
+        answer.headers["Content-Security-Policy"] = POLICY.replace(
+            "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+        )
+        return answer
 
     @router.get("/events", response_class=HTMLResponse)
     def events(request: Request) -> Response:
@@ -141,28 +152,35 @@ def _jobs(router: APIRouter, context: WebContext) -> None:
     def job_part(request: Request, job_id: int) -> Response:
         return _job(request, context, job_id, "_job.html")
 
+    @router.get("/partials/jobs/{job_id}/pictures", response_class=HTMLResponse)
+    def job_pictures(request: Request, job_id: int) -> Response:
+        return _job(request, context, job_id, "_job_pictures.html")
+
+    @router.get("/partials/jobs/{job_id}/timeline", response_class=HTMLResponse)
+    def job_timeline(request: Request, job_id: int) -> Response:
+        return _job(request, context, job_id, "_timeline.html")
+
     @router.post("/jobs/{job_id}/retry", response_class=HTMLResponse)
     def job_retry(request: Request, job_id: int) -> Response:
         outcome = (
             retry_failed(context.engine, job_id, context.clock()) if job_id <= ID_MAX else None
         )
-        note = outcome or f"job {job_id} is not failed: nothing to retry"
-        logger.info("job %d: retry asked by %s: %s", job_id, principal_of(request).name, note)
-        return _job(request, context, job_id, "_job.html", note=note)
+        note = f"job {job_id} is {outcome}" if outcome else f"job {job_id} is not failed"
+        return _render(request, "_note.html", note=note)
 
     @router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse)
     def job_cancel(request: Request, job_id: int) -> Response:
         who = principal_of(request).name
         try:
-            note = cancel(context.engine, job_id, who, context.clock())
+            if job_id > ID_MAX:
+                raise LookupError(f"no job {job_id}")
+            note = f"job {job_id} {cancel(context.engine, job_id, who, context.clock())}"
         except (LookupError, ValueError) as exc:
             note = str(exc).strip("'")
-        return _job(request, context, job_id, "_job.html", note=note)
+        return _render(request, "_note.html", note=note)
 
 
-def _job(
-    request: Request, context: WebContext, job_id: int, template: str, note: str = ""
-) -> Response:
+def _job(request: Request, context: WebContext, job_id: int, template: str) -> Response:
     found = timeline(context.reader, job_id) if 0 < job_id <= ID_MAX else None
     if found is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -172,7 +190,7 @@ def _job(
     return _render(
         request, template, title=f"Job {job_id}", job=job, events=events, deliveries=deliveries,
         dicom=[f for f in files if f.is_dicom], kept=[f for f in files if not f.is_dicom],
-        ended=job.state in ENDED, note=note,
+        ended=job.state in ENDED,
     )  # fmt: skip
 
 

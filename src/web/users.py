@@ -9,6 +9,7 @@ no restart; a person removed from it loses their sessions at their next request.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,10 +65,16 @@ class UsersFile(BaseModel):
 
 @dataclass(frozen=True)
 class User:
-    """A person as a request knows them."""
+    """A person as a request knows them; `stamp` names their current password (a digest
+    of its hash), so that a session opened with an older one is refused."""
 
     name: str
     role: Role
+    stamp: str
+
+
+def _user(entry: UserEntry) -> User:
+    return User(entry.name, entry.role, hashlib.sha256(entry.password_hash.encode()).hexdigest())
 
 
 class Users:
@@ -77,13 +84,13 @@ class Users:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._seen: tuple[float, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._entries: dict[str, UserEntry] = {}
 
     def get(self, name: str) -> User | None:
         """The person of that name, as the file says now."""
         entry = self._current().get(name)
-        return None if entry is None else User(entry.name, entry.role)
+        return None if entry is None else _user(entry)
 
     def verify(self, name: str, password: str) -> User | None:
         """The person, if the password is theirs."""
@@ -92,7 +99,7 @@ class Users:
             _hasher.verify(entry.password_hash if entry else _DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):
             return None
-        return None if entry is None else User(entry.name, entry.role)
+        return None if entry is None else _user(entry)
 
     @property
     def configured(self) -> bool:
@@ -106,8 +113,9 @@ class Users:
             except OSError:
                 self._seen, self._entries = None, {}
                 return self._entries
-            if self._seen != (stat.st_mtime, stat.st_size):
-                self._seen = (stat.st_mtime, stat.st_size)
+            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+            if self._seen != seen:
+                self._seen = seen
                 self._entries = self._load()
             return self._entries
 

@@ -22,6 +22,7 @@ from isdr.demo.standin import StandIn
 from isdr.synthetic import SeriesSpec, make_instance
 from isdr.web.users import Role, set_user
 from tests.helpers import free_port, relay_settings, send_datasets
+from tests.peers import RecordingSCP
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -43,12 +44,21 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
+def destination() -> Iterator[RecordingSCP]:
+    running = RecordingSCP("PACS").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def relay(tmp_path: Path, standin: StandIn) -> Iterator[Relay]:
+    """A relay as it runs by default: a series' files go once it is submitted
+    (DELETE_ON_POST), the delivered DICOM outputs once delivered."""
     set_user(tmp_path / "users.json", "olga", Role.OPERATOR, PASSWORD)
     running = build_relay(
         relay_settings(
             tmp_path, HTTP_PORT=free_port(), CERT_FILE=standin.ca_file, POST_AFTER=1,
-            POST_INTERVAL=0.2, DELETE_ON_POST=False, GET_INTERVAL=0.2,
+            POST_INTERVAL=0.2, DELETE_ON_POST=True, GET_INTERVAL=0.2,
         )
     )  # fmt: skip
     running.start()
@@ -89,11 +99,12 @@ def shown(page: Any, selector: str, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def fingerprint(relay: Relay, url: str, model: str = "ct-model") -> None:
+def fingerprint(relay: Relay, url: str, model: str = "ct-model", port: int = 0) -> None:
     folder = relay.settings.FINGERPRINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    scus = [{"scu_ip": "127.0.0.1", "scu_port": port, "scu_ae_title": "PACS"}] if port else []
     (folder / f"{model}.json").write_text(json.dumps({
-        "modality_regex": "CT", "inference_server_url": url,
+        "modality_regex": "CT", "inference_server_url": url, "scus": scus,
         "model_human_readable_id": model, "series_description_regex": "chest",
     }))  # fmt: skip
     relay.registry.reload()
@@ -106,14 +117,18 @@ def send_ct(relay: Relay, study: str) -> None:
 
 
 def test_a_job_is_watched_from_received_to_delivered_and_its_pictures_open(
-    browser: Any, relay: Relay, standin: StandIn, shots: Path
+    browser: Any, relay: Relay, standin: StandIn, shots: Path, destination: RecordingSCP
 ) -> None:
-    fingerprint(relay, standin.url_v1)
+    fingerprint(relay, standin.url_v1, port=destination.port)
     page = logged_in(browser, relay, "/jobs")
     page.evaluate("window.stillTheSamePage = true")
     send_ct(relay, "1.2.826.0.1.3680043.10.77")
     page.wait_for_selector("#jobs .state.delivered", timeout=30_000)
     assert page.evaluate("window.stillTheSamePage === true")  # no reload: htmx swapped it
+    # the files are gone, as by default: the pictures were made before they went
+    assert len(destination.received) == 2
+    assert not list((relay.settings.INCOMING_DIR).rglob("*.dcm"))
+    assert not list((relay.settings.DATA_DIR / "jobs").rglob("*.dcm"))
     page.screenshot(path=str(shots / "console-jobs.png"))
     page.click("#jobs td a[href^='/jobs/']")
     page.wait_for_selector("#prediction")
@@ -138,8 +153,9 @@ def test_a_failed_job_is_retried_from_its_page(
     page = logged_in(browser, relay, "/jobs?state=failed")
     page.wait_for_selector("#jobs td a[href^='/jobs/']", timeout=60_000)
     page.click("#jobs td a[href^='/jobs/']")
-    page.click("#retry")
-    page.wait_for_selector("text=retried by hand", timeout=10_000)
+    page.click("#retry")  # its answer is a note beside the part that refreshes itself
+    page.locator("#job-note", has_text="pending: it will be submitted again").wait_for()
+    page.locator("#timeline", has_text="retried by hand").wait_for()
     page.close()
 
 
@@ -153,7 +169,19 @@ def test_a_fingerprint_with_a_typo_shows_its_line_as_it_is_typed(
     problems = page.inner_text("#problem-list")
     assert "line 3, column 3: modality_regexx: unknown key" in problems, problems
     page.screenshot(path=str(shots / "console-editor.png"), full_page=True)
-    page.click("#save")
-    page.wait_for_timeout(300)
+    with page.expect_response("**/fingerprints/new") as answer:
+        page.click("#save")
+    assert answer.value.ok and "modality_regexx" in answer.value.text()
     assert not (relay.settings.FINGERPRINT_DIR / "typo.json").exists()
+    page.close()
+
+
+def test_the_api_page_lists_the_routes_from_the_relay_alone(browser: Any, relay: Relay) -> None:
+    page = logged_in(browser, relay, "/docs")
+    outside: list[str] = []
+    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(
+        base(relay)) else None)  # fmt: skip
+    page.reload()
+    page.locator(".opblock", has_text="/api/v1/jobs/{job_id}/cancel").first.wait_for()
+    assert outside == []
     page.close()

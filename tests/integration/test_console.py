@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,13 +17,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from isdr.db.engine import make_engine, reader_engine
-from isdr.db.models import Job, Series
+from isdr.db.models import Delivery, Job, Series
 from isdr.domain.fingerprint import Fingerprint
-from isdr.domain.states import JobState, SeriesState
+from isdr.domain.states import DeliveryState, JobState, SeriesState
 from isdr.web.app import create_app
 from isdr.web.auth import SESSION_COOKIE
 from isdr.web.context import Live, WebContext
-from isdr.web.users import Role, Users, set_user
+from isdr.web.users import Role, Users, remove_user, set_user
 
 TOKEN = "a-token-of-the-tests-0123456789"
 PASSWORD = "a long password"
@@ -200,16 +201,53 @@ def test_logging_out_ends_the_session_everywhere(client: TestClient) -> None:
     assert client.get("/").status_code == 303
 
 
-def test_a_person_removed_from_the_users_file_is_out_at_the_next_request(
-    client: TestClient, context: WebContext
+def test_the_users_file_counts_at_each_request_role_password_and_removal(
+    client: TestClient, context: WebContext, tmp_path: Path
 ) -> None:
     log_in(client, "victor")
-    set_user(context.users.path, "victor", Role.OPERATOR, "another long password")
-    assert "victor (operator)" in client.get("/").text  # the file's role counts, at once
-    from isdr.web.users import remove_user
+    users = context.users.path
+    users.write_text(users.read_text().replace('"viewer"', '"operator"'))
+    assert "victor (operator)" in client.get("/").text  # a new role counts at once
+    set_user(users, "victor", Role.OPERATOR, "another long password")
+    assert client.get("/").status_code == 303  # a new password ends the old sessions
+    log_in(client, "victor", "another long password")
+    remove_user(users, "victor")
+    assert client.get("/").status_code == 303  # and so does a removal
 
-    remove_user(context.users.path, "victor")
-    assert client.get("/").status_code == 303
+
+def test_a_live_part_of_a_page_whose_session_ended_sends_the_page_to_the_login(
+    client: TestClient,
+) -> None:
+    answer = client.get("/partials/jobs", headers={"HX-Request": "true"})
+    assert answer.status_code == 204 and answer.headers["hx-redirect"] == "/login"
+    assert client.get("/jobs?state=failed").headers["location"] == (
+        "/login?next=/jobs%3Fstate%3Dfailed"
+    )
+
+
+def test_parallel_wrong_logins_cannot_slip_past_the_count(client: TestClient) -> None:
+    def guess(_: int) -> int:
+        return client.post("/login", data={"name": "olga", "password": "guess-guess"}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(guess, range(12)))
+    assert answers.count(401) <= 5 and answers.count(429) >= 7
+
+
+def test_a_job_with_a_delivery_on_the_wire_is_not_cancelled(
+    client: TestClient, engine: Engine
+) -> None:
+    job_id = a_job(engine, JobState.DELIVERING)
+    with Session(engine) as session, session.begin():
+        session.add(Delivery(
+            job_id=job_id, position=0, host="127.0.0.1", port=1, ae_title="PACS",
+            state=DeliveryState.SENDING, attempts=1, next_attempt_at=now(), last_error="",
+            updated_at=now(),
+        ))  # fmt: skip
+    answer = client.post(
+        f"/api/v1/jobs/{job_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 409 and "delivery on the wire" in answer.json()["detail"]
 
 
 def test_the_login_goes_back_only_to_a_page_of_this_site(client: TestClient) -> None:

@@ -442,3 +442,10 @@ def test_an_rtstruct_contour_off_the_plane_is_drawn_only_when_it_names_the_slice
     named = [save(structure_set([(1, far, uid)]), tmp_path, "named.dcm")]
     assert regions_on(oblong, apart) == 0
     assert regions_on(oblong, named) == 1
+
+
+def test_a_file_gone_is_said_without_its_path_which_holds_the_patient_id(tmp_path: Path) -> None:
+    gone = tmp_path / "DOE_JOHN_123456" / "CT" / "1.2.3.dcm"
+    with pytest.raises(PictureError) as refused:
+        thumbnail(gone)
+    assert "DOE_JOHN" not in str(refused.value) and "No such file" in str(refused.value)
