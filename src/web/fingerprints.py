@@ -8,6 +8,7 @@ fingerprints test` would say of a received series' study, from the database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pydantic import BaseModel
 
 from isdr.db.routing import study_of_series
 from isdr.domain.fingerprint import Fingerprint
+from isdr.errors import IsdrError
 from isdr.fingerprints.loader import FingerprintError, fingerprint_files, load_file, load_text
 from isdr.fingerprints.report import explain
 from isdr.web.context import WebContext
@@ -98,6 +100,10 @@ class DraftInvalid(Exception):
         self.problems = problems
 
 
+class NotWritable(IsdrError):
+    """FINGERPRINT_DIR refuses the write (mounted read-only, or its permissions)."""
+
+
 def list_fingerprints(folder: Path) -> list[FingerprintOut]:
     """Every file, with its problems or what it points at."""
     return [_out(path.name, load_file(path)) for path in fingerprint_files(folder)]
@@ -114,10 +120,15 @@ def write_text(folder: Path, name: str, text: str) -> FingerprintOut:
     draft is valid: else DraftInvalid, and the file is left as it was."""
     _checked_name(name)
     _valid_text(text, name)
-    folder.mkdir(parents=True, exist_ok=True)
     temp = folder / f".{name}.part"  # not *.json: the loader does not see it
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, folder / name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, folder / name)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise NotWritable(f"{name} cannot be written in FINGERPRINT_DIR: {exc.strerror}") from exc
     return _out(name, load_file(folder / name))
 
 
@@ -126,7 +137,10 @@ def remove_file(folder: Path, name: str) -> None:
     path = folder / _checked_name(name)
     if not path.is_file():
         raise LookupError(f"no fingerprint {name}")
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise NotWritable(f"{name} cannot be removed: {exc.strerror}") from exc
 
 
 def read_text(folder: Path, name: str) -> str:
@@ -192,6 +206,8 @@ def _answer(action: Callable[..., T], *args: Any) -> T:
         raise HTTPException(404, str(exc).strip("'")) from None
     except DraftInvalid as exc:
         raise HTTPException(422, [problem.model_dump() for problem in exc.problems]) from None
+    except NotWritable as exc:
+        raise HTTPException(409, str(exc)) from None
 
 
 def _valid_text(text: str, name: str = "draft.json") -> Fingerprint:

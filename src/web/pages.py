@@ -26,6 +26,7 @@ from isdr.web.auth import principal_of
 from isdr.web.context import WebContext
 from isdr.web.fingerprints import (
     DraftInvalid,
+    NotWritable,
     check_text,
     dry_run,
     list_fingerprints,
@@ -238,6 +239,8 @@ def _fingerprints(router: APIRouter, context: WebContext, folder: Path) -> None:
             return _render(request, "_problems.html", problems=exc.problems, saved="")
         except HTTPException as exc:  # a name that is not a file name
             return _render(request, "_problems.html", problems=[], saved="", note=exc.detail)
+        except NotWritable as exc:
+            return _render(request, "_problems.html", problems=[], saved="", note=str(exc))
         logger.info("fingerprint %s written from the console by %s", name, who)
         return _render(request, "_problems.html", problems=[], saved=name)
 
@@ -245,7 +248,7 @@ def _fingerprints(router: APIRouter, context: WebContext, folder: Path) -> None:
     def delete(request: Request, name: str) -> Response:
         try:
             remove_file(folder, name)
-        except LookupError as exc:
+        except (LookupError, NotWritable) as exc:
             return _render(request, "_problems.html", problems=[], saved="", note=str(exc))
         logger.info(
             "fingerprint %s removed from the console by %s", name, principal_of(request).name

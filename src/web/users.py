@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Role(StrEnum):
     OPERATOR = "operator"
 
 
+NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
 
 
@@ -152,6 +154,8 @@ def set_user(path: Path, name: str, role: Role, password: str) -> bool:
     """Add a person or replace their role and password; True when they were new."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ConfigError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"{name!r} is not a user name: 1 to 64 letters, digits and . _ @ -")
     entry = UserEntry(name=name, role=role, password_hash=_hasher.hash(password))
     current = read_users(path)
     others = [user for user in current.users if user.name != name]
@@ -171,13 +175,16 @@ def remove_user(path: Path, name: str) -> bool:
 
 def _write(path: Path, users: UsersFile) -> None:
     """Replace the file at once (a temporary file renamed over it), readable by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".users-", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".users-", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"users file {path}: cannot be written: {exc.strerror}") from exc
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(users.model_dump_json(indent=2) + "\n")
         os.chmod(temporary, 0o600)
         os.replace(temporary, path)
-    except BaseException:
+    except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
-        raise
+        raise ConfigError(f"users file {path}: cannot be written: {exc.strerror}") from exc

@@ -4,6 +4,7 @@ A real database and users file; no relay runs (the browser tests run one)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -307,3 +308,42 @@ def test_the_editor_checks_a_draft_with_its_line_and_saves_only_a_valid_one(
         "/fingerprints/new", data={"text": good, "name": "../x.json"}, headers=headers
     )
     assert "file name" in bad_name.text
+
+
+def test_the_dashboard_counts_each_hour_of_the_last_day(engine: Engine) -> None:
+    from datetime import timedelta
+
+    from isdr.db.models import Instance
+    from isdr.db.overview import overview
+
+    at = datetime(2026, 12, 3, 16, 30, tzinfo=UTC)
+    job_id = a_job(engine, JobState.DELIVERED)
+    with Session(engine) as session, session.begin():
+        series_id = session.get_one(Job, job_id).series_id
+        session.get_one(Job, job_id).updated_at = at - timedelta(hours=2, minutes=10)
+        for index, ago in enumerate((0, 5, 40, 70, 60 * 25)):  # minutes before `at`
+            session.add(Instance(
+                series_id=series_id, sop_instance_uid=f"1.2.{index}", path=f"x/{index}",
+                size=1, received_at=at - timedelta(minutes=ago),
+            ))  # fmt: skip
+    counts = overview(engine, at)
+    assert [hour.instances for hour in counts.hours[-3:]] == [0, 2, 2]  # 14:00, 15:00, 16:00
+    assert sum(hour.instances for hour in counts.hours) == 5 - 1  # a day ago is out
+    assert counts.hours[-3].delivered == 1 and counts.jobs["delivered"] == 1
+
+
+def test_a_fingerprint_folder_that_refuses_writes_is_said_not_a_crash(
+    context: WebContext, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where FINGERPRINT_DIR should be")
+    app = create_app(context, blocked)
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        draft = {"model_human_readable_id": "m", "inference_server_url": "https://x"}
+        answer = client.put("/api/v1/fingerprints/m.json", json=draft, headers=auth)
+        assert answer.status_code == 409 and "cannot be written" in answer.json()["detail"]
+        csrf = log_in(client, "olga")
+        saved = client.post("/fingerprints/new", headers={"X-CSRF-Token": csrf},
+                            data={"text": json.dumps(draft), "name": "m.json"})  # fmt: skip
+        assert saved.status_code == 200 and "cannot be written" in saved.text
