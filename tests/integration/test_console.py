@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -347,3 +348,49 @@ def test_a_fingerprint_folder_that_refuses_writes_is_said_not_a_crash(
         saved = client.post("/fingerprints/new", headers={"X-CSRF-Token": csrf},
                             data={"text": json.dumps(draft), "name": "m.json"})  # fmt: skip
         assert saved.status_code == 200 and "cannot be written" in saved.text
+
+
+OPEN = {"/healthz", "/readyz", "/login", "/logout"}
+
+
+def flat(routes: list[Any]) -> list[Any]:
+    """The routes, those of included routers too (FastAPI keeps them under their router)."""
+    found = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        found.extend(flat(inner.routes) if inner is not None else [route])
+    return found
+
+
+def routes(app: Any) -> list[tuple[str, str]]:
+    """Every (method, path) of the app but the static files, with ids filled in."""
+    found = []
+    for route in flat(app.routes):
+        path = getattr(route, "path", "")
+        if path.startswith("/static") or path in OPEN:
+            continue
+        for method in sorted(getattr(route, "methods", None) or []):
+            if method != "HEAD":
+                filled = re.sub(r"\{[^}]*\}", "1", path).replace("/1.json", "/x.json")
+                found.append((method, filled))
+    return found
+
+
+def test_every_route_refuses_a_stranger_a_viewers_change_and_a_change_without_csrf(
+    client: TestClient, context: WebContext, tmp_path: Path
+) -> None:
+    every = routes(client.app)
+    assert len(every) > 30
+    for method, path in every:
+        stranger = client.request(method, path)
+        assert stranger.status_code in (303, 401, 429), (method, path, stranger.status_code)
+    context.failures.clear()  # the stranger's tries locked the address out
+    viewer_csrf = log_in(client, "victor")
+    changes = [(method, path) for method, path in every if method != "GET"]
+    for method, path in changes:
+        answer = client.request(method, path, headers={"X-CSRF-Token": viewer_csrf})
+        assert answer.status_code == 403, (method, path, answer.status_code)
+    log_in(client, "olga")
+    for method, path in changes:
+        answer = client.request(method, path)  # no CSRF token
+        assert answer.status_code == 403, (method, path, answer.status_code)
