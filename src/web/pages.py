@@ -40,7 +40,7 @@ from isdr.web.templating import page
 logger = logging.getLogger(__name__)
 
 ENDED = frozenset({JobState.DELIVERED, JobState.FAILED})
-Id = Annotated[int, Query(ge=1, le=ID_MAX)]
+Offset = Annotated[int, Query(ge=0, le=ID_MAX)]
 Text = Annotated[str, Form(max_length=1_000_000)]
 NEW_FINGERPRINT = """{
   "model_human_readable_id": "",
@@ -109,14 +109,17 @@ def _free(context: WebContext) -> int | None:
 
 def _series(router: APIRouter, context: WebContext) -> None:
     @router.get("/series", response_class=HTMLResponse)
-    def series_page(request: Request, state: SeriesState | None = None) -> Response:
-        return _render(request, "series.html", title="Series", state=state, states=SeriesState)
+    def series_page(
+        request: Request, state: SeriesState | None = None, offset: Offset = 0
+    ) -> Response:
+        return _render(request, "series.html", title="Series", state=state, states=SeriesState,
+                       offset=offset)  # fmt: skip
 
     @router.get("/partials/series", response_class=HTMLResponse)
     def series_part(
         request: Request,
         state: SeriesState | None = None,
-        offset: int = Query(0, ge=0, le=ID_MAX),
+        offset: Offset = 0,
     ) -> Response:
         rows = list_series(context.reader, 100, offset, None if state is None else state.value)
         return _render(request, "_series.html", rows=rows, state=state, offset=offset)
@@ -133,14 +136,15 @@ def _series(router: APIRouter, context: WebContext) -> None:
 
 def _jobs(router: APIRouter, context: WebContext) -> None:
     @router.get("/jobs", response_class=HTMLResponse)
-    def jobs_page(request: Request, state: JobState | None = None) -> Response:
-        return _render(request, "jobs.html", title="Jobs", state=state, states=JobState)
+    def jobs_page(request: Request, state: JobState | None = None, offset: Offset = 0) -> Response:
+        return _render(request, "jobs.html", title="Jobs", state=state, states=JobState,
+                       offset=offset)  # fmt: skip
 
     @router.get("/partials/jobs", response_class=HTMLResponse)
     def jobs_part(
         request: Request,
         state: JobState | None = None,
-        offset: int = Query(0, ge=0, le=ID_MAX),
+        offset: Offset = 0,
     ) -> Response:
         rows = list_jobs(context.reader, 100, offset, None if state is None else state.value)
         return _render(request, "_jobs.html", rows=rows, state=state, offset=offset)

@@ -394,3 +394,16 @@ def test_every_route_refuses_a_stranger_a_viewers_change_and_a_change_without_cs
     for method, path in changes:
         answer = client.request(method, path)  # no CSRF token
         assert answer.status_code == 403, (method, path, answer.status_code)
+
+
+def test_long_lists_are_paged_newest_first(client: TestClient, engine: Engine) -> None:
+    first = a_job(engine, JobState.DELIVERED)
+    for _ in range(100):
+        a_job(engine, JobState.DELIVERED)
+    log_in(client, "victor")
+    newest = client.get("/partials/jobs?offset=0").text
+    assert f'href="/jobs/{first}"' not in newest and "older →" in newest
+    assert 'hx-get="/partials/jobs?offset=100' in client.get("/jobs?offset=100").text
+    older = client.get("/partials/jobs?offset=100").text
+    assert f'href="/jobs/{first}"' in older and "← newer" in older and "older →" not in older
+    assert client.get("/partials/series?offset=-1").status_code == 422
