@@ -26,6 +26,7 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from fastapi import HTTPException, Request, status
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from isdr.db.sessions import find_session
@@ -116,7 +117,10 @@ def _authenticate(
     if token:
         return _by_token(context, request, token, now)
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    session = find_session(context.reader, cookie, context.clock()) if cookie else None
+    try:
+        session = find_session(context.reader, cookie, context.clock()) if cookie else None
+    except SQLAlchemyError as exc:  # busy or gone: the session cannot be told now
+        raise HTTPException(503, "the database does not answer: try again") from exc
     user = context.users.get(session.user) if session is not None else None
     if session is None or user is None or user.stamp != session.stamp:
         return None  # none, ended, or its person removed or given a new password
