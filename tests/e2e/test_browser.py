@@ -127,8 +127,11 @@ def test_a_job_is_watched_from_received_to_delivered_and_its_pictures_open(
     assert page.evaluate("window.stillTheSamePage === true")  # no reload: htmx swapped it
     # the files are gone, as by default: the pictures were made before they went
     assert len(destination.received) == 2
-    assert not list((relay.settings.INCOMING_DIR).rglob("*.dcm"))
     assert not list((relay.settings.DATA_DIR / "jobs").rglob("*.dcm"))
+    deadline = time.monotonic() + 20  # the post daemon removes the series' files on its tick
+    while list(relay.settings.INCOMING_DIR.rglob("*.dcm")):
+        assert time.monotonic() < deadline, "the series' files were not removed"
+        time.sleep(0.1)
     page.screenshot(path=str(shots / "console-jobs.png"))
     page.click("#jobs td a[href^='/jobs/']")
     page.wait_for_selector("#prediction")
