@@ -337,12 +337,29 @@ def mark_files_removed(engine: Engine, series_id: int, now: datetime) -> None:
 
 
 def list_jobs(
-    engine: Engine, limit: int = 200, offset: int = 0, state: str | None = None
+    engine: Engine,
+    limit: int = 200,
+    offset: int = 0,
+    state: str | None = None,
+    *,
+    model: str | None = None,
+    server: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[JobView]:
-    """The newest jobs first (in one state, if given)."""
+    """The newest jobs first; only those in `state`, for `model` (its id), on `server` (its
+    URL, as the job's fingerprint copy names it), created from `since` and before `until`,
+    when given."""
+    copy = type_coerce(Job.fingerprint, JSON)
     query = select(Job).options(selectinload(Job.members)).order_by(Job.id.desc())
-    if state is not None:
-        query = query.where(Job.state == state)
+    conditions = [
+        Job.state == state if state is not None else None,
+        copy["model_human_readable_id"].as_string() == model if model is not None else None,
+        copy["inference_server_url"].as_string() == server if server is not None else None,
+        Job.created_at >= since if since is not None else None,
+        Job.created_at < until if until is not None else None,
+    ]
+    query = query.where(*[condition for condition in conditions if condition is not None])
     with Session(engine) as session:
         rows = session.scalars(query.limit(limit).offset(offset))
         return [job_view(row) for row in rows]

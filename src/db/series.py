@@ -337,12 +337,28 @@ def is_recorded(engine: Engine, path: str) -> bool:
 
 
 def list_series(
-    engine: Engine, limit: int = 200, offset: int = 0, state: str | None = None
+    engine: Engine,
+    limit: int = 200,
+    offset: int = 0,
+    state: str | None = None,
+    *,
+    modality: str | None = None,
+    calling_ae_title: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[SeriesView]:
-    """The most recently active series rounds, newest first (in one state, if given)."""
+    """The most recently active series rounds, newest first; only those in `state`, of
+    `modality`, from `calling_ae_title`, last received from `since` and before `until`,
+    when given."""
     query = select(Series).order_by(Series.last_received_at.desc(), Series.id.desc())
-    if state is not None:
-        query = query.where(Series.state == state)
+    conditions = [
+        Series.state == state if state is not None else None,
+        Series.modality == modality if modality is not None else None,
+        Series.calling_ae_title == calling_ae_title if calling_ae_title is not None else None,
+        Series.last_received_at >= since if since is not None else None,
+        Series.last_received_at < until if until is not None else None,
+    ]
+    query = query.where(*[condition for condition in conditions if condition is not None])
     with Session(engine) as session:
         rows = session.scalars(query.limit(limit).offset(offset))
         return [view_of(SeriesView, row) for row in rows]

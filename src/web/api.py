@@ -6,7 +6,7 @@ PatientID or name is in a URL or an answer: series and jobs are named by their i
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -24,6 +24,7 @@ from isdr.web.context import WebContext
 PAGE_MAX = 500
 ID_MAX = 2**63 - 1  # the database's integers
 Id = Annotated[int, Path(ge=1, le=ID_MAX)]
+Short = Annotated[str, Query(max_length=200)]
 
 
 class SeriesOut(BaseModel):
@@ -100,6 +101,13 @@ class RetryOut(BaseModel):
     outcome: str
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time asked for, in UTC (one without a zone is taken as UTC, as the pages show)."""
+    if moment is None or moment.tzinfo is not None:
+        return None if moment is None else moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC)
+
+
 def _series_out(view: SeriesView) -> SeriesOut:
     fields = set(SeriesOut.model_fields)
     return SeriesOut.model_validate({name: getattr(view, name) for name in fields})
@@ -122,11 +130,20 @@ def api_router(context: WebContext) -> APIRouter:
     @router.get("/series", response_model=list[SeriesOut])
     def series_list(
         state: SeriesState | None = None,
+        modality: Short | None = None,
+        calling_ae_title: Short | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = Query(100, ge=1, le=PAGE_MAX),
         offset: int = Query(0, ge=0, le=ID_MAX),
     ) -> list[SeriesOut]:
-        """Series rounds, the most recently active first."""
-        rows = list_series(engine, limit, offset, None if state is None else state.value)
+        """Series rounds, the most recently active first; filtered by state, modality,
+        the sender's AE title, and the time of their last instance (from `since`, before
+        `until`; ISO 8601, UTC unless the time says otherwise)."""
+        rows = list_series(
+            engine, limit, offset, None if state is None else state.value, modality=modality,
+            calling_ae_title=calling_ae_title, since=_utc(since), until=_utc(until),
+        )  # fmt: skip
         return [_series_out(row) for row in rows]
 
     @router.get("/series/{series_id}", response_model=SeriesOut)
@@ -140,11 +157,20 @@ def api_router(context: WebContext) -> APIRouter:
     @router.get("/jobs", response_model=list[JobOut])
     def jobs_list(
         state: JobState | None = None,
+        model: Short | None = None,
+        server: Annotated[str, Query(max_length=2000)] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = Query(100, ge=1, le=PAGE_MAX),
         offset: int = Query(0, ge=0, le=ID_MAX),
     ) -> list[JobOut]:
-        """Jobs, the newest first."""
-        rows = list_jobs(engine, limit, offset, None if state is None else state.value)
+        """Jobs, the newest first; filtered by state, model (its id), server (its URL, as
+        `server` in the answers), and the time they were created (from `since`, before
+        `until`; ISO 8601, UTC unless the time says otherwise)."""
+        rows = list_jobs(
+            engine, limit, offset, None if state is None else state.value, model=model,
+            server=server, since=_utc(since), until=_utc(until),
+        )  # fmt: skip
         return [_job_out(row) for row in rows]
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)

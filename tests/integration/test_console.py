@@ -407,3 +407,38 @@ def test_long_lists_are_paged_newest_first(client: TestClient, engine: Engine) -
     older = client.get("/partials/jobs?offset=100").text
     assert f'href="/jobs/{first}"' in older and "← newer" in older and "older →" not in older
     assert client.get("/partials/series?offset=-1").status_code == 422
+
+
+def test_the_api_lists_filter_by_model_server_sender_modality_and_time(
+    client: TestClient, engine: Engine
+) -> None:
+    from datetime import timedelta
+
+    ct = a_job(engine, JobState.DELIVERED)
+    mr = a_job(engine, JobState.FAILED)
+    other = FINGERPRINT.model_copy(update={"model_human_readable_id": "mr-model"})
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, mr)
+        job.fingerprint, job.created_at = other, now() - timedelta(days=2)
+        series = session.get_one(Series, job.series_id)
+        series.modality, series.calling_ae_title = "MR", "MR_SCANNER"
+        series.last_received_at = now() - timedelta(days=2)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def ids(path: str) -> list[int]:
+        answer = client.get(path, headers=auth)
+        assert answer.status_code == 200, answer.text
+        return [row["id"] for row in answer.json()]
+
+    assert ids("/api/v1/jobs?model=mr-model") == [mr]
+    assert ids("/api/v1/jobs?model=ct-model&state=delivered") == [ct]
+    assert ids("/api/v1/jobs?server=https://127.0.0.1:1/") == [mr, ct]
+    assert ids("/api/v1/jobs?server=https://elsewhere/") == []
+    yesterday = (now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert ids(f"/api/v1/jobs?since={yesterday}") == [ct]
+    assert ids(f"/api/v1/jobs?until={yesterday}") == [mr]
+    mr_series = client.get(f"/api/v1/jobs/{mr}", headers=auth).json()["series_ids"]
+    assert ids("/api/v1/series?modality=MR") == mr_series
+    assert ids("/api/v1/series?calling_ae_title=MR_SCANNER&modality=CT") == []
+    assert len(ids(f"/api/v1/series?since={yesterday}")) == 1
+    assert client.get("/api/v1/jobs?since=yesterday", headers=auth).status_code == 422
