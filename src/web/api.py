@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
-from isdr.db.delivery import cancel, retry_failed
+from isdr.db.delivery import cancel, job_details, output_files, retry_failed
 from isdr.db.jobs import list_jobs, recent_events, timeline
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
@@ -71,10 +71,31 @@ class EventOut(BaseModel):
     message: str
 
 
+class DeliveryOut(BaseModel):
+    """Where a job's output goes, and how far it got."""
+
+    destination: str  # AE@host:port
+    state: str
+    attempts: int
+    confirmed: int  # DICOM files the destination confirmed
+    last_error: str
+
+
+class OutputOut(BaseModel):
+    """One file of a job's output."""
+
+    name: str
+    size: int
+    dicom: bool  # sent to the destinations; else kept in the job's folder
+    sop_class_uid: str
+
+
 class JobDetail(JobOut):
-    """One job with its timeline."""
+    """One job with its timeline, deliveries and output files."""
 
     timeline: list[EventOut]
+    deliveries: list[DeliveryOut]
+    outputs: list[OutputOut]
 
 
 class ServerOut(BaseModel):
@@ -175,13 +196,19 @@ def api_router(context: WebContext) -> APIRouter:
 
     @router.get("/jobs/{job_id}", response_model=JobDetail)
     def job_one(job_id: Id) -> JobDetail:
-        """One job and its timeline."""
+        """One job: its timeline, its deliveries and its output files."""
         found = timeline(engine, job_id)
         if found is None:
             raise HTTPException(404, f"no job {job_id}")
         job, events = found
         lines = [EventOut(at=e.at, state=e.state, message=e.message) for e in events]
-        return JobDetail(**_job_out(job).model_dump(), timeline=lines)
+        deliveries = [DeliveryOut.model_validate(vars(d)) for d in job_details(engine, job_id)[0]]
+        outputs = [
+            OutputOut(name=f.name, size=f.size, dicom=f.is_dicom, sop_class_uid=f.sop_class_uid)
+            for f in output_files(engine, job_id)
+        ]
+        return JobDetail(**_job_out(job).model_dump(), timeline=lines, deliveries=deliveries,
+                         outputs=outputs)  # fmt: skip
 
     @router.get("/events", response_model=list[RecentEventOut])
     def events(limit: int = Query(100, ge=1, le=PAGE_MAX)) -> list[RecentEventOut]:

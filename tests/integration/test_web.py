@@ -151,6 +151,9 @@ def test_the_metrics_and_the_api_follow_a_job_and_a_failed_job_is_retried(
     assert events[0]["at"] >= events[-1]["at"]  # newest first
     detail = client.get(f"/api/v1/jobs/{job['id']}", headers=AUTH).json()
     assert detail["timeline"][0]["state"] == "pending"
+    assert detail["deliveries"] == []  # the fingerprint names no destination
+    kept = [(o["name"], o["dicom"]) for o in detail["outputs"] if not o["dicom"]]
+    assert kept == [("mask.nii.gz", False)] and len(detail["outputs"]) == 3
     assert client.post(f"/api/v1/jobs/{job['id']}/retry", headers=AUTH).status_code == 409
     with Session(relay.engine) as session, session.begin():
         session.execute(update(Job).values(state="failed", failed_step="poll"))
