@@ -37,6 +37,7 @@ from isdr.fingerprints.decide import ASSOCIATION_GRACE
 from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.fingerprints.report import check_lines, test_lines
+from isdr.fingerprints.senders import load_senders
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
 from isdr.logs import configure_logging, route_thread_errors
@@ -358,6 +359,8 @@ def _deliver_settings(settings: Settings) -> DeliverSettings:
         max_attempts=settings.DELIVERY_MAX_ATTEMPTS,
         retention=settings.JOB_FILES_RETENTION_HOURS * 3600.0,
         delete_remotely=settings.ASK_INFERENCE_SERVER_TO_DELETE_TASK,
+        senders=lambda: load_senders(settings.SENDERS_FILE),
+        sender_fallback_port=settings.SENDER_FALLBACK_PORT,
     )
 
 
@@ -469,11 +472,16 @@ def missing_database(settings: Settings, cwd: Path) -> str | None:
     )
 
 
-def check_fingerprints(folder: Path, online: Settings | None = None) -> tuple[list[str], bool]:
+def check_fingerprints(
+    folder: Path, online: Settings | None = None, senders_file: Path | None = None
+) -> tuple[list[str], bool]:
     """`isdr fingerprints check` (`--online` with the settings): a line per file (and per
-    server and destination reached), and whether all is well."""
+    server and destination reached), SENDERS_FILE's when a fingerprint sends back to the
+    sender, and whether all is well."""
     loaded = load_folder(folder)
     lines = check_lines(folder, loaded)
+    if senders_file is not None and any(f.to_sender for f in loaded.fingerprints.values()):
+        lines.append(_senders_line(senders_file))
     ok = not any(line.startswith("ERROR") for line in lines)
     if online is None:
         return lines, ok
@@ -487,6 +495,14 @@ def check_fingerprints(folder: Path, online: Settings | None = None) -> tuple[li
     finally:
         client.close()
     return lines + [f.line() for f in findings], ok and all(f.ok for f in findings)
+
+
+def _senders_line(path: Path) -> str:
+    try:
+        known = load_senders(path)
+    except ConfigError as exc:
+        return f"ERROR  SENDERS_FILE {exc}"
+    return f"OK     SENDERS_FILE {path}: {len(known.senders)} sender(s) predictions may go back to"
 
 
 def test_fingerprints(path: Path, folder: Path) -> list[str]:

@@ -167,7 +167,8 @@ def _fingerprint_commands(commands: Any) -> None:
 
 def _fingerprints_check(settings: Settings, args: argparse.Namespace) -> int:
     online = settings if args.online else None
-    lines, ok = app.check_fingerprints(args.folder or settings.FINGERPRINT_DIR, online)
+    folder = args.folder or settings.FINGERPRINT_DIR
+    lines, ok = app.check_fingerprints(folder, online, settings.SENDERS_FILE)
     print("\n".join(lines))
     return 0 if ok else 1
 

@@ -226,6 +226,16 @@ class Settings(BaseSettings):
         "API_TOKEN_FILE, or no access but /healthz and /readyz",
     )
     API_TOKEN_FILE: str = Field("", description="a file holding the bearer token, read at start")
+    SENDERS_FILE: Path = Field(
+        Path("CONFIGURATION/senders.json"),
+        description='the AEs predictions may go back to (a fingerprint\'s {"sender": true}): '
+        "AE title, host, port, TLS; read at each use",
+    )
+    SENDER_FALLBACK_PORT: int = Field(
+        0, ge=0, le=65535,
+        description="an AE not in SENDERS_FILE gets its predictions at its association's "
+        "address on this port; 0: it gets none (its delivery fails, saying why)",
+    )  # fmt: skip
     USERS_FILE: Path = Field(
         Path("CONFIGURATION/users.json"),
         description="the console's people: names, roles (viewer, operator) and password "

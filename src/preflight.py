@@ -47,7 +47,7 @@ def check_online(
         if key not in servers:
             servers[key] = check_server(target, client)
         findings += [Finding(f.ok, f"{name}: {f.text}") for f in servers[key]]
-        for scu in fingerprint.scus:
+        for scu in fingerprint.nodes:  # "the sender" is known only per job
             findings.append(_named(name, check_destination(scu, calling_ae_title)))
     return findings
 

@@ -31,7 +31,9 @@ from isdr.domain.clock import Clock
 from isdr.domain.destination import AE_TITLE_MAX, Destination
 from isdr.domain.fingerprint import TokenUnavailable
 from isdr.domain.output import OutputRecord
+from isdr.domain.senders import KnownSenders, SenderRefused, resolve
 from isdr.domain.states import Step
+from isdr.errors import IsdrError
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
 from isdr.logs import guarded, log_exception
 from isdr.scu.sender import FileToSend, Report, SendOptions, send_files
@@ -54,6 +56,8 @@ class DeliverSettings:
     max_attempts: int  # DELIVERY_MAX_ATTEMPTS
     retention: float  # JOB_FILES_RETENTION_HOURS, in seconds
     delete_remotely: bool  # ASK_INFERENCE_SERVER_TO_DELETE_TASK
+    senders: Callable[[], KnownSenders] = KnownSenders  # SENDERS_FILE, read at each use
+    sender_fallback_port: int = 0  # SENDER_FALLBACK_PORT
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
@@ -113,9 +117,27 @@ class Deliverer:
         """Start due deliveries, have jobs whose deliveries ended finished, remove expired
         files."""
         with self.ticking:
-            for step in (self.dispatch, self.finish, self.expire):
+            for step in (self.find_senders, self.dispatch, self.finish, self.expire):
                 if not self.stopping.is_set():
                     guarded(logger, f"deliverer: {step.__name__}", step)
+
+    def find_senders(self) -> None:
+        """Look up in SENDERS_FILE where each sender to send back to is (read afresh, so a
+        fixed file counts at the next retry); a sender that cannot be found fails its
+        delivery at once, saying why, and the job's other deliveries go on."""
+        waiting = queue.senders_to_find(self.engine)
+        if not waiting:
+            return
+        try:
+            known, broken = self.settings.senders(), ""
+        except IsdrError as exc:
+            known, broken = KnownSenders(), f"SENDERS_FILE cannot be used: {exc}"
+        for item in waiting:
+            found, refused = resolve([item.sent], known, self.settings.sender_fallback_port)
+            where = found[0] if found else refused[0]
+            if broken:  # never a guess: not even the fallback while the file is broken
+                where = SenderRefused(item.sent.ae_title, broken)
+            queue.sender_found(self.engine, item.delivery_id, where, self.clock())
 
     def dispatch(self) -> None:
         """Hand each due delivery to the pool, unless its destination is already busy."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from isdr.db import delivery as queue
+from isdr.db import jobs
 from isdr.dicom.files import describe
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
@@ -413,10 +414,14 @@ class Poller:
         if not verdict.usable:
             return self._fail(item, verdict.text, delete_remotely=delete)
         # An output with no DICOM file (and a fingerprint that allows it) has nothing to send.
-        destinations = fingerprint.scus if any(r.is_dicom for r in records) else []
+        dicom = any(r.is_dicom for r in records)
+        destinations = fingerprint.nodes if dicom else []
+        senders = (
+            jobs.job_senders(self.engine, item.job_id) if dicom and fingerprint.to_sender else []
+        )
         if queue.record_output(
             self.engine, item.job_id, str(target), records, destinations, verdict.text,
-            self.clock(),
+            self.clock(), senders,
         ):  # fmt: skip
             self.on_output()
         return False

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from isdr.db.jobs import change_state, move
 from isdr.db.models import DeliveredFile, Delivery, Job, JobEvent, OutputFile
-from isdr.domain.destination import Destination, DestinationTls
+from isdr.domain.destination import AE_TITLE_MAX, Destination, DestinationTls
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.output import OutputRecord
+from isdr.domain.senders import SenderRefused, Sent
 from isdr.domain.states import DeliveryState, JobState, Step
 
 logger = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ def record_output(
     destinations: Sequence[Destination],
     note: str,
     now: datetime,
+    senders: Sequence[Sent] = (),
 ) -> bool:
-    """The output is unpacked: record its files, open one delivery per destination.
+    """The output is unpacked: record its files, open one delivery per destination, and
+    one per sender to send back to (found in SENDERS_FILE by the deliverer).
 
     A destination that already confirmed everything in an earlier round (a retry after
     its folder was removed) keeps its state; the others start over.
@@ -101,30 +104,94 @@ def record_output(
             return False
         session.execute(delete(OutputFile).where(OutputFile.job_id == job_id))
         session.add_all(OutputFile(job_id=job_id, **vars(f)) for f in files)
-        _open_deliveries(session, job_id, destinations, now)
+        _open_deliveries(session, job_id, [*destinations, *dict.fromkeys(senders)], now)
         job.output_dir, job.outputs_note, job.files_removed_at = output_dir, note, None
         change_state(session, job, JobState.DELIVERING, note, now)
         return True
 
 
 def _open_deliveries(
-    session: Session, job_id: int, destinations: Sequence[Destination], now: datetime
+    session: Session, job_id: int, destinations: Sequence[Destination | Sent], now: datetime
 ) -> None:
     existing = {
         d.position: d for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))
     }
     for position, where in enumerate(destinations):
+        fresh = _delivery(job_id, position, where, now)
         delivery = existing.get(position)
         if delivery is None:
-            session.add(Delivery(
-                job_id=job_id, position=position, host=where.host, port=where.port,
-                ae_title=where.ae_title, tls=_tls_json(where), state=DeliveryState.PENDING,
-                attempts=0,
-                next_attempt_at=now, last_error="", updated_at=now,
-            ))  # fmt: skip
+            session.add(fresh)
+        elif _place(delivery) != _place(fresh):  # another destination than last time
+            for name in ("host", "port", "ae_title", "tls", "sender_ae", "sender_address"):
+                setattr(delivery, name, getattr(fresh, name))
+            delivery.state, delivery.attempts, delivery.next_attempt_at = fresh.state, 0, now
         elif delivery.state != DeliveryState.DELIVERED:
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
             delivery.next_attempt_at = now
+            if delivery.sender_ae is not None:  # looked up again
+                delivery.host, delivery.port = "", 0
+
+
+def _delivery(job_id: int, position: int, where: Destination | Sent, now: datetime) -> Delivery:
+    row = Delivery(job_id=job_id, position=position, state=DeliveryState.PENDING, attempts=0,
+                   next_attempt_at=now, last_error="", updated_at=now)  # fmt: skip
+    if isinstance(where, Sent):
+        row.host, row.port, row.ae_title, row.tls = "", 0, where.ae_title[:AE_TITLE_MAX], None
+        row.sender_ae, row.sender_address = where.ae_title, where.address
+    else:
+        row.host, row.port, row.ae_title, row.tls = where.host, where.port, where.ae_title, None
+        row.tls = _tls_json(where)
+    return row
+
+
+def _place(row: Delivery) -> tuple[object, ...]:
+    if row.sender_ae is not None:
+        return ("sender", row.sender_ae, row.sender_address)
+    return (row.host, row.port, row.ae_title, row.tls)
+
+
+@dataclass(frozen=True)
+class SenderToFind:
+    """A delivery to "the sender" whose destination is not yet known."""
+
+    delivery_id: int
+    job_id: int
+    sent: Sent
+
+
+def senders_to_find(engine: Engine) -> list[SenderToFind]:
+    """Pending deliveries to a sender that the deliverer has not looked up yet."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.job_id, Delivery.sender_ae, Delivery.sender_address)
+            .join(Job, Job.id == Delivery.job_id)
+            .where(
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.sender_ae.is_not(None),
+                Delivery.port == 0,
+                Job.state == JobState.DELIVERING,
+            )
+        ).all()
+        return [SenderToFind(row[0], row[1], Sent(row[2] or "", row[3] or "")) for row in rows]
+
+
+def sender_found(
+    engine: Engine, delivery_id: int, where: Destination | SenderRefused, now: datetime
+) -> None:
+    """Record where a sender is (then it is delivered as any destination), or why its
+    predictions do not go back to it (the delivery fails at once, saying why)."""
+    with Session(engine) as session, session.begin():
+        row = session.get_one(Delivery, delivery_id, with_for_update=True)
+        if row.state != DeliveryState.PENDING or row.port:
+            return
+        row.updated_at = now
+        if isinstance(where, SenderRefused):
+            row.state, row.last_error = DeliveryState.FAILED, where.reason
+            _note(session, row.job_id, f"{row.destination}: {where.reason}", now, logging.WARNING)
+            return
+        row.host, row.port, row.ae_title = where.host, where.port, where.ae_title
+        row.tls = _tls_json(where)
+        _note(session, row.job_id, f"the sender {row.sender_ae} is {where}", now, logging.INFO)
 
 
 def _note(session: Session, job_id: int, message: str, now: datetime, level: int) -> None:
@@ -154,6 +221,7 @@ def due_deliveries(engine: Engine, now: datetime, limit: int = 50) -> list[tuple
             .where(
                 Delivery.state == DeliveryState.PENDING,
                 Delivery.next_attempt_at <= now,
+                Delivery.port > 0,  # a sender not yet looked up waits for senders_to_find
                 Job.state == JobState.DELIVERING,
             )
             .order_by(Delivery.next_attempt_at)
@@ -471,10 +539,17 @@ def retry_failed(engine: Engine, job_id: int, now: datetime) -> str | None:
 
 
 def _reopen_failed_deliveries(session: Session, job_id: int, now: datetime) -> None:
+    failed = (Delivery.job_id == job_id, Delivery.state == DeliveryState.FAILED)
     session.execute(
         update(Delivery)
-        .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.FAILED)
+        .where(*failed)
         .values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=now)
+    )
+    session.execute(  # a sender is looked up again: SENDERS_FILE may have been fixed
+        update(Delivery)
+        .where(Delivery.job_id == job_id, Delivery.sender_ae.is_not(None))
+        .where(Delivery.state == DeliveryState.PENDING)
+        .values(host="", port=0)
     )
 
 

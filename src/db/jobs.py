@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased, selectinload
 from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series, SeriesDecision
 from isdr.db.views import EventView, InstanceView, JobView, job_view, view_of
 from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.senders import Sent
 from isdr.domain.states import JobState, SeriesState, Step
 from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 
@@ -406,3 +407,21 @@ def jobs_of_series(engine: Engine, series_id: int) -> list[JobView]:
     )
     with Session(engine) as session:
         return [job_view(row) for row in session.scalars(query)]
+
+
+def job_senders(engine: Engine, job_id: int) -> list[Sent]:
+    """Who sent the series rounds a job holds, in the order of the rounds: each one's
+    calling AE title and the address its association came from ("" for placed files)."""
+    with Session(engine) as session:
+        job = session.get_one(Job, job_id)
+        rows = session.execute(
+            select(Series.calling_ae_title, Series.peer_address)
+            .where(Series.id.in_(job.series_ids))
+            .order_by(Series.id)
+        )
+        return [Sent((title or "").strip(), _address(peer or "")) for title, peer in rows]
+
+
+def _address(peer: str) -> str:
+    """The address of `host:port` as the Store SCP records it (IPv6 included)."""
+    return peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer

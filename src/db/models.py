@@ -271,10 +271,16 @@ class Delivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the scu's `tls`
+    # "The sender": the AE title and address that sent the job's series. Port 0 until the
+    # deliverer has looked them up in SENDERS_FILE (again after a retry).
+    sender_ae: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sender_address: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     @property
     def destination(self) -> str:
-        """The destination as people write it: AE@host:port."""
+        """The destination as people write it: AE@host:port, or the sender not yet found."""
+        if not self.port and self.sender_ae is not None:
+            return f"the sender {self.sender_ae} (from {self.sender_address or 'files'})"
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 

@@ -6,7 +6,9 @@ names; the delivery row keeps the same JSON, and the sender takes this type as i
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 AE_TITLE_MAX = 16  # characters, PS3.5 6.2 (AE)
 
@@ -79,3 +81,35 @@ class Destination(BaseModel):
     ) -> Destination:
         """A destination from its parts (tests, benchmarks, the demo)."""
         return cls(scu_ip=host, scu_port=port, scu_ae_title=ae_title, tls=tls)
+
+
+class ToSender(BaseModel):
+    """A fingerprint's destination `{"sender": true}`: whoever sent the series (for a
+    study, each AE that sent part of it), as SENDERS_FILE knows them. Resolved into
+    Destinations when the job's output is recorded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sender: Literal[True]
+
+    @property
+    def label(self) -> str:
+        """As people write it."""
+        return "the sender"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, ToSender) or (isinstance(value, dict) and "sender" in value):
+        return "sender"
+    return "node"
+
+
+# One entry of a fingerprint's `scus`: a DICOM node, or "the sender".
+Scu = Annotated[
+    Annotated[Destination, Tag("node")] | Annotated[ToSender, Tag("sender")],
+    Discriminator(_kind),
+]
+SCU_TAGS = ("node", "sender")  # in validation errors' locations, after scus.<n>

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from isdr.domain.destination import Destination, DestinationTls
+from isdr.domain.destination import Destination, DestinationTls, Scu, ToSender
 from isdr.errors import IsdrError
 
 
@@ -125,7 +125,7 @@ class Fingerprint(SeriesRules):
 
     inference_server_url: AnyHttpUrl
     model_human_readable_id: str = Field(min_length=1)
-    scus: list[Destination] = Field(default_factory=list)
+    scus: list[Scu] = Field(default_factory=list)
     inference_server_api: Literal[1, 2] = 1
     description: str = ""
     # "optional": a model that writes no DICOM (a report only) succeeds without one.
@@ -226,6 +226,16 @@ class Fingerprint(SeriesRules):
         except OSError as exc:
             raise TokenUnavailable(f"cannot read {source}: {exc.strerror}") from exc
 
+    @property
+    def nodes(self) -> list[Destination]:
+        """The destinations its `scus` name by address (not "the sender")."""
+        return [scu for scu in self.scus if isinstance(scu, Destination)]
+
+    @property
+    def to_sender(self) -> bool:
+        """Whether its `scus` include "the sender"."""
+        return any(isinstance(scu, ToSender) for scu in self.scus)
+
     def deletes_remotely(self, default: bool) -> bool:
         """Whether the remote task is deleted: `delete_remotely`, else the default
         (ASK_INFERENCE_SERVER_TO_DELETE_TASK)."""
@@ -249,5 +259,5 @@ def _printable(token: str, source: str) -> str:
 _COMPLETENESS_KEYS = ("min_instances", "expected_instances", "check_geometry")
 KNOWN_KEYS = tuple(Fingerprint.model_fields)
 TRIGGER_KEYS = tuple(Trigger.model_fields)
-DESTINATION_KEYS = tuple(Destination.model_fields)
+DESTINATION_KEYS = (*Destination.model_fields, *ToSender.model_fields)
 TLS_KEYS = tuple(DestinationTls.model_fields)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from isdr.domain.destination import AE_TITLE_MAX
+from isdr.domain.destination import AE_TITLE_MAX, SCU_TAGS, Destination
 from isdr.domain.fingerprint import (
     DESTINATION_KEYS,
     KNOWN_KEYS,
@@ -97,7 +97,7 @@ def warnings_of(file: str, fingerprint: Fingerprint) -> list[FingerprintError]:
             field=f"scus.{index}.scu_ae_title",
         )
         for index, destination in enumerate(fingerprint.scus)
-        if destination.ae_title_too_long
+        if isinstance(destination, Destination) and destination.ae_title_too_long
     ]
 
 
@@ -173,6 +173,8 @@ def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _describe(file: str, text: str, error: Any) -> FingerprintError:
     location = [str(part) for part in error["loc"]]
+    if len(location) > 2 and location[0] == "scus" and location[2] in SCU_TAGS:
+        del location[2]  # the kind of entry pydantic tried ("node" or "sender")
     key = next((part for part in reversed(location) if not part.isdigit()), "")
     dotted = ".".join(location) or None
     line, column = _position(text, key, location)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from isdr.dicom.headers import read_file_sort_keys
-from isdr.domain.destination import DestinationTls
+from isdr.domain.destination import Destination, DestinationTls
 from isdr.domain.fingerprint import MAX_WAIT_LIMIT, Fingerprint, TokenUnavailable
 from isdr.domain.keys import SortKeys
 from isdr.domain.routing import GiveUp, OpenRound, SeriesFacts, Take, slice_facts
@@ -55,7 +55,8 @@ def problems(fingerprint: Fingerprint) -> list[str]:
     except TokenUnavailable as exc:
         found.append(str(exc))
     for index, scu in enumerate(fingerprint.scus):
-        found += [f"scus.{index}.tls: {text}" for text in _missing_tls_files(scu.tls)]
+        tls = scu.tls if isinstance(scu, Destination) else None
+        found += [f"scus.{index}.tls: {text}" for text in _missing_tls_files(tls)]
     return found
 
 

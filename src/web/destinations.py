@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from isdr.domain.destination import Destination
 from isdr.domain.fingerprint import Fingerprint
 from isdr.preflight import check_destination
 
@@ -39,7 +40,7 @@ def destinations_router(
         """Every destination of every loaded fingerprint."""
         return [
             DestinationOut(fingerprint=name, position=index, destination=str(scu),
-                           tls=scu.tls is not None)
+                           tls=isinstance(scu, Destination) and scu.tls is not None)
             for name, fingerprint in sorted(fingerprints().items())
             for index, scu in enumerate(fingerprint.scus)
         ]  # fmt: skip
@@ -52,6 +53,8 @@ def destinations_router(
         if found is None or not 0 <= position < len(found.scus):
             raise HTTPException(404, f"no destination {position} in {fingerprint}")
         scu = found.scus[position]
+        if not isinstance(scu, Destination):
+            raise HTTPException(409, "the sender is known only per job: nothing to C-ECHO")
         finding = check_destination(scu, calling_ae_title)
         detail = finding.text.removeprefix(f"{scu}: ")
         return EchoOut(destination=str(scu), ok=finding.ok, detail=detail)

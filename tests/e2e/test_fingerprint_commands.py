@@ -101,3 +101,20 @@ def test_test_explains_a_study_which_series_met_which_trigger_and_what_is_missin
     result = isdr("fingerprints", "test", str(tmp_path / "two"), "--folder", str(folder),
                   cwd=tmp_path)  # fmt: skip
     assert "MATCH  ct-mr.json: one job holding CT = series 1, MR T1 = series 2" in result.stdout
+
+
+def test_check_names_a_broken_senders_file_when_a_fingerprint_sends_back(tmp_path: Path) -> None:
+    (tmp_path / "back.json").write_text(json.dumps({
+        "modality_regex": "CT", "inference_server_url": "https://x/",
+        "model_human_readable_id": "m", "scus": [{"sender": True}],
+    }))  # fmt: skip
+    senders = tmp_path.parent / f"{tmp_path.name}-senders.json"  # not in the folder checked
+    senders.write_text('{"senders": [{"ae_title": "A", "port": 104}]}')
+    env = {**os.environ, "SENDERS_FILE": str(senders)}
+    result = subprocess.run(
+        [*ISDR, "fingerprints", "check", str(tmp_path)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "ERROR  SENDERS_FILE" in result.stdout and "senders.0.host" in result.stdout
+    assert result.stdout.count("ERROR") == 1, result.stdout  # the fingerprint itself is fine

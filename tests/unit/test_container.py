@@ -23,6 +23,7 @@ CONTAINER_PATHS = {
     "CERT_FILE",
     "DATA_DIR",
     "USERS_FILE",
+    "SENDERS_FILE",
 }
 TOOLS = Path(sys.executable).parent
 
