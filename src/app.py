@@ -498,6 +498,11 @@ def check_fingerprints(
 
 
 def _senders_line(path: Path) -> str:
+    if not path.is_file():
+        return (
+            f"WARN   SENDERS_FILE {path} does not exist: no sender is known, so predictions "
+            "go back only with SENDER_FALLBACK_PORT"
+        )
     try:
         known = load_senders(path)
     except ConfigError as exc:

@@ -31,7 +31,7 @@ from isdr.domain.clock import Clock
 from isdr.domain.destination import AE_TITLE_MAX, Destination
 from isdr.domain.fingerprint import TokenUnavailable
 from isdr.domain.output import OutputRecord
-from isdr.domain.senders import KnownSenders, SenderRefused, resolve
+from isdr.domain.senders import KnownSenders, SenderRefused, Sent, resolve
 from isdr.domain.states import Step
 from isdr.errors import IsdrError
 from isdr.inference.client import Answer, InferenceClient, Outcome, Target
@@ -133,11 +133,17 @@ class Deliverer:
         except IsdrError as exc:
             known, broken = KnownSenders(), f"SENDERS_FILE cannot be used: {exc}"
         for item in waiting:
-            found, refused = resolve([item.sent], known, self.settings.sender_fallback_port)
-            where = found[0] if found else refused[0]
-            if broken:  # never a guess: not even the fallback while the file is broken
-                where = SenderRefused(item.sent.ae_title, broken)
+            where = self._sender(item.sent, known, broken)
             queue.sender_found(self.engine, item.delivery_id, where, self.clock())
+
+    def _sender(self, sent: Sent, known: KnownSenders, broken: str) -> Destination | SenderRefused:
+        if broken:  # never a guess: not even the fallback while the file is broken
+            return SenderRefused(sent.ae_title, broken)
+        try:
+            found, refused = resolve([sent], known, self.settings.sender_fallback_port)
+        except ValueError as exc:  # a title or address no destination can be made of
+            return SenderRefused(sent.ae_title, f"no destination can be made of it: {exc}")
+        return found[0] if found else refused[0]
 
     def dispatch(self) -> None:
         """Hand each due delivery to the pool, unless its destination is already busy."""

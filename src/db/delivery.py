@@ -125,11 +125,13 @@ def _open_deliveries(
             for name in ("host", "port", "ae_title", "tls", "sender_ae", "sender_address"):
                 setattr(delivery, name, getattr(fresh, name))
             delivery.state, delivery.attempts, delivery.next_attempt_at = fresh.state, 0, now
+            delivery.last_error = ""
+            _forget_confirmed(session, delivery.id)  # what the other one confirmed
         elif delivery.state != DeliveryState.DELIVERED:
             delivery.state, delivery.attempts = DeliveryState.PENDING, 0
             delivery.next_attempt_at = now
-            if delivery.sender_ae is not None:  # looked up again
-                delivery.host, delivery.port = "", 0
+            if delivery.sender_ae is not None:  # looked up again (sender_found compares)
+                delivery.port = 0
 
 
 def _delivery(job_id: int, position: int, where: Destination | Sent, now: datetime) -> Delivery:
@@ -189,9 +191,15 @@ def sender_found(
             row.state, row.last_error = DeliveryState.FAILED, where.reason
             _note(session, row.job_id, f"{row.destination}: {where.reason}", now, logging.WARNING)
             return
+        if row.host and (row.host, row.ae_title) != (where.host, where.ae_title):
+            _forget_confirmed(session, row.id)  # it is elsewhere now: all its files again
         row.host, row.port, row.ae_title = where.host, where.port, where.ae_title
         row.tls = _tls_json(where)
         _note(session, row.job_id, f"the sender {row.sender_ae} is {where}", now, logging.INFO)
+
+
+def _forget_confirmed(session: Session, delivery_id: int) -> None:
+    session.execute(delete(DeliveredFile).where(DeliveredFile.delivery_id == delivery_id))
 
 
 def _note(session: Session, job_id: int, message: str, now: datetime, level: int) -> None:
@@ -549,7 +557,7 @@ def _reopen_failed_deliveries(session: Session, job_id: int, now: datetime) -> N
         update(Delivery)
         .where(Delivery.job_id == job_id, Delivery.sender_ae.is_not(None))
         .where(Delivery.state == DeliveryState.PENDING)
-        .values(host="", port=0)
+        .values(port=0)
     )
 
 

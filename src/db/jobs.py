@@ -6,6 +6,7 @@ timeline and one log line with the job id.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlalchemy import JSON, Engine, and_, or_, select, type_coerce, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from isdr.db.models import Instance, InvalidSnapshot, Job, JobEvent, Series, SeriesDecision
+from isdr.db.series import SEVERAL
 from isdr.db.views import EventView, InstanceView, JobView, job_view, view_of
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.senders import Sent
@@ -423,5 +425,13 @@ def job_senders(engine: Engine, job_id: int) -> list[Sent]:
 
 
 def _address(peer: str) -> str:
-    """The address of `host:port` as the Store SCP records it (IPv6 included)."""
-    return peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+    """The address of `host:port` as the Store SCP records it (IPv6 included); "*" for a
+    round several senders sent; "" for anything else (placed files: "inbox", "storescp")."""
+    if peer == SEVERAL:
+        return SEVERAL
+    host = peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return ""
+    return host

@@ -272,7 +272,8 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the scu's `tls`
     # "The sender": the AE title and address that sent the job's series. Port 0 until the
-    # deliverer has looked them up in SENDERS_FILE (again after a retry).
+    # deliverer has looked them up in SENDERS_FILE (again after a retry; host and ae_title
+    # then keep where it was last, so a move elsewhere sends every file again).
     sender_ae: Mapped[str | None] = mapped_column(Text, nullable=True)
     sender_address: Mapped[str | None] = mapped_column(Text, nullable=True)
 

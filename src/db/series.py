@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -181,9 +181,23 @@ def _check_agreement(
     return "", held
 
 
+def _other_sender(row: Any, new: NewInstance) -> bool:
+    """Whether an instance comes from another sender than the round's first: another
+    calling AE title, or another address (the port of each association differs)."""
+    if (row.calling_ae_title or "") != new.calling_ae_title:
+        return True
+    return _host(row.peer_address or "") != _host(new.peer_address)
+
+
+def _host(peer: str) -> str:
+    return peer.rsplit(":", 1)[0] if ":" in peer else peer
+
+
 def _open_round(connection: Connection, new: NewInstance) -> _Round:
     row = connection.execute(_FIND_OPEN_ROUND, {"uid": new.series_instance_uid}).first()
     if row is not None:
+        if row.peer_address != SEVERAL and _other_sender(row, new):
+            connection.execute(_SEVERAL_SENDERS, {"series": int(row.id)})
         return _Round(
             int(row.id), list(row.sop_class_uids or []), False, row.patient_id,
             row.study_instance_uid, row.state, row.released_at is not None,
@@ -226,7 +240,7 @@ _OPEN_STATES = (SeriesState.RECEIVING, SeriesState.WAITING, SeriesState.HELD)
 _FIND_OPEN_ROUND = (
     select(
         SERIES.c.id, SERIES.c.sop_class_uids, SERIES.c.patient_id, SERIES.c.study_instance_uid,
-        SERIES.c.state, SERIES.c.released_at,
+        SERIES.c.state, SERIES.c.released_at, SERIES.c.calling_ae_title, SERIES.c.peer_address,
     )
     .where(
         SERIES.c.series_instance_uid == bindparam("uid"),
@@ -307,6 +321,11 @@ _COUNT_INSTANCE = (
         state_reason=case((SERIES.c.state == SeriesState.WAITING, ""), else_=SERIES.c.state_reason),
         wait_until=None,
     )
+)
+# A round that another AE title, or another address, adds to has no one sender to send
+# predictions back to: its peer_address says so.
+_SEVERAL_SENDERS = (
+    update(SERIES).where(SERIES.c.id == bindparam("series")).values(peer_address=SEVERAL)
 )
 _SET_SOP_CLASSES = (
     update(SERIES)

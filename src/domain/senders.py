@@ -21,13 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from isdr.domain.destination import AE_TITLE_MAX, Destination, DestinationTls
 
+SEVERAL = "*"  # the address of a round that several senders sent (isdr.db.series)
+
 
 class KnownSender(BaseModel):
     """One AE that may get predictions back, and where."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ae_title: str = Field(min_length=1, max_length=AE_TITLE_MAX)
+    ae_title: str = Field(min_length=1, max_length=AE_TITLE_MAX, pattern=r"\S")
     host: str = Field(min_length=1, description="its address (checked) or host name")
     port: int = Field(ge=1, le=65535)
     tls: DestinationTls | None = None
@@ -88,7 +90,10 @@ def resolve(
 
 
 def _where(who: Sent, known: KnownSenders, fallback_port: int) -> Destination | SenderRefused:
-    if not who.address:
+    if who.address == SEVERAL:
+        return SenderRefused(who.ae_title or "?", "its series came from several senders "
+                             "(AE titles or addresses): sent back to none of them")  # fmt: skip
+    if not who.address or not who.ae_title.strip():
         return SenderRefused(who.ae_title or "?", "its files were placed in INCOMING_DIR, "
                              "not sent over DICOM: there is no sender to send back to")  # fmt: skip
     entry = known.find(who.ae_title)

@@ -15,7 +15,7 @@ from isdr.db.delivery import retry_failed
 from isdr.db.jobs import list_jobs
 from isdr.demo.standin import StandIn
 from isdr.domain.clock import utcnow
-from isdr.synthetic import SeriesSpec, make_instance
+from isdr.synthetic import SeriesSpec, make_instance, write_series
 from tests.helpers import relay_settings, send_datasets
 from tests.peers import RecordingSCP
 
@@ -106,3 +106,42 @@ def test_a_broken_senders_file_sends_to_no_sender(
     assert "SENDERS_FILE cannot be used" in failed.last_error and "senders.0.host" in (
         failed.last_error
     )
+
+
+def test_a_series_two_senders_sent_parts_of_goes_back_to_neither(
+    relay: Relay, scanners: dict[str, RecordingSCP]
+) -> None:
+    know(relay, scanners, "CT_A", "CT_B")
+    study = "1.2.826.0.1.3680043.10.505"
+    spec = SeriesSpec(modality="CT", count=4)
+    datasets = [make_instance(spec, i, study, f"{study}.1") for i in range(4)]
+    assert send_datasets(relay.scp.port, datasets[:2], calling="CT_A") == [0, 0]
+    assert send_datasets(relay.scp.port, datasets[2:], calling="CT_B") == [0, 0]
+    wait_for(lambda: len(job_of(relay, "failed")) == 1)
+    [failed] = list_jobs(relay.engine, state="failed")
+    assert "came from several senders" in failed.last_error
+    assert scanners["CT_A"].received == [] and scanners["CT_B"].received == []
+
+
+def test_placed_files_have_no_sender_even_with_the_fallback(
+    tmp_path: Path, standin: StandIn, scanners: dict[str, RecordingSCP]
+) -> None:
+    settings = relay_settings(
+        tmp_path, CERT_FILE=standin.ca_file, POST_AFTER=1, POST_INTERVAL=0.2,
+        GET_INTERVAL=0.2, SENDER_FALLBACK_PORT=scanners["CT_A"].port,
+    )  # fmt: skip
+    settings.FINGERPRINT_DIR.mkdir(parents=True)
+    (settings.FINGERPRINT_DIR / "ct.json").write_text(json.dumps({
+        "modality_regex": "CT", "inference_server_url": standin.url_v1,
+        "model_human_readable_id": "ct-model", "scus": [{"sender": True}],
+    }))  # fmt: skip
+    running = build_relay(settings)
+    running.start()
+    try:
+        write_series(settings.INCOMING_DIR / "dropped", SeriesSpec(modality="CT", count=3))
+        wait_for(lambda: len(job_of(running, "failed")) == 1)
+        [failed] = list_jobs(running.engine, state="failed")
+        assert "placed in INCOMING_DIR" in failed.last_error
+        assert scanners["CT_A"].received == []
+    finally:
+        running.stop()

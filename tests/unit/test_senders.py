@@ -43,6 +43,13 @@ def test_an_unknown_title_gets_the_fallback_or_nothing() -> None:
 def test_files_placed_by_hand_have_no_sender() -> None:
     found, refused = resolve([Sent("", "")], KNOWN, 4242)
     assert found == [] and "placed in INCOMING_DIR" in refused[0].reason
+    found, refused = resolve([Sent("", "10.0.0.7")], KNOWN, 4242)  # no AE title
+    assert found == [] and len(refused) == 1
+
+
+def test_a_series_from_several_senders_goes_back_to_none() -> None:
+    found, refused = resolve([Sent("CT_A", "*")], KNOWN, 4242)
+    assert found == [] and "several senders" in refused[0].reason
 
 
 def test_each_sender_of_a_study_once_in_order() -> None:
@@ -60,6 +67,9 @@ def test_the_senders_file_is_checked_naming_the_field(tmp_path: Path) -> None:
     twice = {"ae_title": "A", "host": "h", "port": 1}
     path.write_text(json.dumps({"senders": [twice, twice]}))
     with pytest.raises(ConfigError, match="an AE title may appear once: A"):
+        load_senders(path)
+    path.write_text(json.dumps({"senders": [{"ae_title": "   ", "host": "h", "port": 1}]}))
+    with pytest.raises(ConfigError, match=r"senders\.0\.ae_title"):
         load_senders(path)
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not readable as JSON"):
