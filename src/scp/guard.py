@@ -274,7 +274,10 @@ def _cause(association: Any, guard: PduGuard | None, stopping: bool) -> str:
     if guard is not None and guard.peer_aborted:
         return "aborted by the peer (A-ABORT)"
     if getattr(association, "_sent_abort", False) and guard is not None:
-        quiet = time.monotonic() - guard.last_data
+        # The limit it crossed, not the time since: this line is written after the abort,
+        # later still on a loaded machine.
+        limit = getattr(association, "network_timeout", None)
+        quiet = limit if isinstance(limit, int | float) else time.monotonic() - guard.last_data
         return f"the peer sent nothing for {quiet:.0f} s: aborted (A-ABORT)"
     return "the connection closed"
 
