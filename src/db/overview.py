@@ -39,8 +39,8 @@ def overview(engine: Engine, now: datetime) -> Overview:
     current = now.replace(minute=0, second=0, microsecond=0)
     starts = [current - timedelta(hours=HOURS - 1 - index) for index in range(HOURS)]
     with Session(engine) as session:
-        series = _by_state(session, Series.state, [state.value for state in SeriesState])
-        jobs = _by_state(session, Job.state, [state.value for state in JobState])
+        series = counts_by_state(session, Series.state, [state.value for state in SeriesState])
+        jobs = counts_by_state(session, Job.state, [state.value for state in JobState])
         instances = _per_hour(session, Instance.received_at, starts)
         delivered = _ended_per_hour(session, JobState.DELIVERED, starts)
         failed = _ended_per_hour(session, JobState.FAILED, starts)
@@ -51,9 +51,10 @@ def overview(engine: Engine, now: datetime) -> Overview:
     return Overview(series, jobs, hours)
 
 
-def _by_state(
+def counts_by_state(
     session: Session, column: InstrumentedAttribute[str], states: list[str]
 ) -> dict[str, int]:
+    """Rows by the state in `column`: every one of `states`, 0 included."""
     rows = session.execute(select(column, func.count()).group_by(column)).all()
     counts = {str(state): int(count) for state, count in rows}
     return {state: counts.get(state, 0) for state in states}

@@ -71,10 +71,3 @@ def close_session(engine: Engine, token: str) -> None:
     """Log out: the session ends at once."""
     with Session(engine) as session, session.begin():
         session.execute(delete(WebSession).where(WebSession.token_sha256 == _digest(token)))
-
-
-def close_sessions_of(engine: Engine, user: str) -> int:
-    """End every session of a user (removed from the users file, or a new password)."""
-    with Session(engine) as session, session.begin():
-        result = session.execute(delete(WebSession).where(WebSession.user == user))
-        return int(getattr(result, "rowcount", 0) or 0)

@@ -134,11 +134,6 @@ def _instance_number(ds: Dataset) -> float | None:
     return as_float(ds.get("InstanceNumber"))
 
 
-def series_thumbnail(paths: Sequence[Path], size: int = 256) -> bytes:
-    """The thumbnail of a series: its middle slice."""
-    return thumbnail(middle(paths), size)
-
-
 def keep_series(paths: Sequence[Path], copy: Path, size: int = 256) -> bytes:
     """The thumbnail of a series, and a copy of its middle slice at `copy` (for overlays
     of predictions once the series' own files are removed)."""

@@ -62,7 +62,7 @@ class Renderer:
         return self._cached(key, partial(render.overlay, base, list(outputs)))
 
     def series_thumbnail(self, key: str, paths: Sequence[Path]) -> bytes:
-        """The PNG of `render.series_thumbnail(paths)` (the middle slice is found in the
+        """The PNG of `render.keep_series(paths, ...)` (the middle slice is found in the
         worker too: reading every header is work the caller's process must not do). A
         copy of that slice is kept as `kept(key)`, for overlays once the series is gone."""
         job = partial(render.keep_series, list(paths), self.kept(key))

@@ -149,8 +149,7 @@ def _refuse_anonymous(context: WebContext, request: Request, now: Callable[[], f
             "no API_TOKEN (or API_TOKEN_FILE) is set and USERS_FILE names nobody: only "
             "/healthz and /readyz are served",
         )
-    slow_down(context, peer, now())
-    count_failure(context, peer, now())
+    reserve_failure(context, peer, now())  # 429 if it failed too often, else counted
     logger.warning("HTTP %s %s from %s: %s", request.method, request.url.path, peer,
                    "wrong token" if bearer(request) else "no token")  # fmt: skip
     raise HTTPException(
@@ -196,49 +195,22 @@ def reserve_failure(context: WebContext, peer: str, now: float) -> Callable[[], 
         recent = [at for at in context.failures.get(peer, []) if now - at < FAILURE_WINDOW]
         if len(recent) >= FAILURES_ALLOWED:
             context.failures[peer] = recent
-            raise _too_many()
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                "too many wrong tokens or passwords from this address: try again in a minute",
+                headers={"Retry-After": str(int(FAILURE_WINDOW))},
+            )
         context.failures[peer] = [*recent, now]
+        if len(context.failures) > 10_000:  # a scan from many addresses: forget the oldest
+            oldest = min(context.failures, key=lambda key: context.failures[key][-1])
+            del context.failures[oldest]
 
     def forgive() -> None:
         with _lock:
             mine = context.failures.get(peer, [])
             if now in mine:
                 mine.remove(now)
+            if not mine:
+                context.failures.pop(peer, None)
 
     return forgive
-
-
-def _too_many() -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        "too many wrong tokens or passwords from this address: try again in a minute",
-        headers={"Retry-After": str(int(FAILURE_WINDOW))},
-    )
-
-
-def slow_down(context: WebContext, peer: str, now: float) -> None:
-    """429 for a peer that failed too often lately."""
-    if _locked_out(context, peer, now):
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            "too many wrong tokens or passwords from this address: try again in a minute",
-            headers={"Retry-After": str(int(FAILURE_WINDOW))},
-        )
-
-
-def _locked_out(context: WebContext, peer: str, now: float) -> bool:
-    with _lock:
-        recent = [at for at in context.failures.get(peer, []) if now - at < FAILURE_WINDOW]
-        context.failures[peer] = recent
-        if not recent:
-            del context.failures[peer]
-        return len(recent) >= FAILURES_ALLOWED
-
-
-def count_failure(context: WebContext, peer: str, now: float) -> None:
-    """One more failure of a peer."""
-    with _lock:
-        context.failures.setdefault(peer, []).append(now)
-        if len(context.failures) > 10_000:  # a scan from many addresses: forget the oldest
-            oldest = min(context.failures, key=lambda key: context.failures[key][-1])
-            del context.failures[oldest]

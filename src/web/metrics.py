@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from isdr.db.models import Instance, Job, JobEvent, Series, ServerCheck
+from isdr.db.overview import counts_by_state
 from isdr.domain.states import JobState, SeriesState
 from isdr.web.context import Live
 
@@ -117,11 +118,10 @@ def _by_state(
     column: InstrumentedAttribute[str],
     states: list[str],
 ) -> GaugeMetricFamily:
-    rows = session.execute(select(column, func.count()).group_by(column)).all()
-    counts: dict[str, int] = {str(state): int(count) for state, count in rows}
     gauge = GaugeMetricFamily(name, documentation, labels=["state"])
-    for state in states:  # every state, 0 included: an alert needs the series to exist
-        gauge.add_metric([state], counts.get(state, 0))
+    # every state, 0 included: an alert needs the series to exist
+    for state, count in counts_by_state(session, column, states).items():
+        gauge.add_metric([state], count)
     return gauge
 
 

@@ -20,11 +20,14 @@ def _when(value: datetime | None) -> str:
 
 
 def _size(value: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value = value / 1024  # type: ignore[assignment]
-    return str(value)
+    if value < 1024:
+        return f"{value} B"
+    scaled = value / 1024
+    for unit in ("KB", "MB"):
+        if scaled < 1024:
+            return f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled:.1f} GB"
 
 
 templates.env.filters["when"] = _when
