@@ -11,7 +11,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -30,14 +30,18 @@ from isdr.daemons.post import PostDaemon, PostSettings
 from isdr.db.delivery import cancel, job_details, retry_failed
 from isdr.db.engine import make_engine, reader_engine
 from isdr.db.jobs import list_jobs, timeline
+from isdr.db.pool import ServerStatus, set_drained, statuses
 from isdr.db.series import discard_held, get_series, list_series, release_held
 from isdr.domain.clock import utcnow
+from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.servers import Servers
 from isdr.errors import ConfigError, IsdrError
 from isdr.fingerprints.decide import ASSOCIATION_GRACE
 from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
 from isdr.fingerprints.report import check_lines, test_lines
 from isdr.fingerprints.senders import load_senders
+from isdr.fingerprints.servers import ServersFile, load_servers
 from isdr.inference.client import InferenceClient
 from isdr.inference.unpack import Limits
 from isdr.logs import configure_logging, route_thread_errors
@@ -60,8 +64,23 @@ from isdr.web.server import WebServer
 from isdr.web.users import Role, Users, read_users, remove_user, set_user
 
 __all__ = [  # what the commands use, besides serve
-    "Engine", "Role", "cancel", "discard_held", "get_series", "job_details", "list_jobs",
-    "list_series", "read_users", "release_held", "remove_user", "retry_failed", "set_user",
+    "Engine",
+    "Role",
+    "ServerStatus",
+    "cancel",
+    "discard_held",
+    "get_series",
+    "job_details",
+    "list_jobs",
+    "list_series",
+    "load_servers",
+    "read_users",
+    "release_held",
+    "remove_user",
+    "retry_failed",
+    "set_drained",
+    "set_user",
+    "statuses",
     "timeline",
 ]  # fmt: skip
 
@@ -107,6 +126,7 @@ class Relay:
     web: WebServer | None = None  # the HTTP side; None with HTTP_PORT=0
     heartbeat: Heartbeat | None = None  # asks the InferenceServers whether they answer
     pictures: Renderer | None = None  # the console's pictures, made off the receive path
+    servers: ServersFile | None = None  # SERVERS_FILE: the pools' members
 
     def start(self) -> None:
         """Reconcile what a previous run left, then start receiving.
@@ -209,9 +229,11 @@ def build_relay(settings: Settings) -> Relay:
     client = InferenceClient(
         settings.CERT_FILE, settings.POST_TIMEOUT, settings.TRANSFER_MIN_RATE_KB * 1000
     )
+    servers = ServersFile(settings.SERVERS_FILE)
     post = PostDaemon(
-        engine, registry.current, client, _post_settings(settings), utcnow, ingestor.tree_lock
-    )
+        engine, registry.current, client, _post_settings(settings), utcnow, ingestor.tree_lock,
+        servers.current,
+    )  # fmt: skip
     poller = Poller(engine, client, _poll_settings(settings), utcnow)
     deliverer = Deliverer(engine, client, _deliver_settings(settings), utcnow)
     scp: Receiver
@@ -234,11 +256,14 @@ def build_relay(settings: Settings) -> Relay:
     relay = Relay(
         settings, engine, writer, scp, inbox, watch, registry, post, poller, deliverer, client
     )
+    relay.servers = servers
     if settings.HTTP_PORT:
         relay.pictures = Renderer(settings.DATA_DIR / "pictures")
         relay.web = _web_server(settings, relay)
     if settings.HEARTBEAT_INTERVAL:
-        relay.heartbeat = Heartbeat(engine, registry.current, client, utcnow)
+        relay.heartbeat = Heartbeat(
+            engine, registry.current, client, utcnow, servers.current, settings.SERVER_DOWN_AFTER
+        )
     return relay
 
 
@@ -264,6 +289,7 @@ def _web_server(settings: Settings, relay: Relay) -> WebServer:
         incoming_dir=settings.INCOMING_DIR,
         jobs_dir=settings.DATA_DIR / "jobs",
         pictures=relay.pictures,
+        servers=relay.servers.current if relay.servers is not None else Servers,
         session_hours=settings.SESSION_HOURS,
         secure_cookies=bool(settings.HTTP_TLS_CERT_FILE),
     )
@@ -333,6 +359,8 @@ def _post_settings(settings: Settings) -> PostSettings:
         max_attempts=settings.POST_MAX_ATTEMPTS,
         retry_delay=settings.POST_RETRY_DELAY,
         ambiguous_resends=settings.POST_AMBIGUOUS_RESENDS,
+        affinity=settings.POOL_AFFINITY_MINUTES * 60,
+        down_after=settings.SERVER_DOWN_AFTER,
     )
 
 
@@ -473,15 +501,22 @@ def missing_database(settings: Settings, cwd: Path) -> str | None:
 
 
 def check_fingerprints(
-    folder: Path, online: Settings | None = None, senders_file: Path | None = None
+    folder: Path,
+    online: Settings | None = None,
+    senders_file: Path | None = None,
+    servers_file: Path | None = None,
 ) -> tuple[list[str], bool]:
     """`isdr fingerprints check` (`--online` with the settings): a line per file (and per
     server and destination reached), SENDERS_FILE's when a fingerprint sends back to the
-    sender, and whether all is well."""
+    sender, SERVERS_FILE's when a pool serves one, and whether all is well."""
     loaded = load_folder(folder)
     lines = check_lines(folder, loaded)
     if senders_file is not None and any(f.to_sender for f in loaded.fingerprints.values()):
         lines.append(_senders_line(senders_file))
+    servers = Servers()
+    if servers_file is not None and any(f.pooled for f in loaded.fingerprints.values()):
+        servers, more = _servers_lines(servers_file, loaded.fingerprints)
+        lines += more
     ok = not any(line.startswith("ERROR") for line in lines)
     if online is None:
         return lines, ok
@@ -491,7 +526,7 @@ def check_fingerprints(
         online.TRANSFER_MIN_RATE_KB * 1000,
     )
     try:
-        findings = check_online(loaded.fingerprints, client, online.SCP_AE_TITLE)
+        findings = check_online(loaded.fingerprints, client, online.SCP_AE_TITLE, servers)
     finally:
         client.close()
     return lines + [f.line() for f in findings], ok and all(f.ok for f in findings)
@@ -508,6 +543,32 @@ def _senders_line(path: Path) -> str:
     except ConfigError as exc:
         return f"ERROR  SENDERS_FILE {exc}"
     return f"OK     SENDERS_FILE {path}: {len(known.senders)} sender(s) predictions may go back to"
+
+
+def _servers_lines(
+    path: Path, fingerprints: Mapping[str, Fingerprint]
+) -> tuple[Servers, list[str]]:
+    """SERVERS_FILE's line, and one per problem of a pool fingerprint's pool."""
+    if not path.is_file():
+        head = f"ERROR  SERVERS_FILE {path} does not exist: no pool has a member"
+        return Servers(), [head] + [
+            f"ERROR  {name}: no server serves its model: its jobs wait"
+            for name, fingerprint in sorted(fingerprints.items())
+            if fingerprint.pooled
+        ]
+    try:
+        servers = load_servers(path)
+    except ConfigError as exc:
+        return Servers(), [f"ERROR  SERVERS_FILE {exc}"]
+    lines = [f"OK     SERVERS_FILE {path}: {len(servers.servers)} server(s)"]
+    for name, fingerprint in sorted(fingerprints.items()):
+        problems = servers.problems(fingerprint)
+        empty = fingerprint.pooled and not servers.pool(
+            fingerprint.model_human_readable_id, fingerprint.inference_servers
+        )
+        level = "ERROR" if empty else "WARN "
+        lines += [f"{level}  {name}: {problem}" for problem in problems]
+    return servers, lines
 
 
 def test_fingerprints(path: Path, folder: Path) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 from isdr import __version__, app
 from isdr.config import Settings, describe_settings, load_settings
 from isdr.domain.clock import utcnow
+from isdr.domain.servers import Server
 from isdr.domain.states import SeriesState
 from isdr.errors import ConfigError, IsdrError
 
@@ -87,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("job_id", nargs="?", type=int, help="the job's id (from `isdr jobs`)")
     jobs.add_argument("--limit", type=int, default=200, help="at most this many (newest first)")
     jobs.set_defaults(func=_jobs)
+    servers = commands.add_parser(
+        "servers",
+        help="the servers of SERVERS_FILE: state, jobs in flight, capacity, last probe, error "
+        "rate; `servers drain NAME` stops new jobs going to one, `servers resume NAME` ends that",
+    )
+    servers.add_argument("action", nargs="?", choices=("drain", "resume"), help="drain or resume")
+    servers.add_argument("name", nargs="?", help="the server's name in SERVERS_FILE")
+    servers.set_defaults(func=_servers)
     _user_commands(commands)
     return parser
 
@@ -168,7 +177,7 @@ def _fingerprint_commands(commands: Any) -> None:
 def _fingerprints_check(settings: Settings, args: argparse.Namespace) -> int:
     online = settings if args.online else None
     folder = args.folder or settings.FINGERPRINT_DIR
-    lines, ok = app.check_fingerprints(folder, online, settings.SENDERS_FILE)
+    lines, ok = app.check_fingerprints(folder, online, settings.SENDERS_FILE, settings.SERVERS_FILE)
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -189,6 +198,44 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
     return _list_jobs(engine, args.limit)
 
 
+def _servers(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        known = app.load_servers(settings.SERVERS_FILE)
+    except ConfigError as exc:
+        print(f"isdr: SERVERS_FILE {exc}", file=sys.stderr)
+        return 1
+    engine = app.open_database(settings)
+    if args.action is None:
+        return _list_servers(engine, known.servers, settings.SERVERS_FILE)
+    if args.name is None:
+        print(f"isdr: servers {args.action} needs a server's name", file=sys.stderr)
+        return 2
+    try:
+        said = app.set_drained(engine, known.servers, args.name, args.action == "drain", utcnow())
+    except LookupError as exc:
+        print(f"isdr: {str(exc).strip(chr(39))}", file=sys.stderr)
+        return 1
+    print(f"{said}; a running relay sees it at its next submit")
+    return 0
+
+
+def _list_servers(engine: app.Engine, servers: Sequence[Server], path: Path) -> int:
+    now = utcnow()
+    rows = [("NAME", "STATE", "IN FLIGHT", "WEIGHT", "API", "MODELS", "LAST PROBE", "ERRORS 1H",
+             "URL / LAST ERROR")]  # fmt: skip
+    for s in app.statuses(engine, servers):
+        probe = f"{_age(now, s.last_probe_at)} ago" if s.last_probe_at else "never"
+        rate = "-" if s.error_rate is None else f"{s.error_rate:.0%}"
+        flight = f"{s.in_flight}/{s.capacity}" if s.capacity else str(s.in_flight)
+        rows.append((s.name, s.state, flight, f"{s.weight:g}", str(s.api or "-"),
+                     ",".join(s.models) or "-", probe, rate,
+                     " ".join(filter(None, (s.url, s.last_error[:80]))) or "-"))  # fmt: skip
+    _print_table(rows)
+    if len(rows) == 1:
+        print(f"(no server in {path})")
+    return 0
+
+
 def _show_job(engine: app.Engine, job_id: int) -> int:
     found = app.timeline(engine, job_id)
     if found is None:
@@ -199,6 +246,8 @@ def _show_job(engine: app.Engine, job_id: int) -> int:
     series = ", ".join(map(str, job.series_ids))
     print(f"job {job.id}: {job.state}; series {series}; fingerprint {job.fingerprint_name}; "
           f"model {model!r} on {server}")  # fmt: skip
+    if job.waiting_for:
+        print(f"waiting: {job.waiting_for}")
     failed_at = f" (failed at: {job.failed_step})" if job.failed_step else ""
     print(f"attempts {job.attempts}; task {job.task_uid or '-'}; "
           f"last error{failed_at}: {job.last_error or '-'}")  # fmt: skip

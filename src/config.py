@@ -236,6 +236,22 @@ class Settings(BaseSettings):
         description="an AE not in SENDERS_FILE gets its predictions at its association's "
         "address on this port; 0: it gets none (its delivery fails, saying why)",
     )  # fmt: skip
+    SERVERS_FILE: Path = Field(
+        Path("CONFIGURATION/servers.json"),
+        description="the named InferenceServers that serve pools (a fingerprint without "
+        "inference_server_url): URL, API, models, capacity, weight, token; read again when "
+        "it changes",
+    )
+    POOL_AFFINITY_MINUTES: float = Field(
+        60.0, gt=0, le=7 * 24 * 60,
+        description="how long a pool member keeps a study: its later jobs for the same model "
+        "go to the same member while it is up and not drained",
+    )  # fmt: skip
+    SERVER_DOWN_AFTER: int = Field(
+        3, ge=1, le=100,
+        description="failed probes, or failed submits, in a row that take a pool member out "
+        "until it answers a probe again",
+    )  # fmt: skip
     USERS_FILE: Path = Field(
         Path("CONFIGURATION/users.json"),
         description="the console's people: names, roles (viewer, operator) and password "
@@ -247,8 +263,8 @@ class Settings(BaseSettings):
     HEARTBEAT_INTERVAL: float = Field(
         60.0,
         ge=0,
-        description="how often each InferenceServer of the fingerprints is asked whether it "
-        "answers (metrics, /api/v1/servers); 0: never",
+        description="how often each InferenceServer of the fingerprints and of SERVERS_FILE "
+        "is asked whether it answers (metrics, /api/v1/servers, pools' health); 0: never",
     )
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from isdr.domain.destination import Destination
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
+from isdr.domain.servers import Server, Servers
 from isdr.inference.client import NO_SUCH_TASK, InferenceClient, Target
 from isdr.scu.echo import echo
 from isdr.tls import TlsFilesError, client_context
@@ -32,21 +33,30 @@ class Finding:
 
 
 def check_online(
-    fingerprints: Mapping[str, Fingerprint], client: InferenceClient, calling_ae_title: str
+    fingerprints: Mapping[str, Fingerprint],
+    client: InferenceClient,
+    calling_ae_title: str,
+    pools: Servers | None = None,
 ) -> list[Finding]:
-    """Reach every server and destination of `fingerprints` once each."""
+    """Reach every server (each member of a pool) and destination of `fingerprints` once
+    each."""
     findings: list[Finding] = []
     servers: dict[tuple[str, int, str], list[Finding]] = {}
     for name, fingerprint in sorted(fingerprints.items()):
-        try:
-            target = Target.of(fingerprint)
-        except TokenUnavailable as exc:
-            findings.append(Finding(False, f"{name}: {exc}"))
-            continue
-        key = (target.url, target.api, target.model)
-        if key not in servers:
-            servers[key] = check_server(target, client)
-        findings += [Finding(f.ok, f"{name}: {f.text}") for f in servers[key]]
+        members: list[Server | None] = [None]
+        if fingerprint.pooled:
+            model = fingerprint.model_human_readable_id
+            members = list((pools or Servers()).pool(model, fingerprint.inference_servers))
+        for member in members:
+            try:
+                target = Target.of(fingerprint, member)
+            except TokenUnavailable as exc:
+                findings.append(Finding(False, f"{name}: {exc}"))
+                continue
+            key = (target.url, target.api, target.model)
+            if key not in servers:
+                servers[key] = check_server(target, client)
+            findings += [Finding(f.ok, f"{name}: {f.text}") for f in servers[key]]
         for scu in fingerprint.nodes:  # "the sender" is known only per job
             findings.append(_named(name, check_destination(scu, calling_ae_title)))
     return findings

@@ -29,6 +29,7 @@ def relay_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "CERT_FILE": tmp_path / "cert.crt",
         "USERS_FILE": tmp_path / "users.json",
         "SENDERS_FILE": tmp_path / "senders.json",
+        "SERVERS_FILE": tmp_path / "servers.json",
         "MIN_FREE_DISK_MB": 0,
         "STOP_TIMEOUT": 5,
         "POST_AFTER": 3600,  # receiving tests: series stay open unless a test says otherwise

@@ -253,7 +253,7 @@ class Deliverer:
         """One attempt at deleting a job's task on its server (None: its server is in
         trouble this round)."""
         try:
-            target = Target.of(due.fingerprint)
+            target = Target.of(due.fingerprint, due.server)
         except TokenUnavailable as exc:
             return Answer(Outcome.RETRY, f"no token ({exc})")
         if target.server in troubled:

@@ -267,7 +267,7 @@ class Poller:
     def _adopt(self, job: queue.PolledJob) -> None:
         try:
             fingerprint = job.fingerprint
-            target = Target.of(fingerprint)
+            target = Target.of(fingerprint, job.server)
         except TokenUnavailable as exc:
             queue.fail(self.engine, job.job_id, Step.POLL, f"cannot poll: {exc}", self.clock())
             return

@@ -14,19 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from isdr.db import jobs, routing
+from isdr.db import jobs, pool, routing
 from isdr.db.models import InvalidSnapshot
 from isdr.db.views import InstanceView
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.routing import GiveUp, Take
+from isdr.domain.servers import Chosen, PoolMember, Server, Servers, choose
 from isdr.domain.states import JobState, Step
 from isdr.domain.submit import RetryDecision, SubmitCounts, SubmitFailure
 from isdr.fingerprints.decide import route_study
@@ -49,6 +50,8 @@ class PostSettings:
     max_attempts: int
     retry_delay: float
     ambiguous_resends: int = 2  # POST_AMBIGUOUS_RESENDS
+    affinity: float = 3600.0  # POOL_AFFINITY_MINUTES, in seconds
+    down_after: int = 3  # SERVER_DOWN_AFTER
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt `attempts + 1`: doubling, capped at 10 minutes."""
@@ -100,9 +103,11 @@ class PostDaemon:
         settings: PostSettings,
         clock: Clock,
         tree_lock: SharedLock,
+        servers: Callable[[], Servers] = Servers,
     ) -> None:
         self.engine = engine
         self.fingerprints = fingerprints
+        self.servers = servers  # SERVERS_FILE, as last loaded
         self.client = client
         self.settings = settings
         self.clock = clock
@@ -113,6 +118,7 @@ class PostDaemon:
         self._held_warned = False
         self._lanes: dict[str, threading.Thread] = {}  # server -> its submits on the wire
         self._queued: set[int] = set()  # jobs handed to a lane, not yet done with
+        self._members: dict[int, str] = {}  # ... those of a pool: the member chosen
         self._lanes_lock = threading.Lock()
         self._wake_at: float | None = None  # when route_soon asked to route
         # Called with a series' id just before its files are removed (app.py: the console
@@ -227,6 +233,7 @@ class PostDaemon:
     def dispatch(self) -> list[threading.Thread]:
         """Start a lane for each server with due jobs and no lane running; those started.
 
+        A pool's job first gets its member (see isdr.domain.servers.choose), or waits.
         One job's or one server's trouble never stops others: a server that is slow or
         hangs holds only its own lane (cut at the exchange's deadline), and the next ticks
         start lanes for the other servers meanwhile.
@@ -234,57 +241,109 @@ class PostDaemon:
         with self._lanes_lock:
             busy = {server for server, lane in self._lanes.items() if lane.is_alive()}
             queued = set(self._queued)
-        lanes: dict[str, list[int]] = {}
-        for job_id, url in jobs.due_submits(self.engine, self.clock(), exclude=queued):
-            lanes.setdefault(server_of(url), []).append(job_id)
-        started = []
-        for server, job_ids in lanes.items():
-            if server in busy:
-                continue
-            lane = threading.Thread(
-                target=self._lane, args=(job_ids,), name=f"isdr-submit-{server}", daemon=True
-            )
-            with self._lanes_lock:
-                self._lanes[server] = lane
-                self._queued.update(job_ids)
-            lane.start()
-            started.append(lane)
-        return started
+            chosen = list(self._members.values())
+        lanes: dict[str, list[Submit]] = {}
+        due = jobs.due_submits(self.engine, self.clock(), exclude=queued)
+        for item in due:
+            if item.url:
+                lanes.setdefault(server_of(item.url), []).append(Submit(item.job_id))
+        pooled = [item for item in due if not item.url]
+        if pooled:
+            for submit in self._choose(pooled, chosen):
+                assert submit.member is not None
+                lanes.setdefault(server_of(str(submit.member.url)), []).append(submit)
+        return [self._start(server, work) for server, work in lanes.items() if server not in busy]
 
-    def _lane(self, job_ids: list[int]) -> None:
+    def _start(self, server: str, work: list[Submit]) -> threading.Thread:
+        lane = threading.Thread(
+            target=self._lane, args=(work,), name=f"isdr-submit-{server}", daemon=True
+        )
+        with self._lanes_lock:
+            self._lanes[server] = lane
+            self._queued.update(submit.job_id for submit in work)
+            self._members.update(
+                (submit.job_id, submit.member.name) for submit in work if submit.member
+            )
+        lane.start()
+        return lane
+
+    def _choose(self, pooled: list[jobs.DueSubmit], chosen: list[str]) -> list[Submit]:
+        """A member for each of a pool's due jobs, in turn (each choice counts in the
+        next); a job no member can take waits, saying why."""
+        now = self.clock()
+        known = self.servers()
+        pools = {item.job_id: known.pool(item.model, item.servers) for item in pooled}
+        everyone = {server.name: server for members in pools.values() for server in members}
+        keep = timedelta(seconds=self.settings.affinity)
+        state = pool.members(self.engine, list(everyone.values()), now, keep)
+        for name in chosen:  # handed to a lane, not yet on the wire: in flight already
+            if name in state:
+                state[name] = _plus_one(state[name])
+        held = pool.affinities(self.engine, {(i.study_instance_uid, i.model) for i in pooled}, now)
+        work, holds = [], []
+        for item in pooled:
+            key = (item.study_instance_uid, item.model)
+            members = [state[server.name] for server in pools[item.job_id]]
+            choice = choose(members, held.get(key), avoid=item.last_server)
+            if not isinstance(choice, Chosen):
+                self._wait(item, choice.reason, now)
+                continue
+            state[choice.name] = _plus_one(state[choice.name])
+            held[key] = choice.name
+            holds.append((*key, choice.name))
+            work.append(Submit(item.job_id, everyone[choice.name], choice.reason))
+        if holds:
+            pool.remember(self.engine, holds, now, keep)
+        return work
+
+    def _wait(self, item: jobs.DueSubmit, reason: str, now: datetime) -> None:
+        if item.waiting_for == reason:
+            return  # said already: no write
+        if pool.wait(self.engine, item.job_id, reason, now):
+            logger.info("job %d waits: %s", item.job_id, reason)
+
+    def _lane(self, work: list[Submit]) -> None:
         """Submit one server's due jobs in turn. A server that cannot be reached, or that
         was cut at its deadline, is left for this round: its other jobs wait (no attempt
         counted) instead of each waiting out the timeouts in turn."""
         skipped: set[str] = set()
         try:
-            for job_id in job_ids:
+            for submit in work:
                 if self.stopping.is_set():
                     return
+                job_id = submit.job_id
                 what = f"post daemon: submitting job {job_id}"
-                if not guarded(logger, what, self.submit_one, job_id, skipped):
+                if not guarded(logger, what, self.submit_one, job_id, skipped, submit):
                     self._fail(job_id, "unexpected error while submitting (see the log)")
                 with self._lanes_lock:
                     self._queued.discard(job_id)
+                    self._members.pop(job_id, None)
         finally:
             with self._lanes_lock:
-                self._queued.difference_update(job_ids)
+                for submit in work:
+                    self._queued.discard(submit.job_id)
+                    self._members.pop(submit.job_id, None)
 
-    def submit_one(self, job_id: int, unreachable: set[str]) -> None:
-        """Build the job's archive and submit it; record what happened."""
+    def submit_one(self, job_id: int, unreachable: set[str], submit: Submit | None = None) -> None:
+        """Build the job's archive and submit it (to the pool member chosen for it, when
+        a pool serves it); record what happened."""
+        member = submit.member if submit is not None else None
         try:
             work = jobs.job_input(self.engine, job_id)
         except InvalidSnapshot as exc:
             self._fail(job_id, str(exc))
             return
         fingerprint = work.fingerprint
+        if fingerprint.pooled and member is None:
+            return  # a pool's job is only sent through dispatch, which chooses its member
         try:
-            target = Target.of(fingerprint)
+            target = Target.of(fingerprint, member)
         except TokenUnavailable as exc:
             self._fail(job_id, str(exc))
             return
         if target.server in unreachable:
             return
-        archive = self._build(job_id, work, fingerprint.inference_server_api)
+        archive = self._build(job_id, work, target.api)  # the member's own generation
         if archive is None or self.stopping.is_set():
             return
         size = archive.stat().st_size / 1e6
@@ -292,15 +351,34 @@ class PostDaemon:
             f"sending {archive.name} ({len(work.instances)} instances, {size:.1f} MB) to "
             f"{target.url} for model {target.model}"
         )
+        changes: dict[str, object] = {"archive_sent_at": None}
+        if member is not None and submit is not None:
+            sending += f" (pool member {member.name}: {submit.reason})"
+            changes |= {"server_name": member.name, "server_copy": member, "waiting_for": None}
         if not jobs.move(
             self.engine, job_id, JobState.SUBMITTING, sending, self.clock(),
-            source=jobs.PENDING, archive_sent_at=None,
+            source=jobs.PENDING, **changes,
         ):  # fmt: skip
             return  # taken meanwhile
         answer = self.client.submit(
             target, archive, lambda: jobs.mark_archive_sent(self.engine, job_id, self.clock())
         )
         self._record(job_id, answer, archive, target, unreachable)
+        if member is not None:
+            self._count(member.name, answer)
+
+    def _count(self, name: str, answer: Answer) -> None:
+        """A pool member's submit counts for its health: a failure of the server (no
+        answer, a 5xx, busy) or a success; a refusal of the job (a 4xx) is neither."""
+        if answer.outcome is Outcome.FAILED or self.stopping.is_set():
+            return
+        ok = answer.outcome is Outcome.DONE
+        change = pool.record(
+            self.engine, name, probe=False, ok=ok, detail=answer.detail, now=self.clock(),
+            down_after=self.settings.down_after,
+        )  # fmt: skip
+        if change is not None:
+            logger.warning("InferenceServer %s %s", name, change)
 
     def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
         members = [self._member(i, s) for s in work.series for i in s.instances]
@@ -394,6 +472,19 @@ class PostDaemon:
             self.engine, job_id, JobState.FAILED, reason, self.clock(), source=jobs.IN_HAND,
             last_error=reason, failed_step=Step.SUBMIT,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Submit:
+    """A job handed to a lane: with a pool, the member chosen for it and why."""
+
+    job_id: int
+    member: Server | None = None
+    reason: str = ""
+
+
+def _plus_one(member: PoolMember) -> PoolMember:
+    return replace(member, in_flight=member.in_flight + 1, recent=member.recent + 1)
 
 
 def _discard(archive: Path) -> None:

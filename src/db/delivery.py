@@ -22,6 +22,7 @@ from isdr.domain.destination import AE_TITLE_MAX, Destination, DestinationTls
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.output import OutputRecord
 from isdr.domain.senders import SenderRefused, Sent
+from isdr.domain.servers import Server
 from isdr.domain.states import DeliveryState, JobState, Step
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class PolledJob:
     fingerprint: Fingerprint
     submitted_at: datetime
     poll_errors: int = 0  # unexpected errors so far (see add_poll_error)
+    server: Server | None = None  # the pool member that holds it (None: the fingerprint's URL)
 
 
 def polled_jobs(engine: Engine) -> list[PolledJob]:
@@ -47,10 +49,10 @@ def polled_jobs(engine: Engine) -> list[PolledJob]:
         rows = session.execute(
             select(
                 Job.id, Job.task_uid, Job.fingerprint, Job.submitted_at, Job.updated_at,
-                Job.poll_errors,
+                Job.poll_errors, Job.server_copy,
             ).where(Job.state == JobState.SUBMITTED)
         ).all()  # fmt: skip
-        return [PolledJob(r[0], r[1], r[2], r[3] or r[4], r[5] or 0) for r in rows]
+        return [PolledJob(r[0], r[1], r[2], r[3] or r[4], r[5] or 0, r[6]) for r in rows]
 
 
 def add_poll_error(engine: Engine, job_id: int, message: str, now: datetime) -> int:
@@ -426,13 +428,16 @@ class RemoteDelete:
     task_uid: str
     fingerprint: Fingerprint
     attempts: int  # made so far
+    server: Server | None = None  # the pool member that held it
 
 
 def due_remote_deletes(engine: Engine, now: datetime, limit: int = 50) -> list[RemoteDelete]:
     """Remote deletes whose time has come, oldest first."""
     with Session(engine) as session:
         rows = session.execute(
-            select(Job.id, Job.task_uid, Job.fingerprint, Job.remote_delete_attempts)
+            select(
+                Job.id, Job.task_uid, Job.fingerprint, Job.remote_delete_attempts, Job.server_copy
+            )
             .where(
                 Job.remote_delete_due_at <= now,
                 Job.state.in_((JobState.DELIVERED, JobState.FAILED)),
@@ -440,7 +445,7 @@ def due_remote_deletes(engine: Engine, now: datetime, limit: int = 50) -> list[R
             .order_by(Job.remote_delete_due_at)
             .limit(limit)
         ).all()
-        return [RemoteDelete(row[0], row[1], row[2], row[3] or 0) for row in rows]
+        return [RemoteDelete(row[0], row[1], row[2], row[3] or 0, row[4]) for row in rows]
 
 
 def remote_delete_done(
@@ -563,6 +568,7 @@ def _reopen_failed_deliveries(session: Session, job_id: int, now: datetime) -> N
 
 CANCELLABLE = {
     JobState.PENDING: Step.SUBMIT,
+    JobState.WAITING: Step.SUBMIT,
     JobState.SUBMITTED: Step.POLL,
     JobState.DELIVERING: Step.DELIVER,
 }

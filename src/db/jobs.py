@@ -75,29 +75,57 @@ def _model_and_server(job: Job) -> str:
         fingerprint = job.fingerprint
     except InvalidSnapshot:
         return "its fingerprint copy is not valid"
-    return f"model {fingerprint.model_human_readable_id} on {fingerprint.inference_server_url}"
+    server = job.server_name or fingerprint.server_label
+    return f"model {fingerprint.model_human_readable_id} on {server}"
+
+
+@dataclass(frozen=True)
+class DueSubmit:
+    """A job due for a submit, with what choosing its server needs."""
+
+    job_id: int
+    url: str  # its server's URL as its fingerprint copy names it; "": a pool serves it
+    model: str
+    servers: tuple[str, ...] | None  # the pool's narrowing (`inference_servers`)
+    study_instance_uid: str
+    last_server: str  # the member its last submit went to ("" if none)
+    waiting_for: str | None = None  # why it waits, when it does
 
 
 def due_submits(
     engine: Engine, now: datetime, exclude: Collection[int] = (), limit: int = 500
-) -> list[tuple[int, str]]:
-    """Pending jobs whose next attempt is due, but those in `exclude`, each with the URL
-    of its server as its copy of the fingerprint names it ("" when it names none)."""
+) -> list[DueSubmit]:
+    """Pending jobs whose next attempt is due, and waiting ones, but those in `exclude`,
+    the longest due first."""
     raw = type_coerce(Job.fingerprint, JSON)
+    due = or_(
+        and_(Job.state == JobState.PENDING, Job.next_attempt_at <= now),
+        Job.state == JobState.WAITING,
+    )
     with Session(engine) as session:
         rows = session.execute(
-            select(Job.id, raw)
-            .where(Job.state == JobState.PENDING, Job.next_attempt_at <= now)
-            .where(Job.id.not_in(list(exclude)))
-            .order_by(Job.next_attempt_at)
+            select(Job.id, raw, Series.study_instance_uid, Job.server_name, Job.waiting_for)
+            .join(Series, Series.id == Job.series_id)
+            .where(due, Job.id.not_in(list(exclude)))
+            .order_by(Job.next_attempt_at, Job.id)
             .limit(limit)
         ).all()
-    return [(row[0], _url_of(row[1])) for row in rows]
+    return [_due(*row) for row in rows]
 
 
-def _url_of(copy: object) -> str:
-    url = copy.get("inference_server_url") if isinstance(copy, dict) else None
-    return url if isinstance(url, str) else ""
+def _due(job_id: int, copy: object, study: str, last: str | None, waiting: str | None) -> DueSubmit:
+    data = copy if isinstance(copy, dict) else {}
+    keys = ("inference_server_url", "model_human_readable_id", "inference_servers")
+    url, model, names = (data.get(key) for key in keys)
+    return DueSubmit(
+        job_id,
+        url if isinstance(url, str) else "",
+        model if isinstance(model, str) else "",
+        tuple(str(name) for name in names) if isinstance(names, list) else None,
+        study,
+        last or "",
+        waiting,
+    )
 
 
 @dataclass(frozen=True)
@@ -176,8 +204,8 @@ def move(
         return True
 
 
-PENDING = frozenset({JobState.PENDING})
-IN_HAND = frozenset({JobState.PENDING, JobState.SUBMITTING})
+PENDING = frozenset({JobState.PENDING, JobState.WAITING})  # what a submit may take
+IN_HAND = frozenset({JobState.PENDING, JobState.WAITING, JobState.SUBMITTING})
 SUBMITTING = frozenset({JobState.SUBMITTING})
 
 
@@ -278,7 +306,7 @@ def series_ready_for_removal(
     A job that failed at its submit keeps them, so that `isdr jobs retry` can send it.
     """
     unsent = or_(
-        Job.state.in_((JobState.PENDING, JobState.SUBMITTING)),
+        Job.state.in_((JobState.PENDING, JobState.WAITING, JobState.SUBMITTING)),
         and_(
             Job.state == JobState.FAILED,
             or_(Job.failed_step.is_(None), Job.failed_step == Step.SUBMIT),
@@ -358,7 +386,9 @@ def list_jobs(
     conditions = [
         Job.state == state if state is not None else None,
         copy["model_human_readable_id"].as_string() == model if model is not None else None,
-        copy["inference_server_url"].as_string() == server if server is not None else None,
+        or_(copy["inference_server_url"].as_string() == server, Job.server_name == server)
+        if server is not None
+        else None,
         Job.created_at >= since if since is not None else None,
         Job.created_at < until if until is not None else None,
     ]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.servers import Server
 from isdr.domain.states import SeriesState
 from isdr.errors import IsdrError
 
@@ -67,6 +68,24 @@ class FingerprintJSON(TypeDecorator[Fingerprint]):
             return Fingerprint.model_validate(value)
         except ValidationError as exc:
             raise InvalidSnapshot(f"the job's copy of its fingerprint is not valid: {exc}") from exc
+
+
+class ServerJSON(TypeDecorator[Server]):
+    """A job's own copy of the pool member it was sent to (SERVERS_FILE's entry then)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Server | None, dialect: Dialect) -> Any:
+        return None if value is None else value.model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Server | None:
+        if value is None:
+            return None
+        try:
+            return Server.model_validate(value)
+        except ValidationError as exc:
+            raise InvalidSnapshot(f"the job's copy of its server is not valid: {exc}") from exc
 
 
 class Base(DeclarativeBase):
@@ -211,6 +230,12 @@ class Job(Base):
     # Unexpected errors while polling it, downloading, unpacking or judging its output: each
     # is an attempt; a few fail the job (counted across restarts, so never a loop).
     poll_errors: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A pool's job: the member it was last sent to (its name, and its entry then, which
+    # polls and deletes keep using). None: the fingerprint names its server's URL.
+    server_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    server_copy: Mapped[Server | None] = mapped_column(ServerJSON, nullable=True, deferred=True)
+    # Why it waits (state `waiting`): every member of its pool is full, down or drained.
+    waiting_for: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
     # The rounds it holds (none recorded for a job made before jobs held several: series_id).
@@ -312,4 +337,38 @@ class WebSession(Base):
     stamp: Mapped[str] = mapped_column(String(64), default="")
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class PoolServer(Base):
+    """What the relays know of one named InferenceServer (SERVERS_FILE) beyond the file:
+    drained by a person, down after failures in a row, its last probe and error rate."""
+
+    __tablename__ = "pool_server"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    drained_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    down_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    probe_failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
+    submit_failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_probe: Mapped[str] = mapped_column(Text, default="")  # what it answered, in words
+    # Requests and failures (probes and submits) since window_start (an hour at most).
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    window_requests: Mapped[int] = mapped_column(Integer, default=0)
+    window_errors: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StudyAffinity(Base):
+    """Which pool member took a study's jobs for a model, until `expires_at`."""
+
+    __tablename__ = "study_affinity"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(Text)
+    server_name: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

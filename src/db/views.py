@@ -79,6 +79,8 @@ class JobView:
     ambiguous_submits: int | None
     poll_errors: int | None
     series_ids: tuple[int, ...]  # every series round it holds (series_id is the first)
+    server_name: str | None = None  # the pool member it was last sent to
+    waiting_for: str | None = None  # why it waits (state waiting)
 
     @property
     def model(self) -> str:
@@ -87,8 +89,11 @@ class JobView:
 
     @property
     def server(self) -> str:
-        """The InferenceServer's URL, as the job's fingerprint names it."""
-        return "?" if self.fingerprint is None else str(self.fingerprint.inference_server_url)
+        """The InferenceServer: the pool member's name, or the URL the job's fingerprint
+        names (a pool's job not yet sent: its pool)."""
+        if self.server_name:
+            return self.server_name
+        return "?" if self.fingerprint is None else self.fingerprint.server_label
 
 
 def job_view(row: Any) -> JobView:

@@ -123,8 +123,11 @@ class Fingerprint(SeriesRules):
     # Errors never quote the input: it may be a token.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    inference_server_url: AnyHttpUrl
+    # None: the pool of every server in SERVERS_FILE that lists the model serves it.
+    inference_server_url: AnyHttpUrl | None = None
     model_human_readable_id: str = Field(min_length=1)
+    # With no URL: only these servers of SERVERS_FILE (by name) may take its jobs.
+    inference_servers: list[str] | None = Field(None, min_length=1, max_length=1000)
     scus: list[Scu] = Field(default_factory=list)
     inference_server_api: Literal[1, 2] = 1
     description: str = ""
@@ -174,6 +177,37 @@ class Fingerprint(SeriesRules):
         return self
 
     @model_validator(mode="after")
+    def _url_or_pool(self) -> Fingerprint:
+        if self.inference_server_url is None:
+            # By value, not by presence: a job's copy holds every key with its default.
+            given = [key for key in _SERVER_KEYS if getattr(self, key) is not None]
+            given += ["inference_server_api"] if self.inference_server_api != 1 else []
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: only with inference_server_url; a fingerprint served "
+                    "by a pool takes the API and token from each server's entry in SERVERS_FILE"
+                )
+        elif self.inference_servers is not None:
+            raise ValueError(
+                "give inference_server_url (one server) or inference_servers (names in "
+                "SERVERS_FILE), not both"
+            )
+        return self
+
+    @property
+    def pooled(self) -> bool:
+        """Whether a pool of SERVERS_FILE serves it (it names no URL)."""
+        return self.inference_server_url is None
+
+    @property
+    def server_label(self) -> str:
+        """Its server as people read it: the URL, or the pool."""
+        if self.inference_server_url is not None:
+            return str(self.inference_server_url)
+        names = ", ".join(self.inference_servers or ())
+        return f"the pool of {names}" if names else "the pool of its model"
+
+    @model_validator(mode="after")
     def _rules_in_one_place(self) -> Fingerprint:
         if not self.triggers:
             return self
@@ -204,27 +238,12 @@ class Fingerprint(SeriesRules):
     def token(self) -> str | None:
         """The token to send, read from the environment or its file when named so;
         TokenUnavailable when it cannot be read or holds a control character."""
-        if self.inference_server_token is not None:
-            return self.inference_server_token.get_secret_value()
-        if self.inference_server_token_env is not None:
-            source = f"the variable {self.inference_server_token_env} (inference_server_token_env)"
-            return _printable(self._token_from_env(source), source)
-        if self.inference_server_token_file is not None:
-            source = f"inference_server_token_file {self.inference_server_token_file}"
-            return _printable(self._token_from_file(source), source)
-        return None
-
-    def _token_from_env(self, source: str) -> str:
-        value = os.environ.get(str(self.inference_server_token_env))
-        if value is None:
-            raise TokenUnavailable(f"{source} is not set")
-        return value.strip()
-
-    def _token_from_file(self, source: str) -> str:
-        try:
-            return Path(str(self.inference_server_token_file)).read_text().strip()
-        except OSError as exc:
-            raise TokenUnavailable(f"cannot read {source}: {exc.strerror}") from exc
+        return read_token(
+            self.inference_server_token,
+            self.inference_server_token_env,
+            self.inference_server_token_file,
+            "inference_server_token",
+        )
 
     @property
     def nodes(self) -> list[Destination]:
@@ -246,6 +265,29 @@ class Fingerprint(SeriesRules):
         return self.model_dump(mode="json")
 
 
+def read_token(
+    inline: SecretStr | None, variable: str | None, file: str | None, key: str
+) -> str | None:
+    """A token given inline (`key`), in an environment variable (`key`_env) or a file
+    (`key`_file); TokenUnavailable when it cannot be read or holds a control character."""
+    if inline is not None:
+        return inline.get_secret_value()
+    if variable is not None:
+        source = f"the variable {variable} ({key}_env)"
+        value = os.environ.get(variable)
+        if value is None:
+            raise TokenUnavailable(f"{source} is not set")
+        return _printable(value.strip(), source)
+    if file is not None:
+        source = f"{key}_file {file}"
+        try:
+            text = Path(file).read_text().strip()
+        except OSError as exc:
+            raise TokenUnavailable(f"cannot read {source}: {exc.strerror}") from exc
+        return _printable(text, source)
+    return None
+
+
 def _printable(token: str, source: str) -> str:
     """The token, unless it holds a control character (the message never shows it)."""
     if has_control_character(token):
@@ -256,6 +298,11 @@ def _printable(token: str, source: str) -> str:
     return token
 
 
+_SERVER_KEYS = (
+    "inference_server_token",
+    "inference_server_token_env",
+    "inference_server_token_file",
+)
 _COMPLETENESS_KEYS = ("min_instances", "expected_instances", "check_geometry")
 KNOWN_KEYS = tuple(Fingerprint.model_fields)
 TRIGGER_KEYS = tuple(Trigger.model_fields)

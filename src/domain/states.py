@@ -24,6 +24,7 @@ class JobState(StrEnum):
     """Where a job stands; see docs/architecture/jobs.md for the drawing."""
 
     PENDING = "pending"  # waiting to be submitted (again) at next_attempt_at
+    WAITING = "waiting"  # its pool has no member that can take it now (waiting_for says why)
     SUBMITTING = "submitting"  # a submit is on the wire
     SUBMITTED = "submitted"  # the InferenceServer has it under task_uid: polled
     DELIVERING = "delivering"  # its output is unpacked; deliveries to destinations run

@@ -120,7 +120,7 @@ def load_text(name: str, text: str) -> Fingerprint | list[FingerprintError]:
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         return [FingerprintError(name, f"larger than {MAX_BYTES} bytes: not a fingerprint")]
     try:
-        data = json.loads(text, object_pairs_hook=_without_repeats)
+        data = json.loads(text, object_pairs_hook=without_repeats)
     except json.JSONDecodeError as exc:
         return [FingerprintError(name, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)]
     except RepeatedKey as exc:
@@ -136,7 +136,7 @@ def load_text(name: str, text: str) -> Fingerprint | list[FingerprintError]:
     slow = too_slow(_patterns(fingerprint))
     if slow is not None:
         location = slow.split(".")
-        line, column = _position(text, location[-1], location)
+        line, column = key_position(text, location[-1], location)
         message = (
             f"this regular expression takes more than {TIME_LIMIT} s to search a "
             f"{PROBE_LENGTH}-character string (catastrophic backtracking): simplify it"
@@ -161,7 +161,7 @@ class RepeatedKey(ValueError):
         self.key = key
 
 
-def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object as a dict; RepeatedKey when it names a key twice."""
     data: dict[str, Any] = {}
     for key, value in pairs:
@@ -177,10 +177,10 @@ def _describe(file: str, text: str, error: Any) -> FingerprintError:
         del location[2]  # the kind of entry pydantic tried ("node" or "sender")
     key = next((part for part in reversed(location) if not part.isdigit()), "")
     dotted = ".".join(location) or None
-    line, column = _position(text, key, location)
+    line, column = key_position(text, key, location)
     if error["type"] == "extra_forbidden":
         known = _keys_at(location)
-        return FingerprintError(file, _unknown_key(key, known), line, column, dotted)
+        return FingerprintError(file, unknown_key(key, known), line, column, dotted)
     if error["type"] == "missing":
         return FingerprintError(file, "required but missing", None, None, dotted)
     return FingerprintError(file, _message(error), line, column, dotted)
@@ -201,13 +201,13 @@ def _message(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _unknown_key(key: str, known: tuple[str, ...]) -> str:
+def unknown_key(key: str, known: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
     return f"unknown key{hint}"
 
 
-def _position(text: str, key: str, location: list[str]) -> tuple[int | None, int | None]:
+def key_position(text: str, key: str, location: list[str]) -> tuple[int | None, int | None]:
     """Line and column of the key's n-th occurrence (n from a list index in the location)."""
     if not key:
         return None, None

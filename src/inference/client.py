@@ -21,6 +21,7 @@ from typing import BinaryIO
 import httpx
 
 from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.servers import Server
 from isdr.errors import IsdrError
 from isdr.inference.deadline import Deadline, Reaper
 from isdr.inference.transport import KeepAliveTransport, cut_error
@@ -70,9 +71,14 @@ class Target:
     token: str | None = None
 
     @classmethod
-    def of(cls, fingerprint: Fingerprint) -> Target:
-        """The fingerprint's model on its server; TokenUnavailable when its token's
+    def of(cls, fingerprint: Fingerprint, server: Server | None = None) -> Target:
+        """The fingerprint's model on `server` (a member of its pool, with its own API and
+        token) or else on the server its URL names; TokenUnavailable when the token's
         variable or file is missing."""
+        if server is not None:
+            model = fingerprint.model_human_readable_id
+            return cls(url=str(server.url), api=server.api, model=model,
+                       token=server.token_value())  # fmt: skip
         return cls(
             url=str(fingerprint.inference_server_url),
             api=fingerprint.inference_server_api,

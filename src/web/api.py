@@ -14,9 +14,11 @@ from pydantic import BaseModel
 
 from isdr.db.delivery import cancel, job_details, output_files, retry_failed
 from isdr.db.jobs import list_jobs, recent_events, timeline
+from isdr.db.pool import set_drained, statuses
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
 from isdr.db.views import JobView, SeriesView
+from isdr.domain.servers import NAME_PATTERN
 from isdr.domain.states import JobState, SeriesState
 from isdr.web.auth import principal_of
 from isdr.web.context import WebContext
@@ -25,6 +27,42 @@ PAGE_MAX = 500
 ID_MAX = 2**63 - 1  # the database's integers
 Id = Annotated[int, Path(ge=1, le=ID_MAX)]
 Short = Annotated[str, Query(max_length=200)]
+ServerName = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+
+class PoolServerOut(BaseModel):
+    """One server of SERVERS_FILE, as the pools see it."""
+
+    name: str
+    url: str
+    api: int
+    models: list[str]
+    capacity: int
+    weight: float
+    state: str
+    in_flight: int
+    last_probe_at: datetime | None
+    last_probe: str
+    last_error: str
+    error_rate: float | None
+    down_since: datetime | None
+    drained_at: datetime | None
+
+
+class DrainOut(BaseModel):
+    """What a drain or resume did."""
+
+    name: str
+    outcome: str
+
+
+def _set_drained(context: WebContext, name: str, *, drained: bool) -> DrainOut:
+    try:
+        said = set_drained(context.engine, context.servers().servers, name, drained,
+                           context.clock())  # fmt: skip
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return DrainOut(name=name, outcome=said)
 
 
 class SeriesOut(BaseModel):
@@ -61,6 +99,7 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     failed_step: str | None
+    waiting_for: str | None = None  # state waiting: why (its pool has no member free)
 
 
 class EventOut(BaseModel):
@@ -140,6 +179,7 @@ def _job_out(view: JobView) -> JobOut:
         model=view.model, server=view.server, state=JobState(view.state),
         attempts=view.attempts, last_error=view.last_error, task_uid=view.task_uid,
         created_at=view.created_at, updated_at=view.updated_at, failed_step=view.failed_step,
+        waiting_for=view.waiting_for,
     )  # fmt: skip
 
 
@@ -220,6 +260,25 @@ def api_router(context: WebContext) -> APIRouter:
         """Each InferenceServer the fingerprints name: whether it answered its last
         heartbeat (every minute), what it answered, and since when it is up."""
         return [ServerOut.model_validate(vars(row)) for row in list_servers(engine)]
+
+    @router.get("/pool", response_model=list[PoolServerOut])
+    def pool_servers() -> list[PoolServerOut]:
+        """Each server of SERVERS_FILE (and each the database still remembers): state
+        (up, down, drained), jobs in flight, capacity, weight, last probe, error rate in
+        the last hour."""
+        rows = statuses(engine, context.servers().servers)
+        return [PoolServerOut.model_validate(vars(row)) for row in rows]
+
+    @router.post("/pool/{name}/drain", response_model=DrainOut)
+    def pool_drain(name: ServerName) -> DrainOut:
+        """Stop new jobs going to a server; its running jobs finish (as `isdr servers
+        drain`); 404 for a name SERVERS_FILE does not have."""
+        return _set_drained(context, name, drained=True)
+
+    @router.post("/pool/{name}/resume", response_model=DrainOut)
+    def pool_resume(name: ServerName) -> DrainOut:
+        """Let a drained (or down) server take jobs again (as `isdr servers resume`)."""
+        return _set_drained(context, name, drained=False)
 
     @router.post("/jobs/{job_id}/retry", response_model=RetryOut)
     def job_retry(job_id: Id) -> RetryOut:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from isdr.domain.servers import Servers
 from isdr.pictures.worker import Renderer as Pictures
 from isdr.web.users import Users
 
@@ -38,6 +39,7 @@ class WebContext:
     incoming_dir: Path = Path("incoming")  # where the instances' paths start
     jobs_dir: Path = Path("data/jobs")  # where each job's output folder is
     pictures: Pictures | None = None  # renders thumbnails and predictions; None: no pictures
+    servers: Callable[[], Servers] = Servers  # SERVERS_FILE as last loaded
     session_hours: float = 12.0  # how long a login lasts
     secure_cookies: bool = False  # HTTPS is on: cookies are sent over it only
     failures: dict[str, list[float]] = field(default_factory=dict)  # wrong tokens, by peer

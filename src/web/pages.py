@@ -18,8 +18,10 @@ from fastapi.responses import HTMLResponse, Response
 from isdr.db.delivery import cancel, job_details, output_files, retry_failed
 from isdr.db.jobs import jobs_of_series, list_jobs, recent_events, timeline
 from isdr.db.overview import overview
+from isdr.db.pool import set_drained, statuses
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
+from isdr.db.views import JobView
 from isdr.domain.states import JobState, SeriesState
 from isdr.web.api import ID_MAX
 from isdr.web.auth import principal_of
@@ -79,7 +81,19 @@ def _dashboard(router: APIRouter, context: WebContext) -> None:
             request, "_dashboard.html", counts=counts, peak=peak,
             servers=list_servers(context.reader), free=_free(context),
             associations=context.live.associations(),
+            pool=statuses(context.reader, context.servers().servers),
         )  # fmt: skip
+
+    @router.post("/pool/{name}/{action}", response_class=HTMLResponse)
+    def pool_action(request: Request, name: str, action: str) -> Response:
+        if action not in ("drain", "resume"):
+            raise HTTPException(404, "drain or resume")
+        try:
+            note = set_drained(context.engine, context.servers().servers, name,
+                               action == "drain", context.clock())  # fmt: skip
+        except LookupError as exc:
+            note = str(exc)
+        return _render(request, "_note.html", note=note)
 
     @router.get("/docs", response_class=HTMLResponse)
     def api_page(request: Request) -> Response:
@@ -195,8 +209,17 @@ def _job(request: Request, context: WebContext, job_id: int, template: str) -> R
     return _render(
         request, template, title=f"Job {job_id}", job=job, events=events, deliveries=deliveries,
         dicom=[f for f in files if f.is_dicom], kept=[f for f in files if not f.is_dicom],
-        ended=job.state in ENDED,
+        ended=job.state in ENDED, server_state=_server_state(context, job),
     )  # fmt: skip
+
+
+def _server_state(context: WebContext, job: JobView) -> str:
+    """The state of the pool member a job is on, when it is not up ("" otherwise)."""
+    if not job.server_name or job.state in ENDED:
+        return ""
+    found = [s for s in statuses(context.reader, context.servers().servers)
+             if s.name == job.server_name]  # fmt: skip
+    return found[0].state if found and found[0].state != "up" else ""
 
 
 def _fingerprints(router: APIRouter, context: WebContext, folder: Path) -> None:

@@ -24,6 +24,7 @@ CONTAINER_PATHS = {
     "DATA_DIR",
     "USERS_FILE",
     "SENDERS_FILE",
+    "SERVERS_FILE",
 }
 TOOLS = Path(sys.executable).parent
 
