@@ -364,14 +364,15 @@ class PostDaemon:
             target, archive, lambda: jobs.mark_archive_sent(self.engine, job_id, self.clock())
         )
         self._record(job_id, answer, archive, target, unreachable)
-        if member is not None:
-            self._count(member.name, answer)
+        if member is not None and self._went_down(member.name, answer):
+            unreachable.add(target.server)  # the lane's other jobs are chosen again
 
-    def _count(self, name: str, answer: Answer) -> None:
-        """A pool member's submit counts for its health: a failure of the server (no
-        answer, a 5xx, busy) or a success; a refusal of the job (a 4xx) is neither."""
+    def _went_down(self, name: str, answer: Answer) -> bool:
+        """Count a pool member's submit for its health: a failure of the server (no
+        answer, a 5xx, busy) or a success; a refusal of the job (a 4xx) is neither.
+        Whether this took the member out."""
         if answer.outcome is Outcome.FAILED or self.stopping.is_set():
-            return
+            return False
         ok = answer.outcome is Outcome.DONE
         change = pool.record(
             self.engine, name, probe=False, ok=ok, detail=answer.detail, now=self.clock(),
@@ -379,6 +380,7 @@ class PostDaemon:
         )  # fmt: skip
         if change is not None:
             logger.warning("InferenceServer %s %s", name, change)
+        return change is not None and not ok
 
     def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
         members = [self._member(i, s) for s in work.series for i in s.instances]

@@ -78,19 +78,20 @@ def members(
             row.name: row
             for row in session.scalars(select(PoolServer).where(PoolServer.name.in_(names)))
         }
-        taken = dict(
-            session.execute(
+        taken = {
+            str(name): int(count)
+            for name, count in session.execute(
                 select(Job.server_name, func.count())
                 .where(Job.server_name.in_(names), Job.submitted_at >= now - recent)
                 .group_by(Job.server_name)
-            ).tuples()
-        )
+            )
+        }
     found = {}
     for server in servers:
         row = rows.get(server.name)
         found[server.name] = PoolMember(
             server.name, server.capacity, server.weight,
-            in_flight=flying.get(server.name, 0), recent=int(taken.get(server.name) or 0),
+            in_flight=flying.get(server.name, 0), recent=taken.get(server.name, 0),
             down=row is not None and row.down_since is not None,
             drained=row is not None and row.drained_at is not None,
         )  # fmt: skip
@@ -119,13 +120,17 @@ def remember(
 ) -> None:
     """Record that each (study, model, member) holds the study until `now + keep`; expired
     rows go at the same time."""
+    latest = {(study, model): name for study, model, name in held}  # the last word counts
+    studies = list({study for study, _model in latest})
     with Session(engine) as session, session.begin():
-        for study, model, name in held:
-            row = session.scalars(
-                select(StudyAffinity).where(
-                    StudyAffinity.study_instance_uid == study, StudyAffinity.model == model
-                )
-            ).first()
+        rows = {
+            (row.study_instance_uid, row.model): row
+            for row in session.scalars(
+                select(StudyAffinity).where(StudyAffinity.study_instance_uid.in_(studies))
+            )
+        }
+        for (study, model), name in latest.items():
+            row = rows.get((study, model))
             if row is None:
                 session.add(StudyAffinity(study_instance_uid=study, model=model,
                                           server_name=name, expires_at=now + keep))  # fmt: skip

@@ -50,6 +50,9 @@ Knobs (attributes; set them before or between requests):
 - `hang_seconds` (5): the silence of "hang", "stall" and `queue_down`.
 - `discard`: read archives and count their bytes but keep nothing (benchmarks).
 
+`close()` closes both ports (a server stopped) and `reopen()` listens on them again, with
+the same tasks.
+
 Records: `submissions` (every accepted archive), `tasks` (uid -> Task), `deleted` (uids
 deleted through a DELETE, in order; `delete_behind_back(uid)` deletes as another client
 would, without listing it), `gets` (every GET), `hung`; `live_tasks()` lists the tasks
@@ -232,10 +235,14 @@ class StandIn:
         self.stopping = threading.Event()  # cuts hangs and stalls short
         self.hostname = "localhost" if host in LOOPBACK else host
         self.ca_file = folder / "ca.pem"
-        context = self._tls(host)
-        self._servers = [self._listen(api, (host, port), context) for api, port in
+        self._host = host
+        self._context = self._tls(host)
+        self._servers = [self._listen(api, (host, port), self._context) for api, port in
                          ((1, port_v1), (2, port_v2))]  # fmt: skip
-        self._threads = [
+        self._threads = self._serving()
+
+    def _serving(self) -> list[threading.Thread]:
+        return [
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                              daemon=True)
             for server in self._servers
@@ -283,10 +290,23 @@ class StandIn:
 
     def stop(self) -> None:
         self.stopping.set()
+        self.close()
+
+    def close(self) -> None:
+        """Close both ports (connections are refused), keeping every task: a server
+        stopped for a while; `reopen` brings it back."""
         for server, thread in zip(self._servers, self._threads, strict=True):
             if thread.is_alive():
                 server.shutdown()
             server.server_close()
+
+    def reopen(self) -> None:
+        """Listen again on the same ports, with the same tasks and knobs."""
+        ports = (self.port_v1, self.port_v2)
+        self._servers = [self._listen(api, (self._host, port), self._context)
+                         for api, port in zip((1, 2), ports, strict=True)]  # fmt: skip
+        self._threads = self._serving()
+        self.start()
 
     def next_behaviour(self) -> str:
         with self.lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,13 @@ def parse_servers(name: str, text: str) -> Servers | list[FingerprintError]:
     try:
         return Servers.model_validate(data)
     except ValidationError as exc:
-        return [_describe(name, text, error) for error in exc.errors(include_input=False)]
+        return [_describe(name, text, data, error) for error in exc.errors(include_input=False)]
 
 
-def _describe(name: str, text: str, error: Any) -> FingerprintError:
+def _describe(name: str, text: str, data: dict[str, Any], error: Any) -> FingerprintError:
     location = [str(part) for part in error["loc"]]
     key = next((part for part in reversed(location) if not part.isdigit()), "")
-    line, column = key_position(text, key, location)
+    line, column = _server_key_position(text, data, location, key)
     dotted = ".".join(location) or None
     if error["type"] == "extra_forbidden":
         known = SERVER_KEYS if len(location) > 1 else ("servers",)
@@ -78,6 +79,30 @@ def _describe(name: str, text: str, error: Any) -> FingerprintError:
         return FingerprintError(name, "required but missing", None, None, dotted)
     message = str(error["msg"]).removeprefix("Value error, ")
     return FingerprintError(name, message, line, column, dotted)
+
+
+def _server_key_position(
+    text: str, data: dict[str, Any], location: list[str], key: str
+) -> tuple[int | None, int | None]:
+    """Where the key is: in the entry of its server, found by the server's name (an entry
+    that leaves a key out must not send the reader to a neighbour's), else as fingerprints
+    do."""
+    entries = data.get("servers")
+    index = int(location[1]) if len(location) > 2 and location[1].isdigit() else None
+    if index is None or not isinstance(entries, list) or index >= len(entries):
+        return key_position(text, key, location)
+    entry = entries[index]
+    named = entry.get("name") if isinstance(entry, dict) else None
+    own = re.search(rf'"name"\s*:\s*{re.escape(json.dumps(named))}', text) if named else None
+    if own is None:
+        return key_position(text, key, location)
+    start = own.start() if key == "name" else own.end()
+    found = re.compile(rf'"{re.escape(key)}"\s*:').search(text, start)
+    before = re.compile(r'"name"\s*:').search(text, start)
+    if found is None or (before is not None and before.start() < found.start()):
+        return key_position(text, key, location)
+    offset = found.start()
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 class ServersFile:
