@@ -41,7 +41,7 @@ class Server(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    name: str = Field(pattern=NAME_PATTERN)  # letters, digits, . _ -: said in logs and URLs
+    name: str  # letters, digits, . _ -: said in logs and URLs
     url: AnyHttpUrl
     api: Literal[1, 2] = 1
     models: list[ModelId] = Field(min_length=1, max_length=1000)
@@ -50,6 +50,16 @@ class Server(BaseModel):
     token: SecretStr | None = None
     token_env: str | None = Field(None, min_length=1)  # a variable's name
     token_file: str | None = Field(None, min_length=1)  # a file's path
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(
+                "a name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
+                "or a digit"
+            )
+        return name
 
     @field_validator("models")
     @classmethod
