@@ -39,6 +39,7 @@ from isdr.db.engine import make_engine  # noqa: E402
 from isdr.db.models import Delivery, Job, Series  # noqa: E402
 from isdr.dicom.files import describe  # noqa: E402
 from isdr.domain.destination import Destination  # noqa: E402
+from isdr.domain.fingerprint import Fingerprint  # noqa: E402
 from isdr.scp.tuning import tune_libraries  # noqa: E402
 from isdr.scu.sender import FileToSend, SendOptions, send_files  # noqa: E402
 from isdr.synthetic import SeriesSpec, write_series  # noqa: E402
@@ -100,8 +101,10 @@ def seed_delivery(engine: object, port: int) -> int:
                         folder="b", first_received_at=now, last_received_at=now)  # fmt: skip
         session.add(series)
         session.flush()
-        job = Job(series_id=series.id, fingerprint_name="b", fingerprint={}, state="delivering",
-                  next_attempt_at=now, created_at=now, updated_at=now)  # fmt: skip
+        fingerprint = Fingerprint(model_human_readable_id="b")
+        job = Job(series_id=series.id, fingerprint_name="b", fingerprint=fingerprint,
+                  state="delivering", next_attempt_at=now, created_at=now,
+                  updated_at=now)  # fmt: skip
         session.add(job)
         session.flush()
         delivery = Delivery(job_id=job.id, position=0, host="127.0.0.1", port=port,

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from isdr.db.engine import make_engine  # noqa: E402
 from isdr.db.models import Job, Series  # noqa: E402
 from isdr.demo.standin import StandIn, Submission  # noqa: E402
+from isdr.domain.fingerprint import Fingerprint  # noqa: E402
 from isdr.domain.states import JobState, SeriesState  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -63,11 +64,12 @@ def seed(database: str, standin: StandIn, count: int) -> None:
         )  # fmt: skip
         session.add(series)
         session.flush()
+        copy = Fingerprint.model_validate(snapshot)
         for index in range(count):
             uid = f"bench-task-{index}"
             standin.record(Submission(1, "ct-model", "zip_file", "x.zip", [], {}, uid))
             session.add(Job(
-                series_id=series.id, fingerprint_name="bench.json", fingerprint=snapshot,
+                series_id=series.id, fingerprint_name="bench.json", fingerprint=copy,
                 state=JobState.SUBMITTED, attempts=0, next_attempt_at=now, last_error="",
                 task_uid=uid, created_at=now, updated_at=now, submitted_at=now,
             ))  # fmt: skip
