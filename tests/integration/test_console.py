@@ -9,6 +9,7 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from isdr.db.engine import make_engine, reader_engine
 from isdr.db.models import Delivery, Job, Series
 from isdr.domain.fingerprint import Fingerprint
+from isdr.domain.servers import Servers
 from isdr.domain.states import DeliveryState, JobState, SeriesState
 from isdr.web.app import create_app
 from isdr.web.auth import SESSION_COOKIE
@@ -442,3 +444,54 @@ def test_the_api_lists_filter_by_model_server_sender_modality_and_time(
     assert ids("/api/v1/series?calling_ae_title=MR_SCANNER&modality=CT") == []
     assert len(ids(f"/api/v1/series?since={yesterday}")) == 1
     assert client.get("/api/v1/jobs?since=yesterday", headers=auth).status_code == 422
+
+
+def test_pools_are_shown_and_an_operator_drains_and_resumes_a_member(
+    context: WebContext, engine: Engine, tmp_path: Path
+) -> None:
+    known = Servers.model_validate({"servers": [
+        {"name": "gpu-a", "url": "https://a:1", "models": ["ct-model"], "capacity": 2,
+         "token": "secret-of-gpu-a"},
+        {"name": "gpu-b", "url": "https://b:1", "api": 2, "models": ["ct-model"]},
+    ]})  # fmt: skip
+    app = create_app(replace(context, servers=lambda: known), tmp_path / "fingerprints")
+    with TestClient(app, base_url="http://127.0.0.1", follow_redirects=False) as client:
+        victor = log_in(client, "victor")
+        board = client.get("/partials/dashboard")
+        assert 'id="pool"' in board.text and "gpu-a" in board.text
+        assert 'id="drain-gpu-a"' not in board.text  # no buttons for a viewer
+        assert client.post("/pool/gpu-a/drain", headers={"X-CSRF-Token": victor}).status_code == 403
+        csrf = log_in(client, "olga")
+        headers = {"X-CSRF-Token": csrf}
+        assert 'id="drain-gpu-a"' in client.get("/partials/dashboard").text
+        answer = client.post("/pool/gpu-a/drain", headers=headers)
+        assert "gpu-a is drained: it gets no new jobs" in answer.text
+        assert 'id="resume-gpu-a"' in client.get("/partials/dashboard").text
+        listed = client.get("/api/v1/pool").json()
+        assert [(s["name"], s["state"], s["capacity"]) for s in listed] == [
+            ("gpu-a", "drained", 2),
+            ("gpu-b", "up", 4),
+        ]
+        assert "secret-of-gpu-a" not in json.dumps(listed) + board.text
+        resumed = client.post("/api/v1/pool/gpu-a/resume", headers=headers)
+        assert resumed.json()["outcome"] == "gpu-a takes jobs again"
+        assert client.post("/api/v1/pool/gpu-c/drain", headers=headers).status_code == 404
+        assert client.post("/api/v1/pool/..%2Fx/drain", headers=headers).status_code in (404, 422)
+        assert (
+            "no server named &#39;nobody&#39;"
+            in client.post("/pool/nobody/drain", headers=headers).text
+        )
+
+
+def test_a_waiting_job_says_why_on_its_page_and_in_the_api(
+    client: TestClient, engine: Engine
+) -> None:
+    job_id = a_job(engine, JobState.WAITING)
+    with Session(engine) as session, session.begin():
+        session.get_one(
+            Job, job_id
+        ).waiting_for = "every server of its pool is full: gpu-a (1 of 1)"
+    log_in(client, "victor")
+    page = client.get(f"/jobs/{job_id}")
+    assert 'id="waiting-for"' in page.text and "gpu-a (1 of 1)" in page.text
+    assert client.get(f"/api/v1/jobs/{job_id}").json()["waiting_for"].startswith("every server")
