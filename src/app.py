@@ -39,7 +39,7 @@ from isdr.errors import ConfigError, IsdrError
 from isdr.fingerprints.decide import ASSOCIATION_GRACE
 from isdr.fingerprints.loader import load_folder
 from isdr.fingerprints.registry import FingerprintRegistry
-from isdr.fingerprints.report import check_lines, test_lines
+from isdr.fingerprints.report import check_lines, server_problems, test_lines
 from isdr.fingerprints.senders import load_senders
 from isdr.fingerprints.servers import ServersFile, load_servers
 from isdr.inference.client import InferenceClient
@@ -561,6 +561,9 @@ def _servers_lines(
     except ConfigError as exc:
         return Servers(), [f"ERROR  SERVERS_FILE {exc}"]
     lines = [f"OK     SERVERS_FILE {path}: {len(servers.servers)} server(s)"]
+    lines += [
+        f"ERROR  SERVERS_FILE: {text}" for s in servers.servers for text in server_problems(s)
+    ]
     for name, fingerprint in sorted(fingerprints.items()):
         problems = servers.problems(fingerprint)
         empty = fingerprint.pooled and not servers.pool(

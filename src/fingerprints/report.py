@@ -13,6 +13,7 @@ from isdr.domain.destination import Destination, DestinationTls
 from isdr.domain.fingerprint import MAX_WAIT_LIMIT, Fingerprint, TokenUnavailable
 from isdr.domain.keys import SortKeys
 from isdr.domain.routing import GiveUp, OpenRound, SeriesFacts, Take, slice_facts
+from isdr.domain.servers import Server
 from isdr.domain.stack import SliceFacts
 from isdr.errors import InstanceRejected
 from isdr.fingerprints.decide import decide
@@ -28,9 +29,10 @@ def check_lines(folder: Path, loaded: Loaded) -> list[str]:
         lines += [f"ERROR  {name}: {problem}" for problem in found]
         if not found:
             triggers = ", ".join(repr(t.label) for t in fp.triggers)
+            api = "API of each server" if fp.pooled else f"API {fp.inference_server_api}"
             lines.append(
                 f"OK     {name}: model {fp.model_human_readable_id!r} on "
-                f"{fp.inference_server_url} (API {fp.inference_server_api}), "
+                f"{fp.server_label} ({api}), "
                 f"{len(fp.scus)} destination(s)" + (f", triggers {triggers}" if triggers else "")
             )
     lines += [f"WARN   {warning}" for warning in loaded.warnings]
@@ -40,16 +42,32 @@ def check_lines(folder: Path, loaded: Loaded) -> list[str]:
     return lines
 
 
+def server_problems(server: Server) -> list[str]:
+    """What a server of SERVERS_FILE gets wrong here, as for a fingerprint's server."""
+    found = _slash(str(server.url), server.api, f"the server {server.name}'s url")
+    try:
+        server.token_value()
+    except TokenUnavailable as exc:
+        found.append(f"the server {server.name}: {exc}")
+    return found
+
+
+def _slash(url: str, api: int, key: str) -> list[str]:
+    if api == 1 and not url.endswith("/"):
+        return [
+            f"{key} {url} lacks its trailing slash: generation 1 adds the task uid straight "
+            "after it (https://.../api/tasks/)"
+        ]
+    return []
+
+
 def problems(fingerprint: Fingerprint) -> list[str]:
     """What a valid fingerprint still gets wrong here: a generation-1 URL without its
     trailing slash, a token whose variable or file is missing, TLS files that are not."""
     found = []
-    url = str(fingerprint.inference_server_url)
-    if fingerprint.inference_server_api == 1 and not url.endswith("/"):
-        found.append(
-            f"inference_server_url {url} lacks its trailing slash: generation 1 adds the task "
-            "uid straight after it (https://.../api/tasks/)"
-        )
+    if fingerprint.inference_server_url is not None:
+        url = str(fingerprint.inference_server_url)
+        found += _slash(url, fingerprint.inference_server_api, "inference_server_url")
     try:
         fingerprint.token()
     except TokenUnavailable as exc:
