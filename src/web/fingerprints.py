@@ -77,7 +77,7 @@ def _out(name: str, loaded: Fingerprint | list[FingerprintError]) -> Fingerprint
         return FingerprintOut(name=name, valid=False, problems=_problems(loaded))
     return FingerprintOut(
         name=name, valid=True, problems=[], model=loaded.model_human_readable_id,
-        server=str(loaded.inference_server_url), api=loaded.inference_server_api,
+        server=loaded.server_label, api=loaded.inference_server_api,
         triggers=[trigger.label for trigger in loaded.triggers], destinations=len(loaded.scus),
     )  # fmt: skip
 
