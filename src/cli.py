@@ -211,7 +211,9 @@ def _servers(settings: Settings, args: argparse.Namespace) -> int:
         print(f"isdr: servers {args.action} needs a server's name", file=sys.stderr)
         return 2
     try:
-        said = app.set_drained(engine, known.servers, args.name, args.action == "drain", utcnow())
+        who = f"{getpass.getuser()} (isdr servers)"
+        drain = args.action == "drain"
+        said = app.set_drained(engine, known.servers, args.name, drain, utcnow(), who)
     except LookupError as exc:
         print(f"isdr: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 1

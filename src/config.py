@@ -250,7 +250,8 @@ class Settings(BaseSettings):
     SERVER_DOWN_AFTER: int = Field(
         3, ge=1, le=100,
         description="failed probes, or failed submits, in a row that take a pool member out "
-        "until it answers a probe again",
+        "until it answers a probe again (with HEARTBEAT_INTERVAL=0: until `isdr servers "
+        "resume`)",
     )  # fmt: skip
     USERS_FILE: Path = Field(
         Path("CONFIGURATION/users.json"),

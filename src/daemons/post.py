@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -248,11 +249,19 @@ class PostDaemon:
             if item.url:
                 lanes.setdefault(server_of(item.url), []).append(Submit(item.job_id))
         pooled = [item for item in due if not item.url]
+        holds: dict[int, tuple[str, str, str]] = {}
         if pooled:
-            for submit in self._choose(pooled, chosen):
+            for submit, hold in self._choose(pooled, chosen):
                 assert submit.member is not None
                 lanes.setdefault(server_of(str(submit.member.url)), []).append(submit)
-        return [self._start(server, work) for server, work in lanes.items() if server not in busy]
+                holds[submit.job_id] = hold
+        started = [(server, work) for server, work in lanes.items() if server not in busy]
+        # A study is held by the member its job is on its way to (not one behind a busy lane).
+        held = [holds[s.job_id] for _server, work in started for s in work if s.job_id in holds]
+        if held:
+            keep = timedelta(seconds=self.settings.affinity)
+            pool.remember(self.engine, held, self.clock(), keep)
+        return [self._start(server, work) for server, work in started]
 
     def _start(self, server: str, work: list[Submit]) -> threading.Thread:
         lane = threading.Thread(
@@ -267,9 +276,12 @@ class PostDaemon:
         lane.start()
         return lane
 
-    def _choose(self, pooled: list[jobs.DueSubmit], chosen: list[str]) -> list[Submit]:
+    def _choose(
+        self, pooled: list[jobs.DueSubmit], chosen: list[str]
+    ) -> list[tuple[Submit, tuple[str, str, str]]]:
         """A member for each of a pool's due jobs, in turn (each choice counts in the
-        next); a job no member can take waits, saying why."""
+        next), with the (study, model, member) it makes; a job no member can take waits,
+        saying why."""
         now = self.clock()
         known = self.servers()
         pools = {item.job_id: known.pool(item.model, item.servers) for item in pooled}
@@ -280,7 +292,7 @@ class PostDaemon:
             if name in state:
                 state[name] = _plus_one(state[name])
         held = pool.affinities(self.engine, {(i.study_instance_uid, i.model) for i in pooled}, now)
-        work, holds = [], []
+        work = []
         for item in pooled:
             key = (item.study_instance_uid, item.model)
             members = [state[server.name] for server in pools[item.job_id]]
@@ -290,15 +302,13 @@ class PostDaemon:
                 continue
             state[choice.name] = _plus_one(state[choice.name])
             held[key] = choice.name
-            holds.append((*key, choice.name))
-            work.append(Submit(item.job_id, everyone[choice.name], choice.reason))
-        if holds:
-            pool.remember(self.engine, holds, now, keep)
+            work.append((Submit(item.job_id, everyone[choice.name], choice.reason),
+                         (*key, choice.name)))  # fmt: skip
         return work
 
     def _wait(self, item: jobs.DueSubmit, reason: str, now: datetime) -> None:
-        if item.waiting_for == reason:
-            return  # said already: no write
+        if item.waiting_for is not None and _kind(item.waiting_for) == _kind(reason):
+            return  # said already (only its counts changed): no write
         if pool.wait(self.engine, item.job_id, reason, now):
             logger.info("job %d waits: %s", item.job_id, reason)
 
@@ -339,7 +349,13 @@ class PostDaemon:
         try:
             target = Target.of(fingerprint, member)
         except TokenUnavailable as exc:
-            self._fail(job_id, str(exc))
+            if member is None:
+                self._fail(job_id, str(exc))
+                return
+            # The member's configuration, not the job's: it counts against the member.
+            failed = Answer(Outcome.RETRY, f"pool member {member.name}: {exc}")
+            self._went_down(member.name, failed)
+            self._retry(job_id, SubmitFailure(failed.detail), fingerprint.model_human_readable_id)
             return
         if target.server in unreachable:
             return
@@ -360,18 +376,24 @@ class PostDaemon:
             source=jobs.PENDING, **changes,
         ):  # fmt: skip
             return  # taken meanwhile
+        with self._lanes_lock:
+            self._members.pop(job_id, None)  # in flight in the database from now on
         answer = self.client.submit(
             target, archive, lambda: jobs.mark_archive_sent(self.engine, job_id, self.clock())
         )
+        if member is not None and answer.outcome is Outcome.FAILED:
+            # A refusal by one member (its TLS, its token, its generation, a model it does
+            # not serve after all) is that member's: another one may take the job.
+            detail = f"{answer.detail} (pool member {member.name}: another member is tried)"
+            answer = replace(answer, outcome=Outcome.RETRY, detail=detail)
         self._record(job_id, answer, archive, target, unreachable)
         if member is not None and self._went_down(member.name, answer):
             unreachable.add(target.server)  # the lane's other jobs are chosen again
 
     def _went_down(self, name: str, answer: Answer) -> bool:
-        """Count a pool member's submit for its health: a failure of the server (no
-        answer, a 5xx, busy) or a success; a refusal of the job (a 4xx) is neither.
-        Whether this took the member out."""
-        if answer.outcome is Outcome.FAILED or self.stopping.is_set():
+        """Count a pool member's submit for its health: a failure (no answer, a 5xx,
+        busy, or a refusal: see submit_one) or a success. Whether this took it out."""
+        if self.stopping.is_set():
             return False
         ok = answer.outcome is Outcome.DONE
         change = pool.record(
@@ -483,6 +505,11 @@ class Submit:
     job_id: int
     member: Server | None = None
     reason: str = ""
+
+
+def _kind(reason: str) -> str:
+    """A waiting reason without its counts: what changes it enough to be written again."""
+    return re.sub(r"\d+", "#", reason)
 
 
 def _plus_one(member: PoolMember) -> PoolMember:

@@ -44,6 +44,8 @@ def new_job(series_id: int, name: str, snapshot: Fingerprint, now: datetime) -> 
 
 def change_state(session: Session, job: Job, state: JobState, message: str, now: datetime) -> None:
     """Move a job (in an open transaction), with a timeline line and a log line."""
+    if state != JobState.WAITING:
+        job.waiting_for = None  # a reason is the waiting state's alone
     job.state = state
     job.updated_at = now
     session.add(JobEvent(job_id=job.id, at=now, state=state, message=message))
@@ -95,25 +97,29 @@ class DueSubmit:
 def due_submits(
     engine: Engine, now: datetime, exclude: Collection[int] = (), limit: int = 500
 ) -> list[DueSubmit]:
-    """Pending jobs whose next attempt is due, and waiting ones, but those in `exclude`,
+    """Pending jobs whose next attempt is due, then waiting ones (each kind up to `limit`,
+    so that a full pool's backlog never hides the others' jobs), but those in `exclude`,
     the longest due first."""
     raw = type_coerce(Job.fingerprint, JSON)
-    due = or_(
-        and_(Job.state == JobState.PENDING, Job.next_attempt_at <= now),
-        Job.state == JobState.WAITING,
-    )
+    kinds = (and_(Job.state == JobState.PENDING, Job.next_attempt_at <= now),
+             Job.state == JobState.WAITING)  # fmt: skip
+    columns = (Job.id, raw, Series.study_instance_uid, Job.server_name, Job.state, Job.waiting_for)
+    rows: list[Any] = []
     with Session(engine) as session:
-        rows = session.execute(
-            select(Job.id, raw, Series.study_instance_uid, Job.server_name, Job.waiting_for)
-            .join(Series, Series.id == Job.series_id)
-            .where(due, Job.id.not_in(list(exclude)))
-            .order_by(Job.next_attempt_at, Job.id)
-            .limit(limit)
-        ).all()
+        for due in kinds:
+            rows += session.execute(
+                select(*columns)
+                .join(Series, Series.id == Job.series_id)
+                .where(due, Job.id.not_in(list(exclude)))
+                .order_by(Job.next_attempt_at, Job.id)
+                .limit(limit)
+            ).all()
     return [_due(*row) for row in rows]
 
 
-def _due(job_id: int, copy: object, study: str, last: str | None, waiting: str | None) -> DueSubmit:
+def _due(
+    job_id: int, copy: object, study: str, last: str | None, state: str, waiting: str | None
+) -> DueSubmit:
     data = copy if isinstance(copy, dict) else {}
     keys = ("inference_server_url", "model_human_readable_id", "inference_servers")
     url, model, names = (data.get(key) for key in keys)
@@ -124,7 +130,7 @@ def _due(job_id: int, copy: object, study: str, last: str | None, waiting: str |
         tuple(str(name) for name in names) if isinstance(names, list) else None,
         study,
         last or "",
-        waiting,
+        waiting if state == JobState.WAITING else None,
     )
 
 

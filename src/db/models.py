@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -195,6 +196,8 @@ class Job(Base):
     """One series round sent to one model: the queue of the post daemon (and later ones)."""
 
     __tablename__ = "job"
+    # A pool member's recent jobs, counted at each choice (isdr.db.pool.members).
+    __table_args__ = (Index("ix_job_server_submitted", "server_name", "submitted_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
@@ -232,7 +235,7 @@ class Job(Base):
     poll_errors: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # A pool's job: the member it was last sent to (its name, and its entry then, which
     # polls and deletes keep using). None: the fingerprint names its server's URL.
-    server_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    server_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     server_copy: Mapped[Server | None] = mapped_column(ServerJSON, nullable=True, deferred=True)
     # Why it waits (state `waiting`): every member of its pool is full, down or drained.
     waiting_for: Mapped[str | None] = mapped_column(Text, nullable=True)

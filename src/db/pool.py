@@ -8,6 +8,7 @@ probe that answers brings it back; one that was down for its submits comes back 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,8 @@ from isdr.db.jobs import change_state
 from isdr.db.models import Job, PoolServer, StudyAffinity
 from isdr.domain.servers import PoolMember, Server
 from isdr.domain.states import JobState
+
+logger = logging.getLogger(__name__)
 
 IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED)
 WINDOW = timedelta(hours=1)  # the error rate's
@@ -265,19 +268,24 @@ def _status(server: Server | None, row: PoolServer | None, flying: dict[str, int
 
 
 def set_drained(
-    engine: Engine, servers: Sequence[Server], name: str, drained: bool, now: datetime
-) -> str:
-    """Drain (or resume) the server of that name, in words; LookupError when no server of
-    the file has it. `isdr servers`, the API and the console all come here."""
+    engine: Engine, servers: Sequence[Server], name: str, drained: bool, now: datetime,
+    who: str = "",
+) -> str:  # fmt: skip
+    """Drain (or resume) the server of that name, in words, with one log line saying who
+    did it; LookupError when no server of the file has it. `isdr servers`, the API and
+    the console all come here."""
     if not any(server.name == name for server in servers):
         raise LookupError(f"no server named {name!r} in SERVERS_FILE")
     if drained:
-        if drain(engine, name, now):
-            return f"{name} is drained: it gets no new jobs; its {_flying(engine, name)} finish"
-        return f"{name} was drained already"
-    if resume(engine, name):
-        return f"{name} takes jobs again"
-    return f"{name} was taking jobs already"
+        changed = drain(engine, name, now)
+        said = (f"{name} is drained: it gets no new jobs; its {_flying(engine, name)} finish"
+                if changed else f"{name} was drained already")  # fmt: skip
+    else:
+        changed = resume(engine, name)
+        said = f"{name} takes jobs again" if changed else f"{name} was taking jobs already"
+    if changed:
+        logger.warning("InferenceServer %s (by %s)", said, who or "someone")
+    return said
 
 
 def _flying(engine: Engine, name: str) -> str:

@@ -6,10 +6,11 @@ that takes a job.
 
 A fingerprint without `inference_server_url` is served by the pool of every server that
 lists its model (narrowed by its `inference_servers`). A job goes to the member that holds
-its study's earlier jobs while that member is up and not drained; otherwise to the least
-loaded member for its weight (jobs in flight / weight; ties: the fewest jobs taken lately
-for its weight, then the name). A member with as many jobs in flight as its capacity takes
-no more: when no member can take the job, it waits, and the reason says why.
+its study's earlier jobs while that member is up and not drained; otherwise to the member
+with the most free capacity for its weight (the lowest jobs in flight / capacity / weight;
+ties: the fewest jobs taken lately for its weight, then the name). A member with as many
+jobs in flight as its capacity takes no more: when no member can take the job, it waits,
+and the reason says why.
 """
 
 from __future__ import annotations
@@ -161,6 +162,12 @@ class PoolMember:
         return not self.down and not self.drained
 
     @property
+    def load(self) -> float:
+        """How full it is for its weight: jobs in flight over capacity, over weight (the
+        member with the most free capacity for its weight has the lowest)."""
+        return self.in_flight / self.capacity / self.weight
+
+    @property
     def full(self) -> bool:
         """As many jobs in flight as its capacity."""
         return self.in_flight >= self.capacity
@@ -194,7 +201,8 @@ def choose(
 ) -> Chosen | Wait:
     """The member that takes a job: the study's (`affinity`) while it is up and not drained
     (the job waits for it when it is full), else the least loaded for its weight with a
-    free slot, preferring any other to `avoid` (the one that just failed this job)."""
+    free slot (see PoolMember.load), preferring any other to `avoid` (the one that just
+    failed this job)."""
     if not members:
         return Wait("no server in SERVERS_FILE serves its model (see isdr fingerprints check)")
     held = next((m for m in members if m.name == affinity), None)
@@ -211,8 +219,7 @@ def choose(
         what = "full" if usable else "down or drained"
         listed = ", ".join(m.describe() for m in members)
         return Wait(f"every server of its pool is {what}: {listed}")
-    best = min(free, key=lambda m: (m.name == avoid, m.in_flight / m.weight,
-                                    m.recent / m.weight, m.name))  # fmt: skip
+    best = min(free, key=lambda m: (m.name == avoid, m.load, m.recent / m.weight, m.name))
     load = f"{best.in_flight} of {best.capacity}"
     return Chosen(best.name, f"the least loaded for its weight ({load})")
 

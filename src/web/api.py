@@ -56,10 +56,11 @@ class DrainOut(BaseModel):
     outcome: str
 
 
-def _set_drained(context: WebContext, name: str, *, drained: bool) -> DrainOut:
+def _set_drained(context: WebContext, request: Request, name: str, *, drained: bool) -> DrainOut:
+    who = f"{principal_of(request).name} (API)"
     try:
         said = set_drained(context.engine, context.servers().servers, name, drained,
-                           context.clock())  # fmt: skip
+                           context.clock(), who)  # fmt: skip
     except LookupError as exc:
         raise HTTPException(404, str(exc)) from None
     return DrainOut(name=name, outcome=said)
@@ -270,15 +271,15 @@ def api_router(context: WebContext) -> APIRouter:
         return [PoolServerOut.model_validate(vars(row)) for row in rows]
 
     @router.post("/pool/{name}/drain", response_model=DrainOut)
-    def pool_drain(name: ServerName) -> DrainOut:
+    def pool_drain(name: ServerName, request: Request) -> DrainOut:
         """Stop new jobs going to a server; its running jobs finish (as `isdr servers
         drain`); 404 for a name SERVERS_FILE does not have."""
-        return _set_drained(context, name, drained=True)
+        return _set_drained(context, request, name, drained=True)
 
     @router.post("/pool/{name}/resume", response_model=DrainOut)
-    def pool_resume(name: ServerName) -> DrainOut:
+    def pool_resume(name: ServerName, request: Request) -> DrainOut:
         """Let a drained (or down) server take jobs again (as `isdr servers resume`)."""
-        return _set_drained(context, name, drained=False)
+        return _set_drained(context, request, name, drained=False)
 
     @router.post("/jobs/{job_id}/retry", response_model=RetryOut)
     def job_retry(job_id: Id) -> RetryOut:

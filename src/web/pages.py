@@ -89,8 +89,9 @@ def _dashboard(router: APIRouter, context: WebContext) -> None:
         if action not in ("drain", "resume"):
             raise HTTPException(404, "drain or resume")
         try:
+            who = f"{principal_of(request).name} (console)"
             note = set_drained(context.engine, context.servers().servers, name,
-                               action == "drain", context.clock())  # fmt: skip
+                               action == "drain", context.clock(), who)  # fmt: skip
         except LookupError as exc:
             note = str(exc)
         return _render(request, "_note.html", note=note)

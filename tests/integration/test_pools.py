@@ -255,3 +255,26 @@ def test_a_job_waits_visibly_while_every_member_is_full(
         wait_for(lambda: len(jobs(relay, "delivered")) == 3)
     finally:
         relay.stop()
+
+
+def test_a_member_that_refuses_the_model_loses_the_jobs_to_the_other_not_the_jobs(
+    tmp_path: Path,
+    pair: dict[str, StandIn],
+    scanners: dict[str, RecordingSCP],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="isdr")
+    pair["gpu-a"].models = {"another-model"}  # it lists ct-model in the file, yet answers 550
+    relay = start_relay(
+        tmp_path, pair, scanners, [member(pair, "gpu-a", 1), member(pair, "gpu-b", 1)],
+        SERVER_DOWN_AFTER=2, POST_RETRY_DELAY=0.2,
+    )  # fmt: skip
+    try:
+        for n in range(1, 6):
+            send(relay, f"{STUDY}.{n}", 1)
+        wait_for(lambda: len(jobs(relay, "delivered")) == 5)
+        assert all(job.server_name == "gpu-b" for job in jobs(relay))
+        assert "InferenceServer gpu-a is down: 2 submits failed in a row" in caplog.text
+        assert len(pair["gpu-a"].submissions) == 0  # refused, never accepted
+    finally:
+        relay.stop()

@@ -517,3 +517,36 @@ def test_one_dispatch_may_remember_a_study_several_times(engine: Engine) -> None
 
 def test_no_study_asked_is_no_query(engine: Engine) -> None:
     assert pool.affinities(engine, [], T0) == {}
+
+
+def test_the_member_with_the_most_free_capacity_for_its_weight_wins() -> None:
+    big = member("big", capacity=8, in_flight=3)  # 5 of 8 free
+    small = member("small", capacity=2, in_flight=1)  # 1 of 2 free
+    assert chosen_name(choose([small, big])) == "big"
+    heavy = member("heavy", capacity=4, weight=2, in_flight=2)  # half full, counts half
+    light = member("light", capacity=4, weight=1, in_flight=1)  # a quarter full
+    assert chosen_name(choose([light, heavy])) == "heavy"
+
+
+def test_a_full_pools_backlog_never_hides_other_due_jobs(engine: Engine) -> None:
+    from isdr.db.jobs import due_submits
+
+    add_jobs(engine, {"a": ["waiting"] * 6, "b": ["pending"]}, T0)
+    due = due_submits(engine, T0, limit=5)
+    assert len(due) == 6 and any(item.last_server == "b" for item in due)
+
+
+def test_a_reason_belongs_to_the_waiting_state_alone(engine: Engine) -> None:
+    from isdr.db.jobs import change_state
+    from isdr.domain.states import JobState
+
+    add_jobs(engine, {"a": ["pending"]}, T0)
+    with Session(engine) as session:
+        job_id = session.query(Job.id).scalar()
+    assert pool.wait(engine, job_id, "every server of its pool is full: a (4 of 4)", T0)
+    assert not pool.wait(engine, job_id, "every server of its pool is full: a (4 of 4)", T0)
+    with Session(engine) as session, session.begin():
+        job = session.get_one(Job, job_id)
+        assert job.waiting_for is not None
+        change_state(session, job, JobState.FAILED, "cancelled", T0)
+        assert job.waiting_for is None
