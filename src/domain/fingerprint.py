@@ -150,12 +150,7 @@ class Fingerprint(SeriesRules):
     @field_validator("inference_server_token")
     @classmethod
     def _printable_token(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and has_control_character(token.get_secret_value()):
-            raise ValueError(
-                "the token holds a control character (such as CR or LF): refused "
-                "(the token is not shown)"
-            )
-        return token
+        return printable_secret(token)
 
     @field_serializer("inference_server_token", when_used="json")
     def _reveal_token(self, token: SecretStr | None) -> str | None:
@@ -263,6 +258,16 @@ class Fingerprint(SeriesRules):
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data of this fingerprint, stored with each job created from it."""
         return self.model_dump(mode="json")
+
+
+def printable_secret(token: SecretStr | None) -> SecretStr | None:
+    """The token, unless it holds a control character: ValueError (never showing it)."""
+    if token is not None and has_control_character(token.get_secret_value()):
+        raise ValueError(
+            "the token holds a control character (such as CR or LF): refused "
+            "(the token is not shown)"
+        )
+    return token
 
 
 def read_token(

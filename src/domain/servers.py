@@ -31,7 +31,12 @@ from pydantic import (
     model_validator,
 )
 
-from isdr.domain.fingerprint import Fingerprint, has_control_character, read_token
+from isdr.domain.fingerprint import (
+    Fingerprint,
+    has_control_character,
+    printable_secret,
+    read_token,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ModelId = str
@@ -72,12 +77,7 @@ class Server(BaseModel):
     @field_validator("token")
     @classmethod
     def _printable_token(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and has_control_character(token.get_secret_value()):
-            raise ValueError(
-                "the token holds a control character (such as CR or LF): refused "
-                "(the token is not shown)"
-            )
-        return token
+        return printable_secret(token)
 
     @field_serializer("token", when_used="json")
     def _reveal_token(self, token: SecretStr | None) -> str | None:
