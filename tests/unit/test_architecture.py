@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"domain", "errors"},
     "scu": {"domain", "errors", "tls"},
     "pictures": {"errors"},
+    "deid": {"domain", "errors"},
     # the stages
     "scp": {"domain", "dicom", "db", "errors", "logs", "locks", "isdr"},
     "daemons.post": {"domain", "db", "fingerprints", "inference", "errors", "logs", "locks"},
