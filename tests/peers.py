@@ -79,6 +79,8 @@ class RecordingSCP:
         self.ae_title = ae_title
         self.port = free_port()
         self.received: list[str] = []  # SOP Instance UIDs, in order, repeats included
+        self.keep = False  # keep each data set received (in `datasets`)
+        self.datasets: list[Dataset] = []
         self.answers: deque[int | str] = deque()
         self.silence = 3.0
         self.delay = 0.0  # seconds each C-STORE takes
@@ -111,4 +113,6 @@ class RecordingSCP:
             return 0xA700
         time.sleep(self.delay)
         self.received.append(str(event.request.AffectedSOPInstanceUID))
+        if self.keep:
+            self.datasets.append(event.dataset)
         return int(answer)

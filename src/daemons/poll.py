@@ -27,8 +27,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from isdr.db import deid, jobs
 from isdr.db import delivery as queue
-from isdr.db import jobs
+from isdr.deid.files import reidentify_files
+from isdr.deid.pseudonyms import Pseudonyms
 from isdr.dicom.files import describe
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
@@ -394,6 +396,14 @@ class Poller:
         )  # fmt: skip
         return False
 
+    def _reidentify(self, job_id: int, files: list[Path]) -> list[str]:
+        """A de-identified job's output back on its patient and study (in place): what was
+        refused, in words. Nothing for a job that was not de-identified."""
+        kept = deid.load(self.engine, job_id)
+        if kept is None:
+            return []
+        return reidentify_files(files, Pseudonyms.from_json(kept))
+
     def _take_output(self, item: _Item, archive: Path) -> bool:
         target = archive.parent / "output"
         shutil.rmtree(target, ignore_errors=True)  # from an attempt a crash cut short
@@ -405,14 +415,18 @@ class Poller:
             return self._fail(
                 item, f"the output archive was refused: {exc}", delete_remotely=delete
             )
-        records = [describe(target, path) for path in unpacked.files]
+        refused = self._reidentify(item.job_id, unpacked.files)
+        files = [path for path in unpacked.files if path.exists()]
+        records = [describe(target, path) for path in files]
         archive.unlink(missing_ok=True)
         verdict = judge_output(
             records, unpacked.renamed, unpacked.empty_folders, len(fingerprint.scus),
             dicom_required=fingerprint.dicom_output == "required",
         )  # fmt: skip
+        text = verdict.text + (f"; not delivered, not the job's: {'; '.join(refused)}"
+                               if refused else "")  # fmt: skip
         if not verdict.usable:
-            return self._fail(item, verdict.text, delete_remotely=delete)
+            return self._fail(item, text, delete_remotely=delete)
         # An output with no DICOM file (and a fingerprint that allows it) has nothing to send.
         dicom = any(r.is_dicom for r in records)
         destinations = fingerprint.nodes if dicom else []
@@ -420,7 +434,7 @@ class Poller:
             jobs.job_senders(self.engine, item.job_id) if dicom and fingerprint.to_sender else []
         )
         if queue.record_output(
-            self.engine, item.job_id, str(target), records, destinations, verdict.text,
+            self.engine, item.job_id, str(target), records, destinations, text,
             self.clock(), senders,
         ):  # fmt: skip
             self.on_output()

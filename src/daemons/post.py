@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,13 +20,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from pydicom import dcmread
 from sqlalchemy import Engine
 
-from isdr.db import jobs, pool, routing
+from isdr.db import deid, jobs, pool, routing
 from isdr.db.models import InvalidSnapshot
 from isdr.db.views import InstanceView
+from isdr.deid.files import deidentify_files
+from isdr.deid.pseudonyms import Pseudonyms, fresh_shift
 from isdr.domain.backoff import doubling
 from isdr.domain.clock import Clock
+from isdr.domain.deid import Deidentify
 from isdr.domain.fingerprint import Fingerprint, TokenUnavailable
 from isdr.domain.routing import GiveUp, Take
 from isdr.domain.servers import Chosen, PoolMember, Server, Servers, choose
@@ -359,13 +364,15 @@ class PostDaemon:
             return
         if target.server in unreachable:
             return
-        archive = self._build(job_id, work, target.api)  # the member's own generation
-        if archive is None or self.stopping.is_set():
+        options = fingerprint.deid_options(member.deidentify if member is not None else False)
+        built = self._build(job_id, work, target.api, options)  # the member's own generation
+        if built is None or self.stopping.is_set():
             return
+        archive, note = built
         size = archive.stat().st_size / 1e6
         sending = (
             f"sending {archive.name} ({len(work.instances)} instances, {size:.1f} MB) to "
-            f"{target.url} for model {target.model}"
+            f"{target.url} for model {target.model}{note}"
         )
         changes: dict[str, object] = {"archive_sent_at": None}
         if member is not None and submit is not None:
@@ -404,17 +411,64 @@ class PostDaemon:
             logger.warning("InferenceServer %s %s", name, change)
         return change is not None and not ok
 
-    def _build(self, job_id: int, work: jobs.JobInput, api: int) -> Path | None:
+    def _build(
+        self, job_id: int, work: jobs.JobInput, api: int, options: Deidentify | None
+    ) -> tuple[Path, str] | None:
+        """The job's archive, and what the timeline says of it (its de-identification)."""
         members = [self._member(i, s) for s in work.series for i in s.instances]
-        target_file = self.settings.jobs_dir / str(job_id) / archive_name(job_id, api)
+        folder = self.settings.jobs_dir / str(job_id)
+        note = ""
         try:
-            return build_archive(target_file, members, api)
+            if options is not None:
+                found = self._deidentified(job_id, members, folder / "deid", options)
+                if found is None:
+                    return None
+                members, note = found
+            return build_archive(folder / archive_name(job_id, api), members, api), note
         except FileNotFoundError as exc:
             missing = Path(str(exc.filename)).name
             self._fail(job_id, f"an instance file of the series is missing: {missing}")
         except OSError as exc:
             self._retry(job_id, SubmitFailure(f"cannot build the archive: {exc.strerror}"))
+        finally:
+            shutil.rmtree(folder / "deid", ignore_errors=True)  # the archive holds them
         return None
+
+    def _deidentified(
+        self, job_id: int, members: list[Member], folder: Path, options: Deidentify
+    ) -> tuple[list[Member], str] | None:
+        """De-identified copies of the job's instances, the pseudonyms kept in the database
+        before anything is sent (a retry reuses them); None when none may be sent."""
+        names = self._pseudonyms(job_id, members, options)
+        copies = deidentify_files([m.path for m in members], folder, names, options)
+        deid.save(self.engine, job_id, names.to_json(), self.clock())
+        if not copies:
+            self._fail(job_id, "de-identification left out every instance: "
+                       + "; ".join(names.left_out[:5]))  # fmt: skip
+            return None
+        by_source = {copy.source: copy for copy in copies}
+        sent = [
+            Member(path=c.path, sop_instance_uid=c.sop_instance_uid, sop_class_uid=c.sop_class_uid,
+                   series_instance_uid=c.series_instance_uid, trigger=m.trigger)
+            for m in members if (c := by_source.get(m.path)) is not None
+        ]  # fmt: skip
+        left = f"; left out {len(names.left_out)}: " + "; ".join(names.left_out[:5])
+        return sent, f" (de-identified{left if names.left_out else ''})"
+
+    def _pseudonyms(self, job_id: int, members: list[Member], options: Deidentify) -> Pseudonyms:
+        kept = deid.load(self.engine, job_id)
+        if kept is not None:
+            names = Pseudonyms.from_json(kept)
+            names.left_out = []
+            return names
+        names = Pseudonyms()
+        if options.stable_patient and members:
+            original = str(dcmread(members[0].path, stop_before_pixels=True).get("PatientID", ""))
+            shift = fresh_shift() if options.retain_dates else 0
+            names.patient, names.shift_days = deid.patient(
+                self.engine, original, names.patient, shift
+            )
+        return names
 
     def _record(
         self, job_id: int, answer: Answer, archive: Path, target: Target, unreachable: set[str]

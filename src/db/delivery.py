@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from isdr.db.jobs import change_state, move
-from isdr.db.models import DeliveredFile, Delivery, Job, JobEvent, OutputFile
+from isdr.db.models import DeidMap, DeliveredFile, Delivery, Job, JobEvent, OutputFile
 from isdr.domain.destination import AE_TITLE_MAX, Destination, DestinationTls
 from isdr.domain.fingerprint import Fingerprint
 from isdr.domain.output import OutputRecord
@@ -463,9 +463,10 @@ def remote_delete_done(
 
 
 def mark_files_removed(engine: Engine, job_id: int, now: datetime) -> None:
-    """The job's local files are gone."""
+    """The job's local files are gone, and its pseudonyms with them (de-identified jobs)."""
     with Session(engine) as session, session.begin():
         session.get_one(Job, job_id).files_removed_at = now
+        session.execute(delete(DeidMap).where(DeidMap.job_id == job_id))
 
 
 def expired_job_folders(engine: Engine, before: datetime, limit: int = 100) -> list[int]:

@@ -375,3 +375,27 @@ class StudyAffinity(Base):
     model: Mapped[str] = mapped_column(Text)
     server_name: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DeidMap(Base):
+    """A de-identified job's pseudonyms (isdr.deid.pseudonyms): what it replaced and the
+    originals to put back. Never logged; deleted with the job's files."""
+
+    __tablename__ = "deid_map"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), unique=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PatientPseudonym(Base):
+    """A patient's pseudonym and date shift kept across studies (a fingerprint's
+    `stable_patient`)."""
+
+    __tablename__ = "patient_pseudonym"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(128), unique=True)
+    pseudonym: Mapped[str] = mapped_column(String(64))
+    shift_days: Mapped[int] = mapped_column(Integer)

@@ -49,6 +49,9 @@ Knobs (attributes; set them before or between requests):
 - `flaky`: a Flaky; when a queue is empty it draws what the request gets (503 or stall).
 - `hang_seconds` (5): the silence of "hang", "stall" and `queue_down`.
 - `discard`: read archives and count their bytes but keep nothing (benchmarks).
+- `keep_archives`: keep each archive's bytes (`Submission.data`); `derive_from_input`: the
+  model reads them and writes a derived series, a SEG and an RT Structure Set on the
+  input's patient, study and frame of reference, referencing its instances (isdr.demo.derived).
 
 `close()` closes both ports (a server stopped) and `reopen()` listens on them again, with
 the same tasks.
@@ -77,6 +80,7 @@ from typing import Any
 
 import trustme
 
+from isdr.demo.derived import archive_datasets, derived_outputs
 from isdr.demo.model_output import (
     PREDICTION,
     build_output,
@@ -137,6 +141,7 @@ class Submission:
     started: float = 0.0  # time.monotonic() when the request arrived
     size: int = 0  # bytes of the request body
     at: float = field(default_factory=time.monotonic)
+    data: bytes = field(default=b"", repr=False)  # the archive, with `keep_archives`
 
 
 @dataclass
@@ -231,6 +236,8 @@ class StandIn:
         self.nested_outputs = False
         self.raw_output: bytes | None = None
         self.queue_down = False
+        self.keep_archives = False
+        self.derive_from_input = False
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # cuts hangs and stalls short
         self.hostname = "localhost" if host in LOOPBACK else host
@@ -449,6 +456,9 @@ class StandIn:
         """What the model wrote to /output: nothing when it crashed or wrote nothing."""
         if self.outcome in ("empty", "crash"):
             return [], []
+        if self.derive_from_input:
+            files = derived_outputs(archive_datasets(task.submission.data))
+            return files, [name for name, _data in files]
         shape = (self.output_instance_rows, self.output_instance_columns)
         count = len(task.submission.members) if self.output_per_input else None
         return model_files(count or self.output_count, shape, nested=self.nested_outputs)
@@ -533,7 +543,7 @@ class Endpoint:
         return route, params.get("uid", request.query.get("uid", ""))
 
     def _submission(self, route: Route, request: Request) -> Submission:
-        filename, members = "", []
+        filename, members, data = "", [], b""
         if not self.standin.discard:
             content_type = request.header("Content-Type") or ""
             filename, data = file_part(content_type, request.body, route.file_field)
@@ -544,6 +554,8 @@ class Endpoint:
             self.api, model, route.file_field, filename, members, request.headers, uid
         )
         submission.started, submission.size = request.started, request.size
+        if self.standin.keep_archives or self.standin.derive_from_input:
+            submission.data = data
         return submission
 
 

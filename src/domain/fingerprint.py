@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from isdr.domain.deid import Deidentify, options_of
 from isdr.domain.destination import Destination, DestinationTls, Scu, ToSender
 from isdr.errors import IsdrError
 
@@ -146,6 +147,9 @@ class Fingerprint(SeriesRules):
     # Seconds a series (study) that meets the fingerprint in part, or is incomplete, is
     # waited for from its first instance; then it ends visibly, not submitted.
     max_wait: float = Field(3600.0, gt=0, le=MAX_WAIT_LIMIT)
+    # De-identify what is sent (DICOM PS3.15 Annex E), and re-identify what comes back:
+    # true for the profile's defaults, or its options (isdr.domain.deid.Deidentify).
+    deidentify: bool | Deidentify = False
 
     @field_validator("inference_server_token")
     @classmethod
@@ -249,6 +253,11 @@ class Fingerprint(SeriesRules):
     def to_sender(self) -> bool:
         """Whether its `scus` include "the sender"."""
         return any(isinstance(scu, ToSender) for scu in self.scus)
+
+    def deid_options(self, server: bool | Deidentify = False) -> Deidentify | None:
+        """The de-identification its jobs get: its own `deidentify`, else that of the
+        server they go to (a server outside the hospital); None: none."""
+        return options_of(self.deidentify) or options_of(server)
 
     def deletes_remotely(self, default: bool) -> bool:
         """Whether the remote task is deleted: `delete_remotely`, else the default

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from isdr.domain.deid import Deidentify
 from isdr.domain.fingerprint import (
     Fingerprint,
     has_control_character,
@@ -56,6 +57,9 @@ class Server(BaseModel):
     token: SecretStr | None = None
     token_env: str | None = Field(None, min_length=1)  # a variable's name
     token_file: str | None = Field(None, min_length=1)  # a file's path
+    # The whole server is outside the hospital: every job sent to it is de-identified
+    # (with the fingerprint's own options when it names some).
+    deidentify: bool | Deidentify = False
 
     @field_validator("name")
     @classmethod

@@ -38,8 +38,17 @@ ALLOWED: dict[str, set[str]] = {
     "deid": {"domain", "errors"},
     # the stages
     "scp": {"domain", "dicom", "db", "errors", "logs", "locks", "isdr"},
-    "daemons.post": {"domain", "db", "fingerprints", "inference", "errors", "logs", "locks"},
-    "daemons.poll": {"domain", "db", "dicom", "inference", "errors", "logs"},
+    "daemons.post": {
+        "domain",
+        "db",
+        "deid",
+        "fingerprints",
+        "inference",
+        "errors",
+        "logs",
+        "locks",
+    },
+    "daemons.poll": {"domain", "db", "deid", "dicom", "inference", "errors", "logs"},
     "daemons.deliver": {"domain", "db", "inference", "scu", "errors", "logs"},
     "daemons.heartbeat": {"domain", "db", "inference", "errors", "logs"},
     # the entrances

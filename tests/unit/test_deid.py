@@ -193,7 +193,7 @@ def test_a_result_comes_back_to_the_original_patient_study_and_images() -> None:
                 "2.25.777",
             ),
             "never sent",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_result_that_is_not_the_jobs_is_refused(spoil: Any, said: str) -> None:

@@ -1,0 +1,71 @@
+"""De-identify a job's instance files into a folder of copies (the originals stay as they
+are), leaving out those whose pixels may show identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from isdr.deid.profile import deidentify, pixel_risk
+from isdr.deid.pseudonyms import Pseudonyms
+from isdr.deid.reidentify import Refused, own_uids, reidentify
+from isdr.domain.deid import Deidentify
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One de-identified copy, with the names it goes into the archive under."""
+
+    source: Path
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+
+
+def deidentify_files(
+    sources: list[Path], folder: Path, names: Pseudonyms, options: Deidentify
+) -> list[Copy]:
+    """A de-identified copy of each file in `folder`; those left out are said in
+    `names.left_out` (never with a patient's data: by their place in the job)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for number, source in enumerate(sources, 1):
+        dataset = dcmread(source)
+        risk = pixel_risk(dataset)
+        if risk is not None and not options.allow_burned_in:
+            names.left_out.append(f"instance {number} of {len(sources)}: {risk}")
+            continue
+        deidentify(dataset, names, options)
+        target = folder / f"{number:06d}.dcm"
+        dataset.save_as(target, enforce_file_format=True)
+        copies.append(Copy(source, target, str(dataset.SOPInstanceUID),
+                           str(dataset.SOPClassUID), str(dataset.SeriesInstanceUID)))  # fmt: skip
+    return copies
+
+
+def reidentify_files(paths: list[Path], names: Pseudonyms) -> list[str]:
+    """Put every DICOM file of an output back on the job's patient and study, in place;
+    a file refused is removed. What was refused, in words (its name and why)."""
+    read, refused = [], []
+    for path in paths:
+        try:
+            read.append((path, dcmread(path)))
+        except InvalidDicomError:
+            continue  # not DICOM: kept as it is
+        except Exception:  # noqa: BLE001 (a broken file of the output: refused, not sent)
+            path.unlink(missing_ok=True)
+            refused.append(f"{path.name}: it cannot be read to put it back on the patient")
+    own = set().union(*(own_uids(dataset) for _path, dataset in read)) if read else set()
+    for path, dataset in read:
+        try:
+            reidentify(dataset, names, own)
+        except Refused as exc:
+            path.unlink(missing_ok=True)
+            refused.append(f"{path.name}: {exc}")
+            continue
+        dataset.save_as(path, enforce_file_format=False)
+    return refused
