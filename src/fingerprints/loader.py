@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from isdr.domain.deid import Deidentify
 from isdr.domain.destination import AE_TITLE_MAX, SCU_TAGS, Destination
 from isdr.domain.fingerprint import (
     DESTINATION_KEYS,
@@ -28,6 +29,7 @@ from isdr.fingerprints.regex_guard import PROBE_LENGTH, TIME_LIMIT, too_slow
 SUFFIX = ".json"
 MAX_BYTES = 1 << 20  # a fingerprint is a few hundred bytes
 REGEX_KEYS = tuple(key for key in KNOWN_KEYS if key.endswith("_regex"))
+DEID_KEYS = tuple(Deidentify.model_fields)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def load_text(name: str, text: str) -> Fingerprint | list[FingerprintError]:
     try:
         fingerprint = Fingerprint.model_validate(data)
     except ValidationError as exc:
-        errors = [_describe(name, text, error) for error in exc.errors()]
+        errors = [_describe(name, text, error) for error in _one_reading(exc.errors())]
         return sorted(errors, key=lambda error: (error.line or 0, error.column or 0))
     slow = too_slow(_patterns(fingerprint))
     if slow is not None:
@@ -171,10 +173,23 @@ def without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
+def _one_reading(errors: list[Any]) -> list[Any]:
+    """`deidentify` is true/false or an object: pydantic says why it is neither; keep only
+    what concerns the reading the file meant (an object's errors when it is an object)."""
+    meant = "Deidentify" if any(e["loc"][:2] == ("deidentify", "Deidentify") and
+                                e["type"] != "model_type" for e in errors) else "bool"  # fmt: skip
+    return [
+        e for e in errors
+        if not (len(e["loc"]) > 1 and e["loc"][0] == "deidentify" and e["loc"][1] != meant)
+    ]  # fmt: skip
+
+
 def _describe(file: str, text: str, error: Any) -> FingerprintError:
     location = [str(part) for part in error["loc"]]
     if len(location) > 2 and location[0] == "scus" and location[2] in SCU_TAGS:
         del location[2]  # the kind of entry pydantic tried ("node" or "sender")
+    if len(location) > 1 and location[0] == "deidentify" and location[1] in ("bool", "Deidentify"):
+        del location[1]  # which reading pydantic tried
     key = next((part for part in reversed(location) if not part.isdigit()), "")
     dotted = ".".join(location) or None
     line, column = key_position(text, key, location)
@@ -189,6 +204,8 @@ def _describe(file: str, text: str, error: Any) -> FingerprintError:
 def _keys_at(location: list[str]) -> tuple[str, ...]:
     """The keys allowed where an unknown one was found: top level, scus[n], its tls, or
     triggers[n]."""
+    if location[:1] == ["deidentify"]:
+        return DEID_KEYS
     if len(location) > 3 and location[2] == "tls":
         return TLS_KEYS
     if len(location) > 1:

@@ -175,3 +175,21 @@ def test_the_pseudonyms_survive_a_restart_and_the_result_is_re_identified(
         again.stop()
     assert len(destination.datasets) == 5
     assert {ds.PatientID for ds in destination.datasets} == {PID}
+
+
+def test_instances_whose_pixels_may_show_identity_are_left_out_and_said(
+    tmp_path: Path, standin: StandIn, destination: RecordingSCP
+) -> None:
+    relay = start(tmp_path, standin, destination)
+    try:
+        burned = [identified(n) for n in range(3)]
+        for ds in burned:
+            ds.BurnedInAnnotation = "YES"
+        assert send_datasets(relay.scp.port, burned) == [0, 0, 0]
+        wait_for(lambda: [j.state for j in list_jobs(relay.engine)] == ["failed"])
+        [job] = list_jobs(relay.engine)
+        assert job.last_error.startswith("de-identification left out every instance: ")
+        assert "instance 1 of 3: BurnedInAnnotation is YES" in job.last_error
+    finally:
+        relay.stop()
+    assert standin.submissions == []

@@ -15,6 +15,7 @@ from isdr.deid.profile import deidentify, pixel_risk, shift
 from isdr.deid.pseudonyms import Pseudonyms
 from isdr.deid.reidentify import Refused, own_uids, reidentify
 from isdr.domain.deid import Deidentify, options_of
+from isdr.domain.fingerprint import Fingerprint
 
 NAME, PID, ACCESSION = "Doe^Jane^Q", "PID-7731-XYZ", "ACC-99812"
 INSTITUTION, PHYSICIAN, OPERATOR = "Saint Example Hospital", "House^Gregory", "Tech^Tina"
@@ -210,3 +211,92 @@ def test_the_pseudonyms_survive_a_trip_through_json() -> None:
     deidentify(ds, names, Deidentify(retain_dates=True))
     again = Pseudonyms.from_json(names.to_json())
     assert again == names
+
+
+SAMPLE: dict[str, Any] = {
+    "AE": "NODE", "AS": "045Y", "CS": "VALUE", "DA": "20260411", "DS": "1.5",
+    "DT": "20260411101500", "IS": "7", "LO": "secret", "LT": "secret", "PN": "Secret^Name",
+    "SH": "secret", "ST": "secret", "TM": "101500", "UC": "secret", "UT": "secret",
+    "UI": "1.2.826.0.1.99.77", "UL": 7, "US": 7, "FL": 1.5, "FD": 1.5, "SL": 7, "SS": 7,
+}  # fmt: skip
+
+
+def test_every_action_of_the_table_is_applied_to_every_tag_it_names() -> None:
+    from pydicom.datadict import dictionary_VR
+
+    from isdr.deid.profile import DUMMY
+    from isdr.deid.table import ACTIONS
+
+    tested = 0
+    for tag, action in ACTIONS.items():
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue  # not in pydicom's dictionary
+        if vr not in SAMPLE and vr != "SQ":
+            continue  # bytes, or an ambiguous VR
+        ds, names = Dataset(), Pseudonyms()
+        if vr == "SQ":
+            item = Dataset()
+            item.ReferencedSOPInstanceUID = "1.2.826.0.1.99.78"
+            ds.add_new(tag, vr, Sequence([item]))
+        else:
+            ds.add_new(tag, vr, SAMPLE[vr])
+        deidentify(ds, names, Deidentify())
+        tested += 1
+        where = f"{tag:08X} ({action}, {vr})"
+        if tag in (0x00100010, 0x00100020):
+            assert ds[tag].value == names.patient, where
+        elif action == "X":
+            assert tag not in ds, where
+        elif vr == "UI":
+            assert str(ds[tag].value).startswith("2.25."), where
+        elif vr == "SQ":
+            kept = ds[tag].value
+            if action == "X/Z/U*":
+                assert kept[0].ReferencedSOPInstanceUID.startswith("2.25."), where
+            else:
+                assert len(kept) == 0, where
+        elif action in ("Z", "X/Z"):
+            assert ds[tag].value in (None, ""), where
+        else:  # D, X/D, Z/D, X/Z/D
+            assert ds[tag].value == DUMMY[vr], where
+    assert tested > 500
+
+
+def test_a_stable_patient_keeps_one_pseudonym_and_shift_across_studies(tmp_path: Any) -> None:
+    from isdr.db.deid import patient
+    from isdr.db.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'isdr.sqlite3'}")
+    first = patient(engine, PID, "ISDR-AAAA", -100)
+    assert patient(engine, PID, "ISDR-BBBB", -200) == first == ("ISDR-AAAA", -100)
+    assert patient(engine, "another", "ISDR-CCCC", -300) == ("ISDR-CCCC", -300)
+
+
+def test_the_pseudonyms_go_with_the_jobs_files(tmp_path: Any) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import Session
+
+    from isdr.db import deid
+    from isdr.db.delivery import mark_files_removed
+    from isdr.db.engine import make_engine
+    from isdr.db.models import Job, Series
+
+    engine, now = make_engine(f"sqlite:///{tmp_path / 'isdr.sqlite3'}"), datetime.now(UTC)
+    with Session(engine) as session, session.begin():
+        series = Series(series_instance_uid="1.2", study_instance_uid="1.2", patient_id="P",
+                        folder="f", first_received_at=now, last_received_at=now)  # fmt: skip
+        session.add(series)
+        session.flush()
+        job = Job(series_id=series.id, fingerprint_name="f.json", state="delivered",
+                  fingerprint=Fingerprint.model_validate({"model_human_readable_id": "m"}),
+                  next_attempt_at=now, created_at=now, updated_at=now)  # fmt: skip
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    deid.save(engine, job_id, Pseudonyms().to_json(), now)
+    assert deid.load(engine, job_id) is not None
+    mark_files_removed(engine, job_id, now)
+    assert deid.load(engine, job_id) is None
