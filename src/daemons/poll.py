@@ -396,12 +396,15 @@ class Poller:
         )  # fmt: skip
         return False
 
-    def _reidentify(self, job_id: int, files: list[Path]) -> list[str]:
+    def _reidentify(self, item: _Item, files: list[Path]) -> list[str] | None:
         """A de-identified job's output back on its patient and study (in place): what was
-        refused, in words. Nothing for a job that was not de-identified."""
-        kept = deid.load(self.engine, job_id)
+        refused, in words (nothing for a job that was not de-identified); None when its
+        pseudonyms are gone, so that nothing of it may be delivered."""
+        server = item.job.server
+        asked = item.fingerprint.deid_options(server.deidentify if server else False)
+        kept = deid.load(self.engine, item.job_id)
         if kept is None:
-            return []
+            return [] if asked is None else None
         return reidentify_files(files, Pseudonyms.from_json(kept))
 
     def _take_output(self, item: _Item, archive: Path) -> bool:
@@ -415,7 +418,14 @@ class Poller:
             return self._fail(
                 item, f"the output archive was refused: {exc}", delete_remotely=delete
             )
-        refused = self._reidentify(item.job_id, unpacked.files)
+        refused = self._reidentify(item, unpacked.files)
+        if refused is None:
+            shutil.rmtree(target, ignore_errors=True)
+            return self._fail(
+                item, "the job was de-identified and its pseudonyms are gone (removed with its "
+                "files?): its output cannot be put back on the patient, so none is delivered",
+                delete_remotely=delete,
+            )  # fmt: skip
         files = [path for path in unpacked.files if path.exists()]
         records = [describe(target, path) for path in files]
         archive.unlink(missing_ok=True)

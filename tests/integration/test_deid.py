@@ -193,3 +193,25 @@ def test_instances_whose_pixels_may_show_identity_are_left_out_and_said(
     finally:
         relay.stop()
     assert standin.submissions == []
+
+
+def test_an_output_whose_pseudonyms_are_gone_is_never_delivered(
+    tmp_path: Path, standin: StandIn, destination: RecordingSCP
+) -> None:
+    from isdr.db.deid import forget
+
+    standin.derive_from_input = True
+    standin.polls_before_ready = 10**6
+    relay = start(tmp_path, standin, destination)
+    try:
+        assert send_datasets(relay.scp.port, [identified(n) for n in range(3)]) == [0, 0, 0]
+        wait_for(lambda: [j.state for j in list_jobs(relay.engine)] == ["submitted"])
+        [job] = list_jobs(relay.engine)
+        forget(relay.engine, job.id)  # as if removed with its files, then retried
+        standin.polls_before_ready = 1
+        wait_for(lambda: [j.state for j in list_jobs(relay.engine)] == ["failed"])
+        [job] = list_jobs(relay.engine)
+        assert "its pseudonyms are gone" in job.last_error
+    finally:
+        relay.stop()
+    assert destination.received == []
