@@ -64,7 +64,11 @@ class PostSettings:
         return doubling(self.retry_delay, attempts)
 
 
-SUSPECT_LIMIT = 3  # bare 500s in a row before "the model is unknown" is the verdict
+SUSPECT_LIMIT = 3
+# PatientIDs that name no one: never a stable pseudonym (each job gets its own).
+PLACEHOLDER_IDS = frozenset(
+    {"UNKNOWN", "ANONYMOUS", "ANONYMIZED", "NONE", "NULL", "000000"}
+)  # bare 500s in a row before "the model is unknown" is the verdict
 
 
 def submit_retry(
@@ -419,7 +423,10 @@ class PostDaemon:
         folder = self.settings.jobs_dir / str(job_id)
         note = ""
         try:
-            if options is not None:
+            if options is None:
+                if deid.load(self.engine, job_id) is not None:
+                    deid.forget(self.engine, job_id)  # an earlier attempt's, elsewhere
+            else:
                 found = self._deidentified(job_id, members, folder / "deid", options)
                 if found is None:
                     return None
@@ -463,11 +470,14 @@ class PostDaemon:
             return names
         names = Pseudonyms()
         if options.stable_patient and members:
-            original = str(dcmread(members[0].path, stop_before_pixels=True).get("PatientID", ""))
-            shift = fresh_shift() if options.retain_dates else 0
-            names.patient, names.shift_days = deid.patient(
-                self.engine, original, names.patient, shift
-            )
+            header = dcmread(members[0].path, stop_before_pixels=True)
+            patient_id = str(header.get("PatientID", "") or "").strip()
+            if len(patient_id) >= 3 and patient_id.upper() not in PLACEHOLDER_IDS:
+                issuer = str(header.get("IssuerOfPatientID", "") or "").strip()
+                shift = fresh_shift() if options.retain_dates else 0
+                names.patient, names.shift_days = deid.patient(
+                    self.engine, f"{issuer}\\{patient_id}", names.patient, shift
+                )
         return names
 
     def _record(

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from isdr.deid.profile import deidentify, pixel_risk
 from isdr.deid.pseudonyms import Pseudonyms
-from isdr.deid.reidentify import Refused, own_uids, reidentify
+from isdr.deid.reidentify import Refused, check, own_uids, reidentify
 from isdr.domain.deid import Deidentify
 
 
@@ -49,23 +50,48 @@ def deidentify_files(
 
 def reidentify_files(paths: list[Path], names: Pseudonyms) -> list[str]:
     """Put every DICOM file of an output back on the job's patient and study, in place;
-    a file refused is removed. What was refused, in words (its name and why)."""
-    read, refused = [], []
+    a file refused is removed. What was refused, in words (its name and why).
+
+    The headers are checked first, all together: an object may reference another object
+    of the output, but not one that is itself refused.
+    """
+    headers, refused = {}, []
     for path in paths:
         try:
-            read.append((path, dcmread(path)))
+            headers[path] = dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             continue  # not DICOM: kept as it is
         except Exception:  # noqa: BLE001 (a broken file of the output: refused, not sent)
-            path.unlink(missing_ok=True)
-            refused.append(f"{path.name}: it cannot be read to put it back on the patient")
-    own = set().union(*(own_uids(dataset) for _path, dataset in read)) if read else set()
-    for path, dataset in read:
+            refused.append(_refuse(path, "it cannot be read to put it back on the patient"))
+    accepted = dict(headers)
+    while True:
+        own = set().union(*(own_uids(ds) for ds in accepted.values())) if accepted else set()
+        out = {path: _reason(ds, names, own) for path, ds in accepted.items()}
+        out = {path: reason for path, reason in out.items() if reason}
+        if not out:
+            break
+        for path, reason in out.items():
+            del accepted[path]
+            refused.append(_refuse(path, reason))
+    for path in accepted:
         try:
+            dataset = dcmread(path)
             reidentify(dataset, names, own)
-        except Refused as exc:
-            path.unlink(missing_ok=True)
-            refused.append(f"{path.name}: {exc}")
-            continue
-        dataset.save_as(path, enforce_file_format=False)
+            dataset.save_as(path, enforce_file_format=False)
+        except Exception as exc:  # noqa: BLE001 (this file is not sent; the others go on)
+            refused.append(_refuse(path, str(exc) if isinstance(exc, Refused) else
+                                   "it could not be put back on the patient"))  # fmt: skip
     return refused
+
+
+def _reason(dataset: Dataset, names: Pseudonyms, own: set[str]) -> str:
+    try:
+        check(dataset, names, own)
+    except Refused as exc:
+        return str(exc)
+    return ""
+
+
+def _refuse(path: Path, reason: str) -> str:
+    path.unlink(missing_ok=True)
+    return f"{path.name}: {reason}"

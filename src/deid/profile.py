@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -30,6 +31,15 @@ DICOM_ROOT = "1.2.840.10008."  # DICOM's own UIDs: kept as they are
 PATIENT_NAME, PATIENT_ID = 0x00100010, 0x00100020
 SERIES_DESCRIPTION = 0x0008103E
 MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+# The file meta a Part 10 file needs: version, SOP class and instance, transfer syntax,
+# implementation class and version. The rest (the sender's AE title, ...) goes.
+FILE_META_KEPT = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012, 0x00020013})
+# The table's action whatever the options: a birth date (even shifted, with the age) comes
+# too close to naming the patient.
+NEVER_RETAINED = frozenset({0x00100030, 0x00100032})
+# Elements the table does not list but that may hold anything: removed (a name: the dummy).
+_DENIED = ("PN", "UR", "UT", "LT", "ST", "UC")
+_TEXT = ("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT")
 
 # Retain Patient Characteristics Option (Table E.1-1's column): sex, age, size, weight, ...
 PATIENT_CHARACTERISTICS = frozenset({
@@ -79,13 +89,63 @@ def deidentify(dataset: Dataset, names: Pseudonyms, options: Deidentify) -> None
     """De-identify `dataset` (and its file meta) in place, recording what was replaced."""
     if options.retain_dates and not names.shift_days:
         names.shift_days = fresh_shift()
-    keep_identity(dataset, names)
-    _Walk(names, options).items(dataset)
+    with config.disable_value_validation():  # pydicom would log a bad value: patient data
+        keep_identity(dataset, names)
+        _note_kinds(dataset, names)
+        _Walk(names, options).items(dataset)
+        _file_meta(dataset, names)
+        _drop_text_naming(dataset, _originals_of(names))
+        _say_so(dataset, options, names)
+    dataset.preamble = None  # written as zeros
+
+
+def _note_kinds(dataset: Dataset, names: Pseudonyms) -> None:
+    """Remember which originals are the study, a series, an instance, a frame of
+    reference: what comes back must name a study the job sent as its study."""
+    kinds = (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"),
+             ("SOPInstanceUID", "instance"), ("FrameOfReferenceUID", "frame"))  # fmt: skip
+    for keyword, kind in kinds:
+        value = str(dataset.get(keyword, "") or "")
+        if value and not is_dicom_uid(value):
+            names.kinds[names.uid(value)] = kind
+
+
+def _file_meta(dataset: Dataset, names: Pseudonyms) -> None:
+    """Only what a Part 10 file needs stays in the file meta (the sender's AE title, its
+    address and private meta go); the instance's UID follows its SOPInstanceUID."""
     meta = getattr(dataset, "file_meta", None)
-    if meta is not None and MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
+    if meta is None:
+        return
+    for element in list(meta):
+        if int(element.tag) not in FILE_META_KEPT:
+            del meta[element.tag]
+    if MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
         element = meta[MEDIA_STORAGE_SOP_INSTANCE_UID]
         element.value = names.uid(str(element.value))
-    _say_so(dataset, options, names)
+
+
+def _originals_of(names: Pseudonyms) -> tuple[str, ...]:
+    """Texts that must not survive anywhere: every original UID, the patient's ID and
+    name, the accession number."""
+    found = [*names.uids]
+    for keyword in ("PatientID", "AccessionNumber", "PatientName"):
+        value = names.identity.get(keyword)
+        if isinstance(value, str) and len(value.strip("^ ")) >= 3:
+            found.append(value.strip())
+    return tuple(found)
+
+
+def _drop_text_naming(dataset: Dataset, originals: tuple[str, ...]) -> None:
+    """Remove any text element, at any depth, that still holds an original UID or the
+    patient's ID, name or accession number (a URL to the PACS, a free comment)."""
+    for element in list(dataset):
+        if element.VR == "SQ":
+            for item in element.value:
+                _drop_text_naming(item, originals)
+        elif element.VR in _TEXT and element.value is not None:
+            text = str(element.value)
+            if any(original and original in text for original in originals):
+                del dataset[element.tag]
 
 
 class _Walk:
@@ -105,6 +165,8 @@ class _Walk:
                     del dataset[tag]
                 elif element.VR == "SQ":
                     self._sequence(element)
+                elif element.VR == "UI":
+                    element.value = self._uids(element.value)
                 continue
             self.element(dataset, element, tag)
 
@@ -115,6 +177,7 @@ class _Walk:
         elif self._retained(element, tag):
             if self.options.retain_dates and element.VR in ("DA", "DT"):
                 element.value = shift(element.value, element.VR, self.names.shift_days)
+                self.names.note_dates(element.value)
         elif element.VR == "UI":
             if action == "X":
                 del dataset[tag]
@@ -129,11 +192,17 @@ class _Walk:
                 element.value = Sequence()
         elif action is not None:
             _act(dataset, element, tag, action)
+        else:
+            _unlisted(dataset, element, tag)
 
     def _retained(self, element: DataElement, tag: int) -> bool:
         options = self.options
+        if tag in NEVER_RETAINED:
+            return False
         if action_of(tag) is None:
-            return element.VR not in ("UI", "SQ")  # not listed: not identifying
+            if element.VR in ("DA", "DT"):
+                return options.retain_dates  # shifted; else removed (_unlisted)
+            return element.VR not in ("UI", "SQ", *_DENIED)  # not listed: not identifying
         if tag == SERIES_DESCRIPTION:
             return options.keeps_description(str(element.value or ""))
         if options.retain_patient_characteristics and tag in PATIENT_CHARACTERISTICS:
@@ -175,6 +244,15 @@ def _private_creators(dataset: Dataset) -> dict[int, str]:
     return found
 
 
+def _unlisted(dataset: Dataset, element: DataElement, tag: int) -> None:
+    """An element the table does not list, of a kind that may name someone: a person's
+    name gets the dummy, free text, URLs and dates go."""
+    if element.VR == "PN":
+        element.value = DUMMY["PN"]
+    else:
+        del dataset[tag]
+
+
 def _act(dataset: Dataset, element: DataElement, tag: int, action: str) -> None:
     if action == "X":
         del dataset[tag]
@@ -205,7 +283,7 @@ def shift(value: Any, vr: str, days: int) -> Any:
         return value
     try:
         moved = date(int(text[0:4]), int(text[4:6]), int(text[6:8])) + timedelta(days=days)
-    except ValueError:
+    except (ValueError, OverflowError):
         return DUMMY[vr]
     return moved.strftime("%Y%m%d") + (text[8:] if vr == "DT" else "")
 
@@ -251,6 +329,8 @@ def pixel_risk(dataset: Dataset) -> str | None:
     """Why the instance's pixels may carry identity, in words; None when nothing says so."""
     if str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         return "BurnedInAnnotation is YES"
+    if str(dataset.get("RecognizableVisualFeatures", "")).strip().upper() == "YES":
+        return "RecognizableVisualFeatures is YES"
     sop_class = str(dataset.get("SOPClassUID", ""))
     if sop_class.startswith(_PIXEL_RISK):
         kind = getattr(dataset.SOPClassUID, "name", sop_class)

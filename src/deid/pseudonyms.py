@@ -13,6 +13,7 @@ from typing import Any
 
 # The patient's and the study's attributes put back on every object that comes back.
 IDENTITY = (
+    "SpecificCharacterSet",  # first: the names after it are written in it
     "PatientName",
     "PatientID",
     "IssuerOfPatientID",
@@ -60,6 +61,21 @@ class Pseudonyms:
     uids: dict[str, str] = field(default_factory=dict)  # original -> pseudonym
     identity: dict[str, Any] = field(default_factory=dict)  # keyword -> original value
     left_out: list[str] = field(default_factory=list)  # instances not sent, and why
+    kinds: dict[str, str] = field(default_factory=dict)  # pseudonym -> study, series, ...
+    dates: list[str] = field(default_factory=list)  # the first and last date sent, shifted
+
+    def note_dates(self, value: Any) -> None:
+        """Widen the range of the shifted dates sent by a DA or DT value (or several)."""
+        values = value if isinstance(value, (list, tuple)) else [value]
+        days = [str(v)[:8] for v in values if v and str(v)[:8].isdigit() and len(str(v)) >= 8]
+        if days:
+            self.dates = [min([*self.dates[:1], *days]), max([*self.dates[1:], *days])]
+
+    def sent_date(self, value: str) -> bool:
+        """Whether a date (YYYYMMDD...) falls in the range of the shifted dates sent: only
+        those move back (the model's own dates, of today, stay)."""
+        day = value[:8]
+        return len(self.dates) == 2 and self.dates[0] <= day <= self.dates[1]
 
     def uid(self, original: str) -> str:
         """The pseudonym of a UID, made at its first use."""
@@ -80,6 +96,8 @@ class Pseudonyms:
             "uids": dict(self.uids),
             "identity": dict(self.identity),
             "left_out": list(self.left_out),
+            "kinds": dict(self.kinds),
+            "dates": list(self.dates),
         }
 
     @classmethod
@@ -91,4 +109,6 @@ class Pseudonyms:
             uids={str(k): str(v) for k, v in dict(data.get("uids", {})).items()},
             identity=dict(data.get("identity", {})),
             left_out=[str(line) for line in data.get("left_out", [])],
+            kinds={str(k): str(v) for k, v in dict(data.get("kinds", {})).items()},
+            dates=[str(day) for day in data.get("dates", [])],
         )

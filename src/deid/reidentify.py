@@ -3,15 +3,18 @@ be delivered.
 
 Every element at every depth, and the file meta, is walked: a UID the job replaced gets
 its original back; the patient's and study's attributes are those of the input again;
-dates move back by the job's shift. The model's own new UIDs (its series, its instances)
-stay. An object that references a UID the job never sent, or whose patient or study is not
-the job's, is refused: it may be another patient's result.
+the dates the job sent (shifted) move back. The model's own new UIDs (its series, its
+instances) stay. An object is refused (it may be another patient's result) when its
+PatientID is not the job's pseudonym, its StudyInstanceUID is not the study the job sent,
+its FrameOfReferenceUID is not one the job sent, or anything inside its sequences points
+at a UID that neither the job sent nor an accepted object of the output gives itself.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -24,39 +27,14 @@ _DEID_MARKS = (
     "DeidentificationMethodCodeSequence",
     "LongitudinalTemporalInformationModified",
 )
-# UIDs that point at another object: each must be one the job sent (or one of the output's).
-_NOT_REFERENCES = (
-    "ReferencedSOPClassUID",
-    "ReferencedSOPClassUIDInFile",
-    "ReferencedTransferSyntaxUIDInFile",
-    "ReferencedRelatedGeneralSOPClassUIDInFile",
-)
 
 
 class Refused(Exception):
     """The object must not be delivered: why, in words (no patient data in it)."""
 
 
-def reidentify(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:
-    """Put the object back on the job's patient and study (in place); Refused when it
-    does not belong to them. `own`: the UIDs the output's objects give themselves (their
-    SOP instances and series), which other objects of the output may reference."""
-    _check_patient_and_study(dataset, names)
-    back = names.originals()
-    _walk(dataset, back, own, names.shift_days)
-    meta = getattr(dataset, "file_meta", None)
-    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
-        value = str(meta.MediaStorageSOPInstanceUID)
-        meta.MediaStorageSOPInstanceUID = back.get(value, value)
-    for keyword, value in names.identity.items():
-        setattr(dataset, keyword, value)
-    for keyword in _DEID_MARKS:
-        if keyword in dataset:
-            delattr(dataset, keyword)
-
-
 def own_uids(dataset: Dataset) -> set[str]:
-    """The UIDs an output object gives itself."""
+    """The UIDs an output object gives itself (its instance and its series)."""
     return {
         str(dataset.get(keyword, ""))
         for keyword in ("SOPInstanceUID", "SeriesInstanceUID")
@@ -64,42 +42,75 @@ def own_uids(dataset: Dataset) -> set[str]:
     }
 
 
-def _check_patient_and_study(dataset: Dataset, names: Pseudonyms) -> None:
-    patient = str(dataset.get("PatientID", "") or "")
-    if patient != names.patient:
+def check(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:
+    """Refused when the object does not belong to the job's patient, study and images."""
+    if str(dataset.get("PatientID", "") or "") != names.patient:
         raise Refused("its PatientID is not the pseudonym the job sent: another patient's?")
     study = str(dataset.get("StudyInstanceUID", "") or "")
-    if study not in names.originals():
+    if names.kinds.get(study) != "study":
         raise Refused("its StudyInstanceUID is not the study the job sent")
+    frame = str(dataset.get("FrameOfReferenceUID", "") or "")
+    if frame and frame not in names.originals():
+        raise Refused("its FrameOfReferenceUID is not one the job sent")
+    back = names.originals()
+    for element in dataset:
+        if element.VR == "SQ":
+            for item in element.value:
+                _check_inside(item, back, own, element.keyword or str(element.tag))
 
 
-def _walk(dataset: Dataset, back: dict[str, str], own: set[str], days: int) -> None:
+def _check_inside(item: Dataset, back: dict[str, str], own: set[str], where: str) -> None:
+    for element in item:
+        if element.VR == "SQ":
+            for inner in element.value:
+                _check_inside(inner, back, own, where)
+        elif element.VR == "UI":
+            values = element.value if many(element.value) else [element.value]
+            for value in map(str, values):
+                if value and not is_dicom_uid(value) and value not in back and value not in own:
+                    keyword = element.keyword or str(element.tag)
+                    raise Refused(f"its {where} > {keyword} points at an object the job never sent")
+
+
+def reidentify(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:
+    """Put the object back on the job's patient and study (in place); Refused when it
+    does not belong to them (see `check`). `own`: the UIDs the accepted objects of the
+    output give themselves."""
+    check(dataset, names, own)
+    back = names.originals()
+    with config.disable_value_validation():  # pydicom would log a bad value: patient data
+        _walk(dataset, back, names)
+        meta = getattr(dataset, "file_meta", None)
+        if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+            value = str(meta.MediaStorageSOPInstanceUID)
+            meta.MediaStorageSOPInstanceUID = back.get(value, value)
+        for keyword, value in names.identity.items():
+            setattr(dataset, keyword, value)
+        for keyword in _DEID_MARKS:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+
+
+def _walk(dataset: Dataset, back: dict[str, str], names: Pseudonyms) -> None:
     for element in list(dataset):
         if element.VR == "SQ":
             for item in element.value:
-                _walk(item, back, own, days)
+                _walk(item, back, names)
         elif element.VR == "UI":
-            element.value = _uids(element, back, own)
-        elif days and element.VR in ("DA", "DT") and element.value:
-            element.value = shift(element.value, element.VR, -days)
+            element.value = _uids(element, back)
+        elif names.shift_days and element.VR in ("DA", "DT") and element.value:
+            element.value = _dates_back(element.value, element.VR, names)
 
 
-def _uids(element: DataElement, back: dict[str, str], own: set[str]) -> Any:
+def _dates_back(value: Any, vr: str, names: Pseudonyms) -> Any:
+    if many(value):
+        return [_dates_back(v, vr, names) for v in value]
+    text = str(value)
+    return shift(text, vr, -names.shift_days) if names.sent_date(text) else value
+
+
+def _uids(element: DataElement, back: dict[str, str]) -> Any:
     values = element.value
-    several = many(values)
-    found = [_uid(str(v), element, back, own) for v in (values if several else [values])]
-    return found if several else found[0]
-
-
-def _uid(value: str, element: DataElement, back: dict[str, str], own: set[str]) -> str:
-    if not value or is_dicom_uid(value):
-        return value
-    if value in back:
-        return back[value]
-    keyword = element.keyword or ""
-    is_reference = keyword.startswith("Referenced") or keyword in (
-        "SourceFrameOfReferenceUID", "RelatedFrameOfReferenceUID", "StudyInstanceUID",
-    )  # fmt: skip
-    if is_reference and keyword not in _NOT_REFERENCES and value not in own:
-        raise Refused(f"its {keyword or element.tag} references an object the job never sent")
-    return value
+    if many(values):
+        return [back.get(str(v), str(v)) for v in values]
+    return back.get(str(values), values)

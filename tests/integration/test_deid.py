@@ -28,7 +28,8 @@ FRAME = "1.2.826.0.1.3680043.10.91.9"
 NAME, PID, ACCESSION = "Doe^Jane^Q", "PID-7731-XYZ", "ACC-99812"
 SECRETS = (NAME, "Doe^", PID, ACCESSION, "Saint Example Hospital", "House^Gregory",
            "Tech^Tina", "19710203", "20260411", "Lung screening Jane", "Main Street 1",
-           "private secret", "SN-44120", STUDY, SERIES, FRAME, "STUDY-77")  # fmt: skip
+           "private secret", "SN-44120", STUDY, SERIES, FRAME, "STUDY-77",
+           "PYNET")  # fmt: skip  # fmt: skip
 
 
 def identified(number: int) -> Dataset:

@@ -300,3 +300,57 @@ def test_the_pseudonyms_go_with_the_jobs_files(tmp_path: Any) -> None:
     assert deid.load(engine, job_id) is not None
     mark_files_removed(engine, job_id, now)
     assert deid.load(engine, job_id) is None
+
+
+def test_what_the_table_does_not_list_but_may_name_someone_goes_too() -> None:
+    ds, names = identified(), Pseudonyms()
+    ds.file_meta.SourceApplicationEntityTitle = "CT_STMARYS_3"
+    ds.RetrieveURL = f"https://pacs.example.org/studies/{STUDY_UID}"
+    ds.EvaluatorName = "Secret^Evaluator"
+    ds.CalibrationDate = "20260411"
+    issuer = Dataset()
+    issuer.UniversalEntityID = "urn:oid:1.2.3.4.5.6.7"
+    ds.IssuerOfPatientIDQualifiersSequence = Sequence([issuer])
+    ds.add_new(0x00290010, "LO", "ACME UID")
+    ds.add_new(0x00291001, "UI", STUDY_UID)
+    ds.ImageComments = f"for {PID}"
+    deidentify(ds, names, Deidentify(retain_dates=True, private_tags=["ACME UID:0029,01"]))
+    assert "SourceApplicationEntityTitle" not in ds.file_meta
+    assert "RetrieveURL" not in ds and "ImageComments" not in ds
+    assert ds.EvaluatorName == "ANONYMIZED"
+    assert ds.CalibrationDate != "20260411"  # not listed: shifted like the others
+    assert "urn:oid:1.2.3.4.5.6.7" not in "\n".join(every_value(ds))
+    assert ds[0x00291001].value == names.uid(STUDY_UID)
+    assert ds.PatientBirthDate in ("", None)  # never kept, even with retain_dates
+    assert ds.preamble is None
+
+
+def test_a_result_claiming_an_instance_as_its_study_or_a_foreign_series_is_refused() -> None:
+    ds, names = identified(), Pseudonyms()
+    deidentify(ds, names, Deidentify())
+    seg = derived(ds)
+    seg.StudyInstanceUID = ds.SOPInstanceUID  # a pseudonym, but not the study's
+    with pytest.raises(Refused, match="StudyInstanceUID"):
+        reidentify(copy.deepcopy(seg), names, own_uids(seg))
+    seg = derived(ds)
+    seg.ReferencedSeriesSequence[0].SeriesInstanceUID = "2.25.999"
+    with pytest.raises(Refused, match="ReferencedSeriesSequence > SeriesInstanceUID"):
+        reidentify(seg, names, own_uids(seg))
+
+
+def test_the_models_own_dates_stay_and_a_name_keeps_its_characters() -> None:
+    ds, names = identified(), Pseudonyms()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Müller^Jürgen=山田^太郎"
+    deidentify(ds, names, Deidentify(retain_dates=True))
+    seg = derived(ds)
+    seg.ContentDate = "20261203"  # today, the model's own
+    reidentify(seg, names, own_uids(seg))
+    assert seg.ContentDate == "20261203" and seg.StudyDate == "20260411"
+    assert str(seg.PatientName) == "Müller^Jürgen=山田^太郎"
+    assert seg.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_impossible_dates_become_the_dummy() -> None:
+    assert shift("00010101", "DA", -400) == "19000101"
+    assert shift("99991231", "DA", 400) == "19000101"
