@@ -64,11 +64,9 @@ class PostSettings:
         return doubling(self.retry_delay, attempts)
 
 
-SUSPECT_LIMIT = 3
+SUSPECT_LIMIT = 3  # bare 500s in a row before "the model is unknown" is the verdict
 # PatientIDs that name no one: never a stable pseudonym (each job gets its own).
-PLACEHOLDER_IDS = frozenset(
-    {"UNKNOWN", "ANONYMOUS", "ANONYMIZED", "NONE", "NULL", "000000"}
-)  # bare 500s in a row before "the model is unknown" is the verdict
+PLACEHOLDER_IDS = frozenset({"UNKNOWN", "ANONYMOUS", "ANONYMIZED", "NONE", "NULL", "000000"})
 
 
 def submit_retry(
