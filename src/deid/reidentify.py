@@ -6,8 +6,10 @@ its original back; the patient's and study's attributes are those of the input a
 the dates the job sent (shifted) move back. The model's own new UIDs (its series, its
 instances) stay. An object is refused (it may be another patient's result) when its
 PatientID is not the job's pseudonym, its StudyInstanceUID is not the study the job sent,
-its FrameOfReferenceUID is not one the job sent, or anything inside its sequences points
-at a UID that neither the job sent nor an accepted object of the output gives itself.
+its FrameOfReferenceUID is not one the job sent, or a reference inside its sequences (to a
+study, series, instance or frame of reference) names a UID that neither the job sent nor
+an accepted object of the output gives itself. The model's other new UIDs (a dimension
+organisation, a tracking UID) stay as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ _DEID_MARKS = (
     "DeidentificationMethodCodeSequence",
     "LongitudinalTemporalInformationModified",
 )
+
+
+_OBJECT_UIDS = frozenset({
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
+    "SourceFrameOfReferenceUID", "RelatedFrameOfReferenceUID",
+})  # fmt: skip
 
 
 class Refused(Exception):
@@ -64,12 +72,21 @@ def _check_inside(item: Dataset, back: dict[str, str], own: set[str], where: str
         if element.VR == "SQ":
             for inner in element.value:
                 _check_inside(inner, back, own, where)
-        elif element.VR == "UI":
+        elif element.VR == "UI" and _points_at_an_object(element.keyword or ""):
             values = element.value if many(element.value) else [element.value]
             for value in map(str, values):
                 if value and not is_dicom_uid(value) and value not in back and value not in own:
                     keyword = element.keyword or str(element.tag)
                     raise Refused(f"its {where} > {keyword} points at an object the job never sent")
+
+
+def _points_at_an_object(keyword: str) -> bool:
+    """Whether a UID inside a sequence names another object (a study, series, instance
+    or frame of reference): those must be known. Others (a dimension organisation, a
+    tracking UID) may be the model's own."""
+    if keyword.startswith("Referenced"):
+        return "SOPClass" not in keyword and "TransferSyntax" not in keyword
+    return keyword in _OBJECT_UIDS
 
 
 def reidentify(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:

@@ -354,3 +354,14 @@ def test_the_models_own_dates_stay_and_a_name_keeps_its_characters() -> None:
 def test_impossible_dates_become_the_dummy() -> None:
     assert shift("00010101", "DA", -400) == "19000101"
     assert shift("99991231", "DA", 400) == "19000101"
+
+
+def test_a_models_own_uids_inside_sequences_are_not_references() -> None:
+    ds, names = identified(), Pseudonyms()
+    deidentify(ds, names, Deidentify())
+    seg = derived(ds)
+    dimension = Dataset()
+    dimension.DimensionOrganizationUID = "2.25.4242"  # the model's own, as highdicom makes
+    seg.DimensionOrganizationSequence = Sequence([dimension])
+    reidentify(seg, names, own_uids(seg))
+    assert seg.DimensionOrganizationSequence[0].DimensionOrganizationUID == "2.25.4242"
