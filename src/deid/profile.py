@@ -92,9 +92,10 @@ def deidentify(dataset: Dataset, names: Pseudonyms, options: Deidentify) -> None
     with config.disable_value_validation():  # pydicom would log a bad value: patient data
         keep_identity(dataset, names)
         _note_kinds(dataset, names)
-        _Walk(names, options).items(dataset)
+        walk = _Walk(names, options)
+        walk.items(dataset)
         _file_meta(dataset, names)
-        _drop_text_naming(dataset, _originals_of(names))
+        _drop_text_naming(dataset, _originals_of(names, walk.seen))
         _say_so(dataset, options, names)
     dataset.preamble = None  # written as zeros
 
@@ -124,10 +125,11 @@ def _file_meta(dataset: Dataset, names: Pseudonyms) -> None:
         element.value = names.uid(str(element.value))
 
 
-def _originals_of(names: Pseudonyms) -> tuple[str, ...]:
-    """Texts that must not survive anywhere: every original UID, the patient's ID and
-    name, the accession number."""
-    found = [*names.uids]
+def _originals_of(names: Pseudonyms, seen: set[str]) -> tuple[str, ...]:
+    """Texts that must not survive anywhere in an instance: its original UIDs (`seen`;
+    not the whole job's, which would cost per instance as much as the job has), the
+    patient's ID and name, the accession number."""
+    found = [*seen]
     for keyword in ("PatientID", "AccessionNumber", "PatientName"):
         value = names.identity.get(keyword)
         if isinstance(value, str) and len(value.strip("^ ")) >= 3:
@@ -155,6 +157,7 @@ class _Walk:
         self.names = names
         self.options = options
         self.private = options.private_allowed()
+        self.seen: set[str] = set()  # the original UIDs it replaced
 
     def items(self, dataset: Dataset) -> None:
         creators = _private_creators(dataset)
@@ -223,7 +226,10 @@ class _Walk:
         return self._uid(str(value))
 
     def _uid(self, value: str) -> str:
-        return value if not value or is_dicom_uid(value) else self.names.uid(value)
+        if not value or is_dicom_uid(value):
+            return value
+        self.seen.add(value)
+        return self.names.uid(value)
 
     def _private_kept(self, tag: int, creators: dict[int, str]) -> bool:
         group, element = tag >> 16, tag & 0xFFFF
