@@ -5,7 +5,9 @@ result that points back at what was sent).
 
 - a derived CT series: one instance per input instance, each with its Source Image
   Sequence and Referenced Image Sequence;
-- a Segmentation (SEG): its Referenced Series Sequence lists every input instance;
+- a Segmentation (SEG), made by highdicom: it references every input instance (its
+  Referenced Series Sequence, each frame's Source Image Sequence), on the input's frame of
+  reference;
 - an RT Structure Set: its Referenced Frame of Reference Sequence reaches every input
   instance through study, series and contour image sequences, and its ROI names the frame
   of reference.
@@ -17,6 +19,8 @@ import io
 import tarfile
 import zipfile
 
+import highdicom as hd
+import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -25,7 +29,6 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     RTStructureSetStorage,
-    SegmentationStorage,
     generate_uid,
 )
 
@@ -96,15 +99,45 @@ def _derived_ct(source: Dataset, number: int) -> Dataset:
 
 
 def _seg(inputs: list[Dataset]) -> Dataset:
-    ds = _base(inputs[0], SegmentationStorage, "SEG")
-    series = Dataset()
-    series.SeriesInstanceUID = inputs[0].SeriesInstanceUID
-    series.ReferencedInstanceSequence = Sequence([_reference(s) for s in inputs])
-    ds.ReferencedSeriesSequence = Sequence([series])
-    segment = Dataset()
-    segment.SegmentNumber, segment.SegmentLabel = 1, "stand-in organ"
-    ds.SegmentSequence = Sequence([segment])
-    return ds
+    """A binary SEG of a square in the middle of every input slice, made by highdicom as
+    segmentation models make theirs."""
+    sources = sorted((_with_type_2(ds) for ds in inputs),
+                     key=lambda ds: float(ds.ImagePositionPatient[2]))  # fmt: skip
+    mask = np.zeros((len(sources), sources[0].Rows, sources[0].Columns), dtype=bool)
+    rows, columns = sources[0].Rows, sources[0].Columns
+    mask[:, rows // 4 : rows // 2, columns // 4 : columns // 2] = True
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="ISDR stand-in", version="1",
+        family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
+    )  # fmt: skip
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="stand-in organ",
+        segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
+        segmented_property_type=hd.sr.CodedConcept("10200004", "SCT", "Liver"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )  # fmt: skip
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment], series_instance_uid=generate_uid(), series_number=902,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ISDR",
+        manufacturer_model_name="stand-in", software_versions="1", device_serial_number="1",
+    )  # fmt: skip
+
+
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+           "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")  # fmt: skip
+
+
+def _with_type_2(source: Dataset) -> Dataset:
+    """A shallow copy with the type 2 attributes a SEG copies from its source present
+    (empty when the source lacks them, as after de-identification)."""
+    found = source.copy()
+    for keyword in _TYPE_2:
+        if keyword not in found:
+            setattr(found, keyword, "")
+    return found
 
 
 def _rtstruct(inputs: list[Dataset]) -> Dataset:
