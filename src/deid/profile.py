@@ -38,7 +38,7 @@ FILE_META_KEPT = frozenset({0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00
 # too close to naming the patient.
 NEVER_RETAINED = frozenset({0x00100030, 0x00100032})
 # Elements the table does not list but that may hold anything: removed (a name: the dummy).
-_DENIED = ("PN", "UR", "UT", "LT", "ST", "UC")
+_DENIED = ("PN", "UR", "UT", "LT", "ST", "UC", "UN")  # UN: bytes no one can read
 _TEXT = ("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT")
 
 # Retain Patient Characteristics Option (Table E.1-1's column): sex, age, size, weight, ...

@@ -314,9 +314,10 @@ def test_what_the_table_does_not_list_but_may_name_someone_goes_too() -> None:
     ds.add_new(0x00290010, "LO", "ACME UID")
     ds.add_new(0x00291001, "UI", STUDY_UID)
     ds.ImageComments = f"for {PID}"
+    ds.add_new(0x00189999, "UN", b"Doe^Jane")  # a standard tag read without its VR
     deidentify(ds, names, Deidentify(retain_dates=True, private_tags=["ACME UID:0029,01"]))
     assert "SourceApplicationEntityTitle" not in ds.file_meta
-    assert "RetrieveURL" not in ds and "ImageComments" not in ds
+    assert "RetrieveURL" not in ds and "ImageComments" not in ds and 0x00189999 not in ds
     assert ds.EvaluatorName == "ANONYMIZED"
     assert ds.CalibrationDate != "20260411"  # not listed: shifted like the others
     assert "urn:oid:1.2.3.4.5.6.7" not in "\n".join(every_value(ds))
