@@ -197,7 +197,7 @@ class Job(Base):
 
     __tablename__ = "job"
     # A pool member's recent jobs, counted at each choice (isdr.db.pool.members).
-    __table_args__ = (Index("ix_job_server_submitted", "server_name", "submitted_at"),)
+    __table_args__ = (Index("ix_job_server_updated", "server_name", "updated_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)

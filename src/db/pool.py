@@ -85,7 +85,7 @@ def members(
             str(name): int(count)
             for name, count in session.execute(
                 select(Job.server_name, func.count())
-                .where(Job.server_name.in_(names), Job.submitted_at >= now - recent)
+                .where(Job.server_name.in_(names), Job.updated_at >= now - recent)
                 .group_by(Job.server_name)
             )
         }

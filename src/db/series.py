@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -183,10 +184,24 @@ def _check_agreement(
 
 def _other_sender(row: Any, new: NewInstance) -> bool:
     """Whether an instance comes from another sender than the round's first: another
-    calling AE title, or another address (the port of each association differs)."""
+    calling AE title, or another address (the port of each association differs). Files
+    placed in INCOMING_DIR (peers "inbox", "storescp") have no sender: two such never
+    make several (the same file may reach the database by two of those ways)."""
+    old, new_peer = row.peer_address or "", new.peer_address or ""
+    if not _is_address(old) and not _is_address(new_peer):
+        return False
     if (row.calling_ae_title or "") != new.calling_ae_title:
         return True
-    return _host(row.peer_address or "") != _host(new.peer_address)
+    return _host(old) != _host(new_peer)
+
+
+def _is_address(peer: str) -> bool:
+    host = _host(peer).strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host(peer: str) -> str:

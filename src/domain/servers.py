@@ -7,8 +7,10 @@ that takes a job.
 A fingerprint without `inference_server_url` is served by the pool of every server that
 lists its model (narrowed by its `inference_servers`). A job goes to the member that holds
 its study's earlier jobs while that member is up and not drained; otherwise to the member
-with the most free capacity for its weight (the lowest jobs in flight / capacity / weight;
-ties: the fewest jobs taken lately for its weight, then the name). A member with as many
+given the fewest jobs lately for its weight (jobs given in the last POOL_AFFINITY_MINUTES,
+in flight ones included, / weight), so that shares follow the weights whether jobs last
+long or not; ties: the most free capacity (jobs in flight / capacity / weight), then the
+name. A member with as many
 jobs in flight as its capacity takes no more: when no member can take the job, it waits,
 and the reason says why.
 """
@@ -156,7 +158,7 @@ class PoolMember:
     capacity: int
     weight: float
     in_flight: int = 0  # jobs it holds or is being sent (from the database)
-    recent: int = 0  # jobs it took lately (the tie-break that keeps shares to the weights)
+    recent: int = 0  # jobs it was given lately (what keeps shares to the weights)
     down: bool = False
     drained: bool = False
 
@@ -164,6 +166,12 @@ class PoolMember:
     def usable(self) -> bool:
         """Up and not drained."""
         return not self.down and not self.drained
+
+    @property
+    def share(self) -> float:
+        """Jobs it was given lately (in flight ones included), for its weight: the lowest
+        takes the next job, so that over time each member's share follows its weight."""
+        return max(self.recent, self.in_flight) / self.weight
 
     @property
     def load(self) -> float:
@@ -205,8 +213,8 @@ def choose(
 ) -> Chosen | Wait:
     """The member that takes a job: the study's (`affinity`) while it is up and not drained
     (the job waits for it when it is full), else the least loaded for its weight with a
-    free slot (see PoolMember.load), preferring any other to `avoid` (the one that just
-    failed this job)."""
+    free slot (see PoolMember.share and .load), preferring any other to `avoid` (the one
+    that just failed this job)."""
     if not members:
         return Wait("no server in SERVERS_FILE serves its model (see isdr fingerprints check)")
     held = next((m for m in members if m.name == affinity), None)
@@ -223,9 +231,9 @@ def choose(
         what = "full" if usable else "down or drained"
         listed = ", ".join(m.describe() for m in members)
         return Wait(f"every server of its pool is {what}: {listed}")
-    best = min(free, key=lambda m: (m.name == avoid, m.load, m.recent / m.weight, m.name))
+    best = min(free, key=lambda m: (m.name == avoid, m.share, m.load, m.name))
     load = f"{best.in_flight} of {best.capacity}"
-    return Chosen(best.name, f"the least loaded for its weight ({load})")
+    return Chosen(best.name, f"the fewest jobs lately for its weight ({load})")
 
 
 def names_ok(names: Iterable[str]) -> bool:

@@ -88,10 +88,17 @@ def send(relay: Relay, study: str, series: int, calling: str = "CT_A") -> None:
     assert send_datasets(relay.scp.port, datasets, calling=calling) == [0, 0]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 60, relay: Relay | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        if time.monotonic() >= deadline:
+            states = Counter(job.state for job in jobs(relay)) if relay else {}
+            open_jobs = [j for j in jobs(relay) if j.state != "delivered"] if relay else []
+            stuck = [(j.id, j.state, j.server_name, j.last_error[:120], j.waiting_for)
+                     for j in open_jobs[:10]]  # fmt: skip
+            raise AssertionError(f"condition not met in time: {dict(states)} {stuck}")
         time.sleep(0.1)
 
 
@@ -120,7 +127,7 @@ def test_studies_stay_on_one_member_shares_follow_the_weights_and_senders_get_th
             send(relay, study, 1, "CT_A" if n % 2 else "CT_B")
         for n, study in enumerate(studies):
             send(relay, study, 2, "CT_A" if n % 2 else "CT_B")
-        wait_for(lambda: len(jobs(relay, "delivered")) == 40, timeout=120)
+        wait_for(lambda: len(jobs(relay, "delivered")) == 40, timeout=240, relay=relay)
         done = jobs(relay)
         by_study: dict[str, set[str | None]] = {}
         for job in done:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.utils import pack_bits
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from isdr.pictures import PictureError, source
 from isdr.pictures.regions import RTSTRUCT, SEG
@@ -299,9 +299,10 @@ def test_a_dataset_that_is_no_image_is_refused(tmp_path: Path) -> None:
 
 def test_a_compression_without_a_decoder_here_is_refused_in_words(tmp_path: Path) -> None:
     ds = instance(np.zeros((2, 2), dtype=np.int16))
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7 not really JPEG-LS"])
-    with pytest.raises(PictureError, match=r"compressed as JPEG-LS Lossless .* cannot be decoded"):
+    # JPEG Lossless: neither Pillow nor pyjpegls (highdicom's, which decodes JPEG-LS) can.
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3 not really JPEG Lossless"])
+    with pytest.raises(PictureError, match=r"compressed as JPEG Lossless.* cannot be decoded"):
         thumbnail(save(ds, tmp_path))
 
 

@@ -71,7 +71,7 @@ def test_a_full_member_is_skipped_however_light_its_weight_makes_it() -> None:
 def test_the_reason_of_a_choice_tells_the_load() -> None:
     choice = choose([member("a", in_flight=1)])
     assert isinstance(choice, Chosen)
-    assert "least loaded" in choice.reason and "1 of 4" in choice.reason
+    assert "fewest jobs lately" in choice.reason and "1 of 4" in choice.reason
 
 
 def test_when_every_member_is_full_the_job_waits_saying_so() -> None:
@@ -519,13 +519,22 @@ def test_no_study_asked_is_no_query(engine: Engine) -> None:
     assert pool.affinities(engine, [], T0) == {}
 
 
-def test_the_member_with_the_most_free_capacity_for_its_weight_wins() -> None:
-    big = member("big", capacity=8, in_flight=3)  # 5 of 8 free
-    small = member("small", capacity=2, in_flight=1)  # 1 of 2 free
+def test_among_equal_shares_the_most_free_capacity_for_its_weight_wins() -> None:
+    big = member("big", capacity=8, in_flight=3, recent=3)  # 5 of 8 free
+    small = member("small", capacity=2, in_flight=1, recent=3)  # 1 of 2 free
     assert chosen_name(choose([small, big])) == "big"
-    heavy = member("heavy", capacity=4, weight=2, in_flight=2)  # half full, counts half
-    light = member("light", capacity=4, weight=1, in_flight=1)  # a quarter full
-    assert chosen_name(choose([light, heavy])) == "heavy"
+    heavy = member("heavy", capacity=4, weight=2, in_flight=2, recent=2)  # a share of 1
+    light = member("light", capacity=4, weight=1, in_flight=1, recent=1)  # a share of 1
+    assert chosen_name(choose([light, heavy])) == "heavy"  # half full for weight 2: 0.25
+
+
+def test_shares_follow_the_weights_even_when_jobs_stay_in_flight() -> None:
+    members = {"a": member("a", capacity=50, weight=2), "b": member("b", capacity=50)}
+    for _ in range(30):  # every job stays in flight: in_flight and recent both grow
+        name = chosen_name(choose(list(members.values())))
+        m = members[name]
+        members[name] = dataclasses.replace(m, in_flight=m.in_flight + 1, recent=m.recent + 1)
+    assert (members["a"].in_flight, members["b"].in_flight) == (20, 10)
 
 
 def test_a_full_pools_backlog_never_hides_other_due_jobs(engine: Engine) -> None:
