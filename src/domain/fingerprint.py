@@ -163,16 +163,12 @@ class Fingerprint(SeriesRules):
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Fingerprint:
-        sources = [
+        one_token_source(
             self.inference_server_token,
             self.inference_server_token_env,
             self.inference_server_token_file,
-        ]
-        if sum(source is not None for source in sources) > 1:
-            raise ValueError(
-                "give at most one of inference_server_token, inference_server_token_env "
-                "and inference_server_token_file"
-            )
+            "inference_server_token",
+        )
         return self
 
     @model_validator(mode="after")
@@ -277,6 +273,14 @@ def printable_secret(token: SecretStr | None) -> SecretStr | None:
             "(the token is not shown)"
         )
     return token
+
+
+def one_token_source(
+    inline: SecretStr | None, variable: str | None, file: str | None, key: str
+) -> None:
+    """ValueError when more than one of `key`, `key`_env and `key`_file is given."""
+    if sum(source is not None for source in (inline, variable, file)) > 1:
+        raise ValueError(f"give at most one of {key}, {key}_env and {key}_file")
 
 
 def read_token(

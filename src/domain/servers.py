@@ -37,6 +37,7 @@ from isdr.domain.deid import Deidentify
 from isdr.domain.fingerprint import (
     Fingerprint,
     has_control_character,
+    one_token_source,
     printable_secret,
     read_token,
 )
@@ -92,8 +93,7 @@ class Server(BaseModel):
 
     @model_validator(mode="after")
     def _one_token_source(self) -> Server:
-        if sum(source is not None for source in (self.token, self.token_env, self.token_file)) > 1:
-            raise ValueError("give at most one of token, token_env and token_file")
+        one_token_source(self.token, self.token_env, self.token_file, "token")
         return self
 
     def serves(self, model: str) -> bool:
