@@ -63,10 +63,10 @@ def reidentify_files(paths: list[Path], names: Pseudonyms) -> list[str]:
             continue  # not DICOM: kept as it is
         except Exception:  # noqa: BLE001 (a broken file of the output: refused, not sent)
             refused.append(_refuse(path, "it cannot be read to put it back on the patient"))
-    accepted = dict(headers)
+    accepted, back = dict(headers), names.originals()
     while True:
         own = set().union(*(own_uids(ds) for ds in accepted.values())) if accepted else set()
-        out = {path: _reason(ds, names, own) for path, ds in accepted.items()}
+        out = {path: _reason(ds, names, own, back) for path, ds in accepted.items()}
         out = {path: reason for path, reason in out.items() if reason}
         if not out:
             break
@@ -76,7 +76,7 @@ def reidentify_files(paths: list[Path], names: Pseudonyms) -> list[str]:
     for path in accepted:
         try:
             dataset = dcmread(path)
-            reidentify(dataset, names, own)
+            reidentify(dataset, names, own, back)
             dataset.save_as(path, enforce_file_format=False)
         except Exception as exc:  # noqa: BLE001 (this file is not sent; the others go on)
             refused.append(_refuse(path, str(exc) if isinstance(exc, Refused) else
@@ -84,9 +84,9 @@ def reidentify_files(paths: list[Path], names: Pseudonyms) -> list[str]:
     return refused
 
 
-def _reason(dataset: Dataset, names: Pseudonyms, own: set[str]) -> str:
+def _reason(dataset: Dataset, names: Pseudonyms, own: set[str], back: dict[str, str]) -> str:
     try:
-        check(dataset, names, own)
+        check(dataset, names, own, back)
     except Refused as exc:
         return str(exc)
     return ""

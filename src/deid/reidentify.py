@@ -50,17 +50,20 @@ def own_uids(dataset: Dataset) -> set[str]:
     }
 
 
-def check(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:
-    """Refused when the object does not belong to the job's patient, study and images."""
+def check(
+    dataset: Dataset, names: Pseudonyms, own: set[str], back: dict[str, str] | None = None
+) -> None:
+    """Refused when the object does not belong to the job's patient, study and images.
+    `back`: names.originals(), when the caller has it already."""
+    back = names.originals() if back is None else back
     if str(dataset.get("PatientID", "") or "") != names.patient:
         raise Refused("its PatientID is not the pseudonym the job sent: another patient's?")
     study = str(dataset.get("StudyInstanceUID", "") or "")
     if names.kinds.get(study) != "study":
         raise Refused("its StudyInstanceUID is not the study the job sent")
     frame = str(dataset.get("FrameOfReferenceUID", "") or "")
-    if frame and frame not in names.originals():
+    if frame and frame not in back:
         raise Refused("its FrameOfReferenceUID is not one the job sent")
-    back = names.originals()
     for element in dataset:
         if element.VR == "SQ":
             for item in element.value:
@@ -89,12 +92,14 @@ def _points_at_an_object(keyword: str) -> bool:
     return keyword in _OBJECT_UIDS
 
 
-def reidentify(dataset: Dataset, names: Pseudonyms, own: set[str]) -> None:
+def reidentify(
+    dataset: Dataset, names: Pseudonyms, own: set[str], back: dict[str, str] | None = None
+) -> None:
     """Put the object back on the job's patient and study (in place); Refused when it
     does not belong to them (see `check`). `own`: the UIDs the accepted objects of the
-    output give themselves."""
-    check(dataset, names, own)
-    back = names.originals()
+    output give themselves; `back`: names.originals(), when the caller has it already."""
+    back = names.originals() if back is None else back
+    check(dataset, names, own, back)
     with config.disable_value_validation():  # pydicom would log a bad value: patient data
         _walk(dataset, back, names)
         meta = getattr(dataset, "file_meta", None)
