@@ -243,6 +243,15 @@ def statuses(engine: Engine, servers: Sequence[Server]) -> list[ServerStatus]:
     return sorted(found, key=lambda status: status.name)
 
 
+def state_of(engine: Engine, servers: Sequence[Server], name: str) -> str:
+    """One server's state as `statuses` says it ("" for a name neither the file nor the
+    database knows), read from its row alone."""
+    with Session(engine) as session:
+        row = session.scalars(select(PoolServer).where(PoolServer.name == name)).first()
+    listed = next((server for server in servers if server.name == name), None)
+    return "" if listed is None and row is None else _status(listed, row, {}).state
+
+
 def _status(server: Server | None, row: PoolServer | None, flying: dict[str, int]) -> ServerStatus:
     name = server.name if server is not None else row.name if row is not None else "?"
     down = row is not None and row.down_since is not None

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from isdr.db.delivery import cancel, job_details, output_files, retry_failed
 from isdr.db.jobs import jobs_of_series, list_jobs, recent_events, timeline
 from isdr.db.overview import overview
-from isdr.db.pool import set_drained, statuses
+from isdr.db.pool import set_drained, state_of, statuses
 from isdr.db.series import get_series, list_series
 from isdr.db.servers import list_servers
 from isdr.db.views import JobView
@@ -218,9 +218,8 @@ def _server_state(context: WebContext, job: JobView) -> str:
     """The state of the pool member a job is on, when it is not up ("" otherwise)."""
     if not job.server_name or job.state in ENDED:
         return ""
-    found = [s for s in statuses(context.reader, context.servers().servers)
-             if s.name == job.server_name]  # fmt: skip
-    return found[0].state if found and found[0].state != "up" else ""
+    state = state_of(context.reader, context.servers().servers, job.server_name)
+    return "" if state == "up" else state
 
 
 def _fingerprints(router: APIRouter, context: WebContext, folder: Path) -> None:
