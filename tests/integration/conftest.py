@@ -12,7 +12,7 @@ import pytest
 from isdr.app import Relay, build_relay
 from isdr.demo.standin import StandIn
 from tests.helpers import relay_settings
-from tests.peers import Storescp
+from tests.peers import RecordingSCP, Storescp
 
 FAST = {
     "POST_AFTER": 0.3,
@@ -54,3 +54,12 @@ def storescp(tmp_path: Path, dcmtk: None) -> Iterator[Storescp]:
     destination = Storescp(tmp_path / "pacs").start()
     yield destination
     destination.stop()
+
+
+@pytest.fixture
+def scanners() -> Iterator[dict[str, RecordingSCP]]:
+    """Two senders' own Store SCPs, CT_A and CT_B, where predictions go back to."""
+    running = {title: RecordingSCP(title).start() for title in ("CT_A", "CT_B")}
+    yield running
+    for scp in running.values():
+        scp.stop()

@@ -21,14 +21,6 @@ from tests.peers import RecordingSCP
 
 
 @pytest.fixture
-def scanners() -> Iterator[dict[str, RecordingSCP]]:
-    running = {title: RecordingSCP(title).start() for title in ("CT_A", "CT_B")}
-    yield running
-    for scp in running.values():
-        scp.stop()
-
-
-@pytest.fixture
 def relay(tmp_path: Path, standin: StandIn) -> Iterator[Relay]:
     running = build_relay(relay_settings(
         tmp_path, CERT_FILE=standin.ca_file, POST_AFTER=1, POST_INTERVAL=0.2,

@@ -39,14 +39,6 @@ def pair(tmp_path: Path) -> Iterator[dict[str, StandIn]]:
         server.stop()
 
 
-@pytest.fixture
-def scanners() -> Iterator[dict[str, RecordingSCP]]:
-    running = {title: RecordingSCP(title).start() for title in ("CT_A", "CT_B")}
-    yield running
-    for scp in running.values():
-        scp.stop()
-
-
 def start_relay(
     tmp_path: Path,
     pair: dict[str, StandIn],
